@@ -1,0 +1,120 @@
+"""The database engine: SQLite tuned for several processes, or PostgreSQL, same code.
+
+SQLite allows one writer at a time. WAL lets readers carry on beside it, the busy
+timeout makes a writer wait instead of failing, and every transaction starts with
+BEGIN IMMEDIATE: a deferred read that later upgrades to a write fails with
+SQLITE_BUSY whatever the timeout (see shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message says why in plain words."""
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" event issue BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@cache
+def get_engine(url: str) -> Engine:
+    """One engine per URL per process, shared by web, worker and CLI code."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        _tune_sqlite(engine)
+    else:
+        if parsed.drivername == "postgresql":
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A transaction: committed on success, rolled back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every migration not yet applied."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(engine), "head")
+
+
+def schema_state(engine: Engine) -> str:
+    """'empty', 'current' or 'outdated'."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return "empty"
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
+        raise DatabaseError(f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})") from None
+    heads = set(ScriptDirectory.from_config(_alembic_config(engine)).get_heads())
+    return "current" if current == heads else "outdated"
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema on an empty database; refuse to run on an outdated one."""
+    state = schema_state(engine)
+    if state == "empty":
+        upgrade(engine)
+    elif state == "outdated":
+        raise DatabaseError("the database schema is out of date: run `drip db upgrade`")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,200 @@
+"""The data model: subscribers, their course progress, the outbox and its send log.
+
+Every email is first an `OutboxMessage` row with a unique `dedupe_key`, so queuing
+the same email twice is impossible and a crash at any point leaves a row to retry.
+A worker claims a row by setting `status='sending'` with a lease; the row's
+`next_attempt_at` then holds the lease expiry, so one indexed column answers
+"what may be claimed now" for fresh, deferred and abandoned rows alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from drip.clock import utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (SQLite has no time zones) and hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use drip.clock.utcnow()")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _when(*, index: bool = False, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), index=index, nullable=nullable))
+
+
+class SubscriberStatus(StrEnum):
+    pending = "pending"
+    active = "active"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    complained = "complained"
+
+
+class MessageKind(StrEnum):
+    confirm = "confirm"
+    welcome = "welcome"
+    lesson = "lesson"
+    newsletter = "newsletter"
+
+
+class OutboxStatus(StrEnum):
+    queued = "queued"
+    sending = "sending"
+    sent = "sent"
+    deferred = "deferred"
+    failed = "failed"
+    bounced = "bounced"
+    skipped = "skipped"
+
+
+#: Statuses a message never leaves.
+FINAL_STATUSES = frozenset(
+    {OutboxStatus.sent, OutboxStatus.failed, OutboxStatus.bounced, OutboxStatus.skipped}
+)
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscriber"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=Column(String(320), nullable=False))
+    #: Lower-cased address: the unique key, so Ann@x.org and ann@x.org are one subscriber.
+    email_key: str = Field(sa_column=Column(String(320), nullable=False, unique=True))
+    name: str = Field(default="", max_length=100)
+    status: SubscriberStatus = Field(
+        default=SubscriberStatus.pending, sa_column=Column(String(16), nullable=False, index=True)
+    )
+    timezone: str = Field(default="UTC", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    consent_at: datetime | None = _when()
+    consent_source: str = Field(default="", max_length=64)
+    consent_ip: str | None = Field(default=None, max_length=64)
+    confirmed_at: datetime | None = _when()
+    unsubscribed_at: datetime | None = _when()
+    confirm_sent_at: datetime | None = _when()
+    #: Random salt; tokens are HMACs of it under DRIP_SECRET_KEY, stored only as hashes.
+    token_salt: str = Field(max_length=64)
+    confirm_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    unsubscribe_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+
+
+class CourseProgress(SQLModel, table=True):
+    """Where a subscriber stands in the course; `next_due_at` is what a pass looks up."""
+
+    __tablename__ = "course_progress"
+
+    subscriber_id: int = Field(foreign_key="subscriber.id", primary_key=True, ondelete="CASCADE")
+    started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    lessons_sent: int = Field(default=0)
+    last_sent_at: datetime | None = _when()
+    #: When the next lesson may be queued; NULL while one is in flight or the course is done.
+    next_due_at: datetime | None = _when(index=True)
+    finished_at: datetime | None = _when()
+
+
+class Newsletter(SQLModel, table=True):
+    __tablename__ = "newsletter"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: SHA-256 of the source file: sending the same file again resumes, never duplicates.
+    digest: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    subject: str = Field(max_length=200)
+    body_markdown: str
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    #: Highest subscriber id queued so far, so a crashed run resumes where it stopped.
+    queued_through: int = Field(default=0)
+    finished_at: datetime | None = _when()
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_subscriber_kind", "subscriber_id", "kind"),
+        Index("ix_outbox_status_next", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: e.g. "lesson:3:subscriber:42"; unique, so the same email is never queued twice.
+    dedupe_key: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    kind: MessageKind = Field(sa_column=Column(String(16), nullable=False))
+    template: str = Field(max_length=100)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", ondelete="SET NULL")
+    #: The recipient at queue time; kept so the log still reads after the subscriber changes.
+    email: str = Field(sa_column=Column(String(320), nullable=False, index=True))
+    newsletter_id: int | None = Field(default=None, foreign_key="newsletter.id")
+    #: Extra template variables (lesson number, total...), fixed at queue time.
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: OutboxStatus = Field(
+        default=OutboxStatus.queued, sa_column=Column(String(16), nullable=False)
+    )
+    due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: When the row may next be claimed: due or retry time, or the lease expiry while sending.
+    next_attempt_at: datetime | None = _when(index=True)
+    attempts: int = Field(default=0)
+    lease_until: datetime | None = _when()
+    leased_by: str | None = Field(default=None, max_length=100)
+    last_smtp_code: int | None = None
+    last_smtp_message: str | None = Field(default=None, max_length=1000)
+    message_id: str = Field(sa_column=Column(String(250), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: datetime | None = _when()
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One row per attempt (or skip): the send log."""
+
+    __tablename__ = "delivery_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", index=True, ondelete="CASCADE")
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    status: OutboxStatus = Field(sa_column=Column(String(16), nullable=False, index=True))
+    smtp_code: int | None = None
+    smtp_message: str | None = Field(default=None, max_length=1000)
+    worker: str | None = Field(default=None, max_length=100)
+
+
+class SendBudget(SQLModel, table=True):
+    """The shared token bucket behind DRIP_SEND_RATE, and the throttle a 421 sets for everyone."""
+
+    __tablename__ = "send_budget"
+
+    name: str = Field(primary_key=True, max_length=32)
+    tokens: float = 0.0
+    refilled_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    paused_until: datetime | None = _when()
+    pause_reason: str | None = Field(default=None, max_length=1000)
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """The last pass of each worker, so the dashboard shows a stopped scheduler at once."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker: str = Field(primary_key=True, max_length=100)
+    last_pass_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    queued: int = 0
+    delivered: int = 0
+
+
+def as_naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)

@@ -1,0 +1,225 @@
+"""The outbox: queue an email once, claim it with a lease, record how it went.
+
+Queuing is an insert that does nothing when the dedupe key exists. Claiming sets a
+lease; a worker that dies leaves rows whose lease simply runs out, and the next
+claim takes them again. The result of an attempt and its send-log row are written
+in one transaction, so the log never disagrees with the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import make_msgid
+from typing import Any
+
+from sqlalchemy import Engine, and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from drip.clock import utcnow
+from drip.db import is_sqlite, session_scope
+from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
+
+#: Statuses a worker may still act on.
+PENDING = (OutboxStatus.queued, OutboxStatus.deferred)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    kind: MessageKind
+    template: str
+    email: str
+    dedupe_key: str
+    due_at: datetime
+    subscriber_id: int | None = None
+    newsletter_id: int | None = None
+    context: dict[str, Any] | None = None
+
+
+def dedupe_key(kind: MessageKind | str, subscriber_id: int, item: str | int | None = None) -> str:
+    middle = f"{kind}:{item}" if item is not None else str(kind)
+    return f"{middle}:subscriber:{subscriber_id}"
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(OutboxMessage)
+
+
+def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain: str) -> int:
+    """Queue messages, silently dropping any whose dedupe key is already queued. Returns the count."""
+    if not messages:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "dedupe_key": m.dedupe_key,
+            "kind": m.kind,
+            "template": m.template,
+            "email": m.email,
+            "subscriber_id": m.subscriber_id,
+            "newsletter_id": m.newsletter_id,
+            "context": m.context or {},
+            "status": OutboxStatus.queued,
+            "due_at": m.due_at,
+            "next_attempt_at": m.due_at,
+            "attempts": 0,
+            # Fixed at queue time: a resend after a crash carries the same Message-ID.
+            "message_id": make_msgid(domain=msgid_domain),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for m in messages
+    ]
+    stmt = _insert(session).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    result = session.execute(stmt.returning(OutboxMessage.id), rows)
+    return len(result.all())
+
+
+def enqueue(session: Session, message: NewMessage, msgid_domain: str) -> bool:
+    """Queue one message; False when the same email was already queued."""
+    return enqueue_many(session, [message], msgid_domain) == 1
+
+
+def claim(
+    engine: Engine, worker: str, now: datetime, limit: int, lease: timedelta
+) -> list[OutboxMessage]:
+    """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row."""
+    lease_until = now + lease
+    due = and_(OutboxMessage.next_attempt_at <= now)
+    pick = (
+        select(OutboxMessage.id)
+        .where(due)
+        .order_by(OutboxMessage.next_attempt_at)
+        .limit(limit)
+    )
+    if not is_sqlite(engine):
+        # Rows another worker is claiming right now are skipped, not waited for.
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(pick.scalar_subquery()))
+        .where(due)
+        .values(
+            status=OutboxStatus.sending,
+            lease_until=lease_until,
+            next_attempt_at=lease_until,
+            leased_by=worker,
+            attempts=OutboxMessage.attempts + 1,
+            updated_at=now,
+        )
+        .returning(OutboxMessage)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(engine) as session:
+        rows = list(session.execute(stmt).scalars().all())
+    rows.sort(key=lambda r: (r.next_attempt_at or now, r.id or 0))
+    return rows
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one attempt."""
+
+    status: OutboxStatus
+    smtp_code: int | None = None
+    smtp_message: str | None = None
+    retry_at: datetime | None = None
+
+
+def record(session: Session, message: OutboxMessage, result: Result, worker: str) -> bool:
+    """Write the attempt and the row's new state together.
+
+    Only the worker that holds the lease may move the row on; False when the lease
+    was lost (it expired and another worker took the row), in which case only the
+    attempt is logged.
+    """
+    now = utcnow()
+    text = (result.smtp_message or "")[:1000] or None
+    session.add(
+        DeliveryAttempt(
+            outbox_id=message.id,  # type: ignore[arg-type]
+            at=now,
+            status=result.status,
+            smtp_code=result.smtp_code,
+            smtp_message=text,
+            worker=worker,
+        )
+    )
+    values: dict[str, Any] = {
+        "status": result.status,
+        "last_smtp_code": result.smtp_code,
+        "last_smtp_message": text,
+        "lease_until": None,
+        "leased_by": None,
+        "updated_at": now,
+        "next_attempt_at": result.retry_at if result.status == OutboxStatus.deferred else None,
+    }
+    if result.status == OutboxStatus.sent:
+        values["sent_at"] = now
+    moved = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message.id)
+        .where(OutboxMessage.leased_by == worker)
+        .where(OutboxMessage.status == OutboxStatus.sending)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release(engine: Engine, worker: str, ids: Iterable[int]) -> int:
+    """Hand back rows claimed but not attempted, e.g. on shutdown, so others take them at once."""
+    id_list = list(ids)
+    if not id_list:
+        return 0
+    now = utcnow()
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(id_list))
+            .where(OutboxMessage.leased_by == worker)
+            .where(OutboxMessage.status == OutboxStatus.sending)
+            .values(
+                status=OutboxStatus.queued,
+                next_attempt_at=now,
+                lease_until=None,
+                leased_by=None,
+                attempts=OutboxMessage.attempts - 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def skip_for_subscriber(session: Session, subscriber_id: int, reason: str) -> int:
+    """Mark every not-yet-sent message to a subscriber as skipped, each with a log row."""
+    now = utcnow()
+    ids = list(
+        session.execute(
+            select(OutboxMessage.id)
+            .where(OutboxMessage.subscriber_id == subscriber_id)
+            .where(OutboxMessage.status.in_(PENDING))
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids))
+        .values(
+            status=OutboxStatus.skipped,
+            next_attempt_at=None,
+            last_smtp_message=reason,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.add_all(
+        DeliveryAttempt(outbox_id=i, at=now, status=OutboxStatus.skipped, smtp_message=reason)
+        for i in ids
+    )
+    return len(ids)

@@ -1,0 +1,108 @@
+"""Render an email from its template pair in `emails/`: NAME.html and NAME.txt.
+
+The HTML template extends `base.html` and sets the subject in a `subject` block;
+its CSS is inlined (css-inline) so Gmail and Outlook show it as designed. Any
+error names the template and line, and nothing half-rendered ever leaves.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+
+SAMPLE_CONTEXT: dict[str, Any] = {
+    "name": "Sam",
+    "email": "sam@example.com",
+    "base_url": "http://127.0.0.1:8000",
+    "unsubscribe_url": "http://127.0.0.1:8000/unsubscribe/SAMPLE-TOKEN",
+    "confirm_url": "http://127.0.0.1:8000/confirm/SAMPLE-TOKEN",
+    "lesson_number": 1,
+    "lesson_total": 8,
+    "course_title": "Trigger Point Relief",
+    "lessons": [],
+    "content_html": "<p>Sample newsletter text.</p>",
+    "content_text": "Sample newsletter text.",
+}
+
+
+#: Never fetch a stylesheet over the network: emails are built from local files only.
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
+
+
+class RenderError(Exception):
+    """A template could not be rendered; the message names the template and line."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+    text: str
+
+
+@cache
+def environment(emails_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(emails_dir)),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _where(exc: BaseException, fallback: str) -> str:
+    """'name.html, line N' from a Jinja error or the template frame in its traceback."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"{exc.filename and Path(exc.filename).name or exc.name or fallback}, line {exc.lineno}"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.endswith((".html", ".txt")):
+            return f"{Path(frame.filename).name}, line {frame.lineno}"
+    return fallback
+
+
+def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> tuple[str, str]:
+    try:
+        template = env.get_template(name)
+        body = template.render(context)
+        subject = ""
+        if "subject" in template.blocks:
+            ctx = template.new_context(context)
+            subject = "".join(template.blocks["subject"](ctx))
+        return body, subject
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"{exc.name}: template not found") from None
+    except Exception as exc:  # noqa: BLE001 - any template failure is reported the same way
+        message = getattr(exc, "message", None) or str(exc)
+        raise RenderError(f"{_where(exc, name)}: {message}").with_traceback(
+            sys.exc_info()[2]
+        ) from None
+
+
+def render_email(emails_dir: Path, name: str, context: dict[str, Any]) -> Rendered:
+    env = environment(emails_dir.resolve())
+    html, subject = _render(env, f"{name}.html", context)
+    text, _ = _render(env, f"{name}.txt", context)
+    subject = " ".join(subject.split())
+    if not subject:
+        raise RenderError(f"{name}.html: no subject (add a {{% block subject %}})")
+    try:
+        html = _INLINER.inline(html)
+    except ValueError as exc:
+        raise RenderError(f"{name}.html: CSS could not be inlined ({exc})") from None
+    return Rendered(subject=subject, html=html, text=text)
+
+
+def template_names(emails_dir: Path) -> list[str]:
+    """Every email that has both parts; `base` is the layout, not an email."""
+    html = {p.stem for p in emails_dir.glob("*.html")}
+    text = {p.stem for p in emails_dir.glob("*.txt")}
+    return sorted((html & text) - {"base"})

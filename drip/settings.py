@@ -1,0 +1,134 @@
+"""Settings from the environment and `.env`, validated once at start.
+
+Every command calls `load_settings()` first, so a bad value stops it with one
+plain line that names the variable instead of a traceback deep in a send.
+"""
+
+from __future__ import annotations
+
+from email.headerregistry import Address
+from email.utils import parseaddr
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names it in plain words."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DRIP_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # The contract's variables.
+    database_url: str = "sqlite:///subscribers.db"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    sender: str = "Trigger Point Course <course@localhost>"
+    base_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr | None = None
+    admin_user: str | None = None
+    admin_password: SecretStr | None = None
+    send_rate: float = Field(10.0, ge=0)
+    smtp_concurrency: int = Field(4, ge=1, le=64)
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key: Path | None = None
+    info_pack: Path = Path("emails/info-pack.pdf")
+
+    # drip's own knobs, each with a default that suits a small course.
+    emails_dir: Path = Path("emails")
+    worker_interval: float = Field(30.0, gt=0, description="seconds between scheduler passes")
+    smtp_timeout: float = Field(30.0, gt=0)
+    retry_first_minutes: float = Field(5.0, gt=0)
+    retry_max_hours: float = Field(6.0, gt=0)
+    retry_lifetime_days: float = Field(5.0, gt=0)
+    lease_seconds: float = Field(300.0, gt=0)
+    confirm_ttl_hours: float = Field(72.0, gt=0)
+    default_timezone: str = "UTC"
+    cors_origins: str = ""
+    catcher_dir: Path = Path(".drip/mail")
+    minutes_per_day: float | None = Field(None, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        name, addr = parseaddr(value)
+        if "@" not in addr or any(c in value for c in "\r\n"):
+            raise ValueError("must be an address such as 'Course <course@example.com>'")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @cached_property
+    def sender_address(self) -> Address:
+        name, addr = parseaddr(self.sender)
+        user, _, domain = addr.rpartition("@")
+        return Address(display_name=name, username=user, domain=domain)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def dkim_enabled(self) -> bool:
+        return bool(self.dkim_domain and self.dkim_selector and self.dkim_private_key)
+
+    def require_secret(self) -> str:
+        if self.secret_key is None or len(self.secret_key.get_secret_value()) < 16:
+            raise SettingsError(
+                "DRIP_SECRET_KEY: missing or shorter than 16 characters; "
+                "set it to a long random string (drip dev makes one for you)"
+            )
+        return self.secret_key.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's report into one plain line per problem."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "DRIP_" + "_".join(str(p) for p in err["loc"]).upper()
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {message}")
+        raise SettingsError("; ".join(lines)) from None
+    partial = [settings.dkim_domain, settings.dkim_selector, settings.dkim_private_key]
+    if any(partial) and not all(partial):
+        raise SettingsError(
+            "DRIP_DKIM_DOMAIN, DRIP_DKIM_SELECTOR and DRIP_DKIM_PRIVATE_KEY: set all three or none"
+        )
+    if bool(settings.admin_user) != bool(settings.admin_password):
+        raise SettingsError("DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD: set both or neither")
+    return settings
