@@ -1,0 +1,184 @@
+"""Each subscriber's way through the course.
+
+Confirmation queues the welcome email at once. When a course email is sent, the
+next lesson's due time is set (its delay after the previous send, the first
+counted from confirmation, moved into the send window in the subscriber's time
+zone). A pass then queues lessons whose due time has come. So a lesson is never
+queued before the previous one went out, and the pass only reads rows that are due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from drip.clock import utcnow
+from drip.course import Course, Lesson
+from drip.models import (
+    CourseProgress,
+    MessageKind,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
+from drip.outbox import NewMessage, dedupe_key, enqueue
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How course days map to real time; `drip dev --minutes-per-day` compresses it."""
+
+    minutes_per_day: float | None = None
+
+    def delay(self, days: float) -> timedelta:
+        if self.minutes_per_day is not None:
+            return timedelta(minutes=days * self.minutes_per_day)
+        return timedelta(days=days)
+
+    @property
+    def uses_window(self) -> bool:
+        return self.minutes_per_day is None
+
+
+def into_window(when: datetime, tz_name: str, course: Course) -> datetime:
+    """The first moment at or after `when` that falls inside the subscriber's send window."""
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    local = when.astimezone(tz)
+    start = local.replace(
+        hour=course.window_start.hour, minute=course.window_start.minute, second=0, microsecond=0
+    )
+    end = local.replace(hour=course.window_end.hour, minute=course.window_end.minute, second=0, microsecond=0)
+    if local < start:
+        local = start
+    elif local >= end:
+        local = start + timedelta(days=1)
+    return local.astimezone(when.tzinfo)
+
+
+def lesson_context(course: Course, lesson: Lesson) -> dict[str, object]:
+    return {"lesson_number": course.number_of(lesson.slug), "lesson_total": course.total}
+
+
+def welcome_context(course: Course, pace: Pace) -> dict[str, object]:
+    """The schedule shown in the welcome email: each lesson and the day it arrives."""
+    day = 0.0
+    lessons = []
+    for number, lesson in enumerate(course.lessons, start=1):
+        day += lesson.delay_days
+        lessons.append({"number": number, "title": lesson.title, "day": round(day)})
+    return {"lessons": lessons, "lesson_total": course.total}
+
+
+def start_course(
+    session: Session, subscriber: Subscriber, course: Course, pace: Pace, msgid_domain: str
+) -> None:
+    """Queue the welcome email and open the subscriber's progress; safe to call twice."""
+    assert subscriber.id is not None
+    now = utcnow()
+    if session.get(CourseProgress, subscriber.id) is None:
+        session.add(CourseProgress(subscriber_id=subscriber.id, started_at=now))
+        session.flush()
+    enqueue(
+        session,
+        NewMessage(
+            kind=MessageKind.welcome,
+            template="welcome",
+            email=subscriber.email,
+            dedupe_key=dedupe_key(MessageKind.welcome, subscriber.id),
+            due_at=now,
+            subscriber_id=subscriber.id,
+            context=welcome_context(course, pace),
+        ),
+        msgid_domain,
+    )
+
+
+def _queued_slugs(session: Session, subscriber_id: int) -> set[str]:
+    rows = session.execute(
+        select(OutboxMessage.context)
+        .where(OutboxMessage.subscriber_id == subscriber_id)
+        .where(OutboxMessage.kind == MessageKind.lesson)
+    ).scalars()
+    return {str(ctx.get("slug")) for ctx in rows}
+
+
+def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
+    """The first lesson in course order not yet queued: in order, no gaps, no repeats."""
+    return next((lesson for lesson in course.lessons if lesson.slug not in queued), None)
+
+
+def after_send(
+    session: Session, subscriber_id: int, sent_at: datetime, course: Course, pace: Pace
+) -> None:
+    """A welcome or lesson went out: schedule the next lesson, or mark the course finished."""
+    progress = session.get(CourseProgress, subscriber_id)
+    subscriber = session.get(Subscriber, subscriber_id)
+    if progress is None or subscriber is None:
+        return
+    queued = _queued_slugs(session, subscriber_id)
+    progress.lessons_sent = len(queued)
+    progress.last_sent_at = sent_at
+    lesson = next_lesson(course, queued)
+    if lesson is None or subscriber.status != SubscriberStatus.active:
+        progress.next_due_at = None
+        progress.finished_at = sent_at if lesson is None else progress.finished_at
+    else:
+        base = progress.started_at if not queued else sent_at
+        due = max(base + pace.delay(lesson.delay_days), sent_at)
+        if pace.uses_window:
+            due = into_window(due, subscriber.timezone, course)
+        progress.next_due_at = due
+    session.add(progress)
+
+
+def queue_due_lessons(
+    session: Session, now: datetime, course: Course, msgid_domain: str, limit: int = 500
+) -> int:
+    """Queue the next lesson of every subscriber whose lesson is due at `now`."""
+    due = session.execute(
+        select(CourseProgress, Subscriber)
+        .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
+        .where(CourseProgress.next_due_at <= now)
+        .order_by(CourseProgress.next_due_at)
+        .limit(limit)
+    ).all()
+    queued_count = 0
+    for progress, subscriber in due:
+        progress.next_due_at = None  # the next one is set when this lesson is sent
+        session.add(progress)
+        if subscriber.status != SubscriberStatus.active:
+            continue
+        lesson = next_lesson(course, _queued_slugs(session, subscriber.id))
+        if lesson is None:
+            progress.finished_at = progress.finished_at or now
+            continue
+        queued_count += enqueue(
+            session,
+            NewMessage(
+                kind=MessageKind.lesson,
+                template=lesson.template,
+                email=subscriber.email,
+                dedupe_key=dedupe_key(MessageKind.lesson, subscriber.id, lesson.slug),
+                due_at=now,
+                subscriber_id=subscriber.id,
+                context={"slug": lesson.slug, **lesson_context(course, lesson)},
+            ),
+            msgid_domain,
+        )
+    return queued_count
+
+
+def stop_course(session: Session, subscriber_id: int) -> None:
+    session.execute(
+        update(CourseProgress)
+        .where(CourseProgress.subscriber_id == subscriber_id)
+        .values(next_due_at=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,132 @@
+"""Subscriber lifecycle: add, activate (consent given), unsubscribe, suppress.
+
+The web signup, the CSV import and the sender's bounce handling all change a
+subscriber through these few functions, so the rules live in one place: an
+address is one subscriber whatever its case, activation starts the course once,
+and leaving cancels everything not yet sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from drip.course import load_course
+from drip.models import MessageKind, Subscriber, SubscriberStatus
+from drip.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
+from drip.progress import Pace, start_course, stop_course
+from drip.settings import Settings
+from drip.tokens import hash_token, new_salt, token_hashes
+
+
+def email_key(address: str) -> str:
+    return address.strip().lower()
+
+
+def find_by_email(session: Session, address: str) -> Subscriber | None:
+    return session.execute(
+        select(Subscriber).where(Subscriber.email_key == email_key(address))
+    ).scalar_one_or_none()
+
+
+def find_by_token(session: Session, token: str, purpose: str) -> Subscriber | None:
+    column = (
+        Subscriber.confirm_token_hash if purpose == "confirm" else Subscriber.unsubscribe_token_hash
+    )
+    return session.execute(select(Subscriber).where(column == hash_token(token))).scalar_one_or_none()
+
+
+def add_subscriber(
+    session: Session,
+    settings: Settings,
+    *,
+    email: str,
+    name: str = "",
+    timezone: str | None = None,
+    source: str,
+) -> tuple[Subscriber, bool]:
+    """The subscriber for `email`, created as pending if new; (subscriber, created)."""
+    existing = find_by_email(session, email)
+    if existing is not None:
+        return existing, False
+    salt = new_salt()
+    confirm_hash, unsubscribe_hash = token_hashes(settings.require_secret(), salt)
+    subscriber = Subscriber(
+        email=email,
+        email_key=email_key(email),
+        name=name,
+        timezone=timezone or settings.default_timezone,
+        consent_source=source,
+        token_salt=salt,
+        confirm_token_hash=confirm_hash,
+        unsubscribe_token_hash=unsubscribe_hash,
+    )
+    session.add(subscriber)
+    session.flush()
+    return subscriber, True
+
+
+def queue_confirmation(
+    session: Session, settings: Settings, subscriber: Subscriber, now: datetime
+) -> bool:
+    """Queue the confirmation email. One per subscriber per hour: the key carries the hour."""
+    assert subscriber.id is not None
+    hour = now.strftime("%Y%m%d%H")
+    queued = enqueue(
+        session,
+        NewMessage(
+            kind=MessageKind.confirm,
+            template="confirm",
+            email=subscriber.email,
+            dedupe_key=dedupe_key(MessageKind.confirm, subscriber.id, hour),
+            due_at=now,
+            subscriber_id=subscriber.id,
+        ),
+        settings.sender_address.domain,
+    )
+    if queued:
+        subscriber.confirm_sent_at = now
+        session.add(subscriber)
+    return queued
+
+
+def activate(
+    session: Session,
+    settings: Settings,
+    subscriber: Subscriber,
+    now: datetime,
+    *,
+    ip: str | None = None,
+    start: bool = True,
+) -> bool:
+    """Record consent and start the course; False if the subscriber was already active."""
+    if subscriber.status == SubscriberStatus.active:
+        return False
+    subscriber.status = SubscriberStatus.active
+    subscriber.consent_at = now
+    subscriber.confirmed_at = now
+    subscriber.consent_ip = ip
+    session.add(subscriber)
+    session.flush()
+    if start:
+        course = load_course(settings.emails_dir)
+        start_course(
+            session, subscriber, course, Pace(settings.minutes_per_day), settings.sender_address.domain
+        )
+    return True
+
+
+def leave(
+    session: Session, subscriber: Subscriber, status: SubscriberStatus, now: datetime, reason: str
+) -> int:
+    """Unsubscribe or suppress: nothing more is sent, queued mail becomes `skipped`."""
+    assert subscriber.id is not None
+    if subscriber.status != status:
+        subscriber.status = status
+        if status == SubscriberStatus.unsubscribed:
+            subscriber.unsubscribed_at = now
+        session.add(subscriber)
+    stop_course(session, subscriber.id)
+    return skip_for_subscriber(session, subscriber.id, reason)

@@ -1,0 +1,95 @@
+"""Real SMTP servers on loopback for tests: a recording sink and fault handlers.
+
+Codes are named so tests read as protocol, not as numbers (after aiosmtpd's testing module).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPProtocol
+from aiosmtpd.smtp import Envelope, Session
+
+OK = "250 OK"
+SERVICE_NOT_AVAILABLE = "421 4.3.2 Service not available, closing channel"
+MAILBOX_BUSY = "451 4.3.0 Requested action aborted: local error, try again later"
+THROTTLED = "454 4.7.0 Throttling: too many messages, slow down"
+NO_SUCH_USER = "550 5.1.1 No such user here"
+MAILBOX_FULL = "552 5.2.2 Mailbox full"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Recorder:
+    """Keeps every accepted message; `replies` scripts the answers to DATA, then 250 for ever."""
+
+    replies: list[str] = field(default_factory=list)
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[Envelope] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    on_data: Callable[[Envelope], str | None] | None = None
+
+    async def handle_DATA(self, server: SMTPProtocol, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            if self.on_data is not None:
+                custom = self.on_data(envelope)
+                if custom is not None:
+                    return custom
+            if self.replies:
+                reply = self.replies.pop(0)
+                if not reply.startswith("250"):
+                    return reply
+            raw = envelope.original_content or envelope.content
+            assert isinstance(raw, bytes)
+            message = email.message_from_bytes(raw, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            self.messages.append(message)
+            self.envelopes.append(envelope)
+            return OK
+
+    def message_ids(self) -> list[str]:
+        with self.lock:
+            return [str(m["Message-ID"]) for m in self.messages]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} messages, the server got {len(self.messages)}")
+
+
+@dataclass
+class MailServer:
+    host: str
+    port: int
+    handler: Any
+
+
+@contextmanager
+def serve(handler: Any, port: int | None = None, **kwargs: Any) -> Iterator[MailServer]:
+    """Run `handler` in a real aiosmtpd server on 127.0.0.1 for the block's duration."""
+    port = port or free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    try:
+        yield MailServer("127.0.0.1", port, handler)
+    finally:
+        controller.stop()

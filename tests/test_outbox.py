@@ -1,0 +1,115 @@
+"""The outbox on both databases: queue once, claim exclusively, recover from a dead worker."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import Engine, func, select
+
+from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
+from drip.outbox import NewMessage, Result, claim, dedupe_key, enqueue, enqueue_many, record, release
+
+LEASE = timedelta(minutes=5)
+
+
+def _message(n: int, due_offset: timedelta = timedelta(0)) -> NewMessage:
+    return NewMessage(
+        kind=MessageKind.lesson,
+        template="lesson-01",
+        email=f"reader{n}@example.com",
+        dedupe_key=dedupe_key(MessageKind.lesson, n, "intro"),
+        due_at=utcnow() + due_offset,
+    )
+
+
+def _count(engine: Engine, *where: object) -> int:
+    with session_scope(engine) as session:
+        return int(session.execute(select(func.count()).select_from(OutboxMessage).where(*where)).scalar_one())
+
+
+def test_the_same_email_is_queued_once(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        assert enqueue(session, _message(1), "example.com") is True
+        assert enqueue(session, _message(1), "example.com") is False
+        assert enqueue_many(session, [_message(1), _message(2), _message(2)], "example.com") == 1
+    assert _count(engine) == 2
+    with session_scope(engine) as session:
+        ids = session.execute(select(OutboxMessage.message_id)).scalars().all()
+    assert len(set(ids)) == 2 and all(i.endswith("@example.com>") for i in ids)
+
+
+def test_claim_takes_only_due_rows_and_leases_them(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(1), _message(2, timedelta(hours=1))], "example.com")
+    now = utcnow()
+    rows = claim(engine, "w1", now, 10, LEASE)
+    assert [r.email for r in rows] == ["reader1@example.com"]
+    assert rows[0].status == OutboxStatus.sending and rows[0].leased_by == "w1"
+    assert rows[0].attempts == 1
+    assert claim(engine, "w2", now, 10, LEASE) == []
+    # The lease of a dead worker runs out and the row is claimed again.
+    again = claim(engine, "w2", now + LEASE + timedelta(seconds=1), 10, LEASE)
+    assert {r.email for r in again} == {"reader1@example.com"}
+    assert again[0].attempts == 2 and again[0].leased_by == "w2"
+
+
+def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue(session, _message(1), "example.com")
+    now = utcnow()
+    [first] = claim(engine, "w1", now, 1, LEASE)
+    [second] = claim(engine, "w2", now + LEASE * 2, 1, LEASE)
+    with session_scope(engine) as session:
+        assert record(session, first, Result(OutboxStatus.sent, 250, "OK"), "w1") is False
+        assert record(session, second, Result(OutboxStatus.sent, 250, "OK"), "w2") is True
+    with session_scope(engine) as session:
+        row = session.execute(select(OutboxMessage)).scalar_one()
+        attempts = session.execute(select(DeliveryAttempt)).scalars().all()
+    assert row.status == OutboxStatus.sent and row.next_attempt_at is None and row.sent_at
+    assert [a.worker for a in attempts] == ["w1", "w2"]
+
+
+def test_deferred_rows_come_back_at_their_retry_time(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue(session, _message(1), "example.com")
+    now = utcnow()
+    [row] = claim(engine, "w1", now, 1, LEASE)
+    retry = now + timedelta(minutes=10)
+    with session_scope(engine) as session:
+        record(session, row, Result(OutboxStatus.deferred, 451, "try later", retry), "w1")
+    assert claim(engine, "w1", now + timedelta(minutes=9), 1, LEASE) == []
+    assert len(claim(engine, "w1", retry, 1, LEASE)) == 1
+
+
+def test_release_hands_rows_back_untouched(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(1), _message(2)], "example.com")
+    now = utcnow()
+    rows = claim(engine, "w1", now, 10, LEASE)
+    assert release(engine, "w1", [r.id for r in rows if r.id]) == 2
+    again = claim(engine, "w2", utcnow(), 10, LEASE)
+    assert len(again) == 2 and all(r.attempts == 1 for r in again)
+
+
+def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(n) for n in range(300)], "example.com")
+    got: dict[str, list[int]] = {}
+    now = utcnow()
+
+    def work(name: str) -> None:
+        mine: list[int] = []
+        while rows := claim(engine, name, now, 7, LEASE):
+            mine.extend(r.id for r in rows if r.id)
+        got[name] = mine
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for ids in got.values() for i in ids]
+    assert len(every) == 300 and len(set(every)) == 300
