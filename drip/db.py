@@ -101,7 +101,9 @@ def schema_state(engine: Engine) -> str:
                 return "empty"
             current = set(MigrationContext.configure(conn).get_current_heads())
     except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
-        raise DatabaseError(f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})") from None
+        raise DatabaseError(
+            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
+        ) from None
     heads = set(ScriptDirectory.from_config(_alembic_config(engine)).get_heads())
     return "current" if current == heads else "outdated"
 

@@ -83,7 +83,9 @@ class Subscriber(SQLModel, table=True):
         default=SubscriberStatus.pending, sa_column=Column(String(16), nullable=False, index=True)
     )
     timezone: str = Field(default="UTC", max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
     consent_at: datetime | None = _when()
     consent_source: str = Field(default="", max_length=64)
     consent_ip: str | None = Field(default=None, max_length=64)
@@ -118,7 +120,9 @@ class Newsletter(SQLModel, table=True):
     digest: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     subject: str = Field(max_length=200)
     body_markdown: str
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
     #: Highest subscriber id queued so far, so a crashed run resumes where it stopped.
     queued_through: int = Field(default=0)
     finished_at: datetime | None = _when()
@@ -136,7 +140,9 @@ class OutboxMessage(SQLModel, table=True):
     dedupe_key: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
     kind: MessageKind = Field(sa_column=Column(String(16), nullable=False))
     template: str = Field(max_length=100)
-    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", ondelete="SET NULL")
+    subscriber_id: int | None = Field(
+        default=None, foreign_key="subscriber.id", ondelete="SET NULL"
+    )
     #: The recipient at queue time; kept so the log still reads after the subscriber changes.
     email: str = Field(sa_column=Column(String(320), nullable=False, index=True))
     newsletter_id: int | None = Field(default=None, foreign_key="newsletter.id")
@@ -154,8 +160,12 @@ class OutboxMessage(SQLModel, table=True):
     last_smtp_code: int | None = None
     last_smtp_message: str | None = Field(default=None, max_length=1000)
     message_id: str = Field(sa_column=Column(String(250), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
     sent_at: datetime | None = _when()
 
 

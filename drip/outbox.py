@@ -49,7 +49,7 @@ def _insert(session: Session) -> Any:
 
 
 def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain: str) -> int:
-    """Queue messages, silently dropping any whose dedupe key is already queued. Returns the count."""
+    """Queue messages, dropping any whose dedupe key is already queued; returns how many."""
     if not messages:
         return 0
     now = utcnow()
@@ -89,12 +89,7 @@ def claim(
     """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row."""
     lease_until = now + lease
     due = and_(OutboxMessage.next_attempt_at <= now)
-    pick = (
-        select(OutboxMessage.id)
-        .where(due)
-        .order_by(OutboxMessage.next_attempt_at)
-        .limit(limit)
-    )
+    pick = select(OutboxMessage.id).where(due).order_by(OutboxMessage.next_attempt_at).limit(limit)
     if not is_sqlite(engine):
         # Rows another worker is claiming right now are skipped, not waited for.
         pick = pick.with_for_update(skip_locked=True)

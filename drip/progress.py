@@ -54,7 +54,9 @@ def into_window(when: datetime, tz_name: str, course: Course) -> datetime:
     start = local.replace(
         hour=course.window_start.hour, minute=course.window_start.minute, second=0, microsecond=0
     )
-    end = local.replace(hour=course.window_end.hour, minute=course.window_end.minute, second=0, microsecond=0)
+    end = local.replace(
+        hour=course.window_end.hour, minute=course.window_end.minute, second=0, microsecond=0
+    )
     if local < start:
         local = start
     elif local >= end:

@@ -62,7 +62,9 @@ def environment(emails_dir: Path) -> jinja2.Environment:
 def _where(exc: BaseException, fallback: str) -> str:
     """'name.html, line N' from a Jinja error or the template frame in its traceback."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
-        return f"{exc.filename and Path(exc.filename).name or exc.name or fallback}, line {exc.lineno}"
+        return (
+            f"{exc.filename and Path(exc.filename).name or exc.name or fallback}, line {exc.lineno}"
+        )
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename.endswith((".html", ".txt")):
             return f"{Path(frame.filename).name}, line {frame.lineno}"

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     catcher_dir: Path = Path(".drip/mail")
     minutes_per_day: float | None = Field(None, gt=0)
+    throttle_seconds: float = Field(60.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

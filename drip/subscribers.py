@@ -35,7 +35,9 @@ def find_by_token(session: Session, token: str, purpose: str) -> Subscriber | No
     column = (
         Subscriber.confirm_token_hash if purpose == "confirm" else Subscriber.unsubscribe_token_hash
     )
-    return session.execute(select(Subscriber).where(column == hash_token(token))).scalar_one_or_none()
+    return session.execute(
+        select(Subscriber).where(column == hash_token(token))
+    ).scalar_one_or_none()
 
 
 def add_subscriber(
@@ -113,7 +115,11 @@ def activate(
     if start:
         course = load_course(settings.emails_dir)
         start_course(
-            session, subscriber, course, Pace(settings.minutes_per_day), settings.sender_address.domain
+            session,
+            subscriber,
+            course,
+            Pace(settings.minutes_per_day),
+            settings.sender_address.domain,
         )
     return True
 

@@ -1,0 +1,51 @@
+"""`drip check`: everything that can be wrong before a subscriber would notice, listed at once."""
+
+from __future__ import annotations
+
+from drip.course import CourseError, load_course
+from drip.db import DatabaseError, get_engine, schema_state
+from drip.message import PackMissing, read_pack
+from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
+from drip.settings import Settings, SettingsError
+
+REQUIRED_EMAILS = ("confirm", "welcome", "newsletter")
+
+
+def problems(settings: Settings) -> list[str]:
+    found: list[str] = []
+    try:
+        settings.require_secret()
+    except SettingsError as exc:
+        found.append(str(exc))
+    if (
+        settings.dkim_enabled
+        and settings.dkim_private_key
+        and not settings.dkim_private_key.is_file()
+    ):
+        found.append(f"DRIP_DKIM_PRIVATE_KEY: no file at {settings.dkim_private_key}")
+    try:
+        state = schema_state(get_engine(settings.database_url))
+        if state != "current":
+            found.append(f"database schema is {state}: run `drip db upgrade`")
+    except DatabaseError as exc:
+        found.append(str(exc))
+    if not settings.emails_dir.is_dir():
+        return [*found, f"{settings.emails_dir}: the emails folder is missing"]
+    names = template_names(settings.emails_dir)
+    for name in REQUIRED_EMAILS:
+        if name not in names:
+            found.append(f"{settings.emails_dir}/{name}.html and .txt: email template missing")
+    for name in names:
+        try:
+            render_email(settings.emails_dir, name, SAMPLE_CONTEXT)
+        except RenderError as exc:
+            found.append(f"template {exc}")
+    try:
+        load_course(settings.emails_dir)
+    except CourseError as exc:
+        found.extend(exc.problems)
+    try:
+        read_pack(settings.info_pack)
+    except PackMissing as exc:
+        found.append(f"DRIP_INFO_PACK: {exc}")
+    return found

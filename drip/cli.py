@@ -1,0 +1,264 @@
+"""The `drip` command: thin wrappers over the modules, with plain one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from drip.clock import parse_instant
+from drip.course import CourseError
+from drip.db import DatabaseError, ensure_schema, get_engine, upgrade
+from drip.message import PackMissing
+from drip.newsletter import NewsletterError
+from drip.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="drip: a self-hosted email course and newsletter pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+newsletter_app = typer.Typer(help="Newsletters to every active subscriber.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(newsletter_app, name="newsletter")
+
+console = Console()
+err = Console(stderr=True)
+DEV_STATE = Path(".drip")
+
+#: Errors a user can fix; shown as one plain line, never a traceback.
+PLAIN_ERRORS = (SettingsError, DatabaseError, CourseError, PackMissing, NewsletterError)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+def _ready(settings: Settings) -> None:
+    ensure_schema(get_engine(settings.database_url))
+
+
+def _dev_secret(name: str) -> str:
+    """A random value kept in .drip/ so links in caught mail keep working across restarts."""
+    path = DEV_STATE / name
+    if path.is_file():
+        return path.read_text().strip()
+    DEV_STATE.mkdir(exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+@app.command()
+def dev(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    minutes_per_day: Annotated[
+        float | None, typer.Option(help="compress the course: one course day lasts N minutes")
+    ] = None,
+) -> None:
+    """Web app, scheduler and a local mail catcher in one process, on embedded defaults."""
+    import uvicorn
+
+    from drip.catcher import start_catcher
+    from drip.web.app import create_app
+    from drip.worker import preflight, run_worker
+
+    base = load_settings()
+    overrides: dict[str, Any] = {}
+    if base.secret_key is None:
+        overrides["secret_key"] = _dev_secret("secret-key")
+    if base.admin_user is None:
+        overrides["admin_user"] = "admin"
+        overrides["admin_password"] = _dev_secret("admin-password")
+    if minutes_per_day is not None:
+        overrides["minutes_per_day"] = minutes_per_day
+    if "DRIP_WORKER_INTERVAL" not in os.environ:
+        overrides["worker_interval"] = 5.0
+    if "DRIP_BASE_URL" not in os.environ:
+        overrides["base_url"] = f"http://{host}:{port}"
+    settings = load_settings(**overrides)
+    _ready(settings)
+    preflight(settings)
+    _logging()
+    try:
+        catcher = start_catcher(settings.catcher_dir, settings.smtp_host, settings.smtp_port)
+    except (OSError, RuntimeError) as exc:
+        raise SettingsError(
+            f"DRIP_SMTP_PORT: the mail catcher cannot listen on "
+            f"{settings.smtp_host}:{settings.smtp_port} ({exc})"
+        ) from None
+    password = settings.admin_password.get_secret_value() if settings.admin_password else ""
+    console.print(f"[bold]drip dev[/] is running.\n  Sign up:  {settings.base_url}/")
+    console.print(f"  Caught mail: {settings.base_url}/admin/outbox")
+    console.print(
+        f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, password {password})"
+    )
+    console.print(f"  Mail catcher on {settings.smtp_host}:{settings.smtp_port}; Ctrl-C stops.")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+        )
+        worker = asyncio.create_task(run_worker(settings, stop, handle_signals=False))
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            await worker
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        catcher.stop()
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The web app only: signup, confirmation, unsubscribe and /admin."""
+    import uvicorn
+
+    from drip.web.app import create_app
+
+    settings = load_settings()
+    settings.require_secret()
+    _ready(settings)
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+
+
+@app.command()
+def worker() -> None:
+    """The scheduler only: a pass every DRIP_WORKER_INTERVAL seconds until SIGTERM."""
+    from drip.worker import preflight, run_worker
+
+    settings = load_settings()
+    _ready(settings)
+    preflight(settings)
+    _logging()
+    asyncio.run(run_worker(settings))
+
+
+@app.command()
+def tick(
+    now: Annotated[
+        str | None, typer.Option(help="run the pass as if it were this ISO-8601 time")
+    ] = None,
+) -> None:
+    """One scheduler pass, then exit: queue what is due at --now and deliver the outbox."""
+    from drip.tick import run_pass
+
+    settings = load_settings()
+    settings.require_secret()
+    _ready(settings)
+    try:
+        when: datetime | None = parse_instant(now) if now else None
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO-8601 time: {now!r}", param_hint="--now") from None
+    report = asyncio.run(run_pass(settings, when))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(report.delivery.counts.items()))
+    console.print(f"queued {report.queued} lessons; delivered: {counts or 'nothing due'}")
+    if report.delivery.halted:
+        err.print(f"stopped early, the rest is kept for the next pass: {report.delivery.halted}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def check() -> None:
+    """Validate settings, database, templates, course and attachment."""
+    from drip.check import problems
+
+    settings = load_settings()
+    found = problems(settings)
+    for line in found:
+        err.print(f"[red]✗[/] {line}", highlight=False)
+    if found:
+        raise typer.Exit(1)
+    console.print("[green]✓[/] settings, database, templates, course and information pack are fine")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every schema migration not yet applied."""
+    settings = load_settings()
+    upgrade(get_engine(settings.database_url))
+    console.print("database schema is up to date")
+
+
+@newsletter_app.command("send")
+def newsletter_send(
+    file: Annotated[
+        Path, typer.Argument(help="Markdown with a front matter: ---, subject: ..., ---")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="render and count, queue nothing")
+    ] = False,
+) -> None:
+    """Queue a newsletter for every active subscriber, once; the worker or `drip tick` sends it."""
+    from drip import newsletter
+    from drip.db import session_scope
+
+    settings = load_settings()
+    settings.require_secret()
+    letter = newsletter.parse(file)
+    newsletter.preview(settings, letter)  # a broken template stops here, before anything is queued
+    engine = get_engine(settings.database_url)
+    _ready(settings)
+    if dry_run:
+        with session_scope(engine) as session:
+            count = newsletter.count_active(session)
+        console.print(f"dry run: {letter.subject!r} would go to {count} active subscribers")
+        return
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("queuing", total=None)
+        queued, _ = newsletter.queue(
+            settings, engine, letter, progress=lambda n: bar.advance(task, n)
+        )
+    console.print(
+        f"queued {letter.subject!r} for {queued} subscribers (already queued ones skipped)"
+    )
+
+
+def _optional_commands() -> None:
+    """Commands whose modules land separately; each is wired here once it exists."""
+    try:
+        from drip.cli_content import pack_app, preview
+
+        app.add_typer(pack_app, name="pack", help="The information pack PDF.")
+        app.command("preview")(preview)
+    except ImportError:
+        pass
+    try:
+        from drip.cli_operator import logs, subscribers_app
+
+        app.command("logs")(logs)
+        app.add_typer(
+            subscribers_app, name="subscribers", help="List, import and export subscribers."
+        )
+    except ImportError:
+        pass
+
+
+_optional_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except PLAIN_ERRORS as exc:
+        print(f"drip: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,270 @@
+"""Deliver the outbox: claim due rows, render, send over SMTP, record each attempt.
+
+The one path every email takes. A row is claimed with a lease, rendered at send
+time (so an unsubscribe or a fixed template counts until the last moment), sent
+on one of DRIP_SMTP_CONCURRENCY reused connections, and its outcome and send-log
+row are written in one transaction right after the server's reply. A crash
+between the 250 and that commit is the only way to send twice, and it can only
+affect the one message in flight on each connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+import markdown
+from sqlalchemy import Engine
+
+from drip.course import Course, CourseError, load_course
+from drip.db import session_scope
+from drip.message import Envelope, PackMissing, build_message, recipient_address, to_envelope
+from drip.models import (
+    MessageKind,
+    Newsletter,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from drip.outbox import Result, claim, record, release
+from drip.progress import Pace, after_send
+from drip.ratelimit import Limiter
+from drip.render import RenderError, render_email
+from drip.sender import Connection, Outcome, Verdict
+from drip.settings import Settings
+from drip.subscribers import leave
+from drip.tokens import make_token
+
+Clock = Callable[[], datetime]
+#: Do not start a send with less lease than this left: another worker may take the row.
+LEASE_MARGIN = timedelta(seconds=30)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**4):04x}"
+
+
+@dataclass
+class DeliveryReport:
+    counts: dict[str, int] = field(default_factory=dict)
+    halted: str | None = None
+
+    def add(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def retry_or_give_up(
+    settings: Settings, row: OutboxMessage, outcome: Outcome, now: datetime
+) -> Result:
+    """Exponential backoff with jitter, as Postfix does; failed once the lifetime is spent."""
+    lifetime = timedelta(days=settings.retry_lifetime_days)
+    if now - row.created_at >= lifetime:
+        message = (
+            f"gave up after {row.attempts} attempts over {lifetime.days} days: {outcome.message}"
+        )
+        return Result(OutboxStatus.failed, outcome.code, message)
+    minutes = min(
+        settings.retry_first_minutes * 2 ** max(row.attempts - 1, 0), settings.retry_max_hours * 60
+    )
+    delay = timedelta(minutes=minutes * random.uniform(0.8, 1.2))
+    return Result(OutboxStatus.deferred, outcome.code, outcome.message, now + delay)
+
+
+class Delivery:
+    """One delivery run of one worker, until nothing due is left or `stop` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        worker: str,
+        clock: Clock,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.worker = worker
+        self.clock = clock
+        self.stop = stop or asyncio.Event()
+        self.report = DeliveryReport()
+        self.limiter = Limiter(engine, settings.send_rate, clock, chunk=settings.smtp_concurrency)
+        self.secret = settings.require_secret()
+        self.pace = Pace(settings.minutes_per_day)
+        self._in_hand: set[int] = set()
+        self._newsletters: dict[int, dict[str, Any]] = {}
+
+    @cached_property
+    def course(self) -> Course | None:
+        try:
+            return load_course(self.settings.emails_dir)
+        except CourseError:
+            return None
+
+    async def run(self) -> DeliveryReport:
+        slots = self.settings.smtp_concurrency
+        queue: asyncio.Queue[OutboxMessage | None] = asyncio.Queue(maxsize=slots * 2)
+        try:
+            await asyncio.gather(
+                self._produce(queue, slots), *(self._consume(queue) for _ in range(slots))
+            )
+        finally:
+            await asyncio.to_thread(release, self.engine, self.worker, list(self._in_hand))
+        return self.report
+
+    async def _produce(self, queue: asyncio.Queue[OutboxMessage | None], slots: int) -> None:
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        try:
+            while not self.stop.is_set():
+                rows = await asyncio.to_thread(
+                    claim, self.engine, self.worker, self.clock(), slots * 2, lease
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    assert row.id is not None
+                    self._in_hand.add(row.id)
+                    await queue.put(row)
+        finally:
+            for _ in range(slots):
+                await queue.put(None)
+
+    async def _consume(self, queue: asyncio.Queue[OutboxMessage | None]) -> None:
+        connection = Connection(self.settings)
+        try:
+            while (row := await queue.get()) is not None:
+                if not self.stop.is_set():
+                    await self._deliver(connection, row)
+        finally:
+            await connection.close()
+
+    async def _deliver(self, connection: Connection, row: OutboxMessage) -> None:
+        prepared = await asyncio.to_thread(self._prepare, row)
+        if isinstance(prepared, Envelope):
+            await self.limiter.acquire()
+            if self.stop.is_set() or self._lease_short(row):
+                return  # left in hand: released at the end, claimed afresh
+            outcome = await connection.send(prepared)
+            result = self._judge(row, outcome)
+            if outcome.throttle:
+                await self.limiter.pause(self.settings.throttle_seconds, outcome.message)
+            if outcome.verdict == Verdict.deferred and outcome.code is None:
+                self._halt(outcome.message)
+        else:
+            result = prepared
+        await asyncio.to_thread(self._finish, row, result)
+
+    def _lease_short(self, row: OutboxMessage) -> bool:
+        return row.lease_until is not None and row.lease_until - self.clock() < LEASE_MARGIN
+
+    def _halt(self, reason: str) -> None:
+        """The server cannot be reached: stop this run rather than defer every message in turn."""
+        self.report.halted = reason
+        self.stop.set()
+
+    def _judge(self, row: OutboxMessage, outcome: Outcome) -> Result:
+        if outcome.verdict == Verdict.sent:
+            return Result(OutboxStatus.sent, outcome.code, outcome.message)
+        if outcome.verdict == Verdict.bounced:
+            return Result(OutboxStatus.bounced, outcome.code, outcome.message)
+        return retry_or_give_up(self.settings, row, outcome, self.clock())
+
+    # -- database work, run in a thread -------------------------------------------
+
+    def _prepare(self, row: OutboxMessage) -> Envelope | Result:
+        """Render and build the message, or say why it must not be sent."""
+        with session_scope(self.engine) as session:
+            subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
+            if subscriber is None:
+                return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
+            wanted = (
+                SubscriberStatus.pending
+                if row.kind == MessageKind.confirm
+                else SubscriberStatus.active
+            )
+            if subscriber.status != wanted:
+                return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
+            context = self._context(session, row, subscriber)
+        try:
+            rendered = render_email(self.settings.emails_dir, row.template, context)
+            message = build_message(
+                self.settings,
+                rendered,
+                to=recipient_address(row.email, subscriber.name),
+                message_id=row.message_id,
+                unsubscribe_url=context["unsubscribe_url"],
+                attach_pack=row.kind == MessageKind.welcome,
+            )
+            return to_envelope(self.settings, message)
+        except RenderError as exc:
+            return Result(OutboxStatus.failed, None, f"template error: {exc}")
+        except PackMissing as exc:
+            return retry_or_give_up(
+                self.settings, row, Outcome(Verdict.deferred, None, str(exc)), self.clock()
+            )
+
+    def _context(self, session: Any, row: OutboxMessage, subscriber: Subscriber) -> dict[str, Any]:
+        base = self.settings.base_url
+        unsubscribe = make_token(self.secret, subscriber.token_salt, "unsubscribe")
+        context: dict[str, Any] = {
+            "name": subscriber.name,
+            "email": subscriber.email,
+            "base_url": base,
+            "course_title": self.course.title if self.course else "",
+            "unsubscribe_url": None
+            if row.kind == MessageKind.confirm
+            else f"{base}/unsubscribe/{unsubscribe}",
+        }
+        if row.kind == MessageKind.confirm:
+            confirm = make_token(self.secret, subscriber.token_salt, "confirm")
+            context["confirm_url"] = f"{base}/confirm/{confirm}"
+        if row.newsletter_id is not None:
+            context.update(self._newsletter(session, row.newsletter_id))
+        context.update(row.context)
+        return context
+
+    def _newsletter(self, session: Any, newsletter_id: int) -> dict[str, Any]:
+        if newsletter_id not in self._newsletters:
+            letter = session.get(Newsletter, newsletter_id)
+            body = letter.body_markdown if letter else ""
+            self._newsletters[newsletter_id] = {
+                "subject": letter.subject if letter else "",
+                "content_html": markdown.markdown(body),
+                "content_text": body,
+            }
+        return self._newsletters[newsletter_id]
+
+    def _finish(self, row: OutboxMessage, result: Result) -> None:
+        """Record the attempt and everything that follows from it, in one transaction."""
+        now = self.clock()
+        with session_scope(self.engine) as session:
+            moved = record(session, row, result, self.worker)
+            if moved and row.subscriber_id is not None:
+                if result.status == OutboxStatus.sent and row.kind in (
+                    MessageKind.welcome,
+                    MessageKind.lesson,
+                ):
+                    if self.course is not None:
+                        after_send(session, row.subscriber_id, now, self.course, self.pace)
+                elif result.status == OutboxStatus.bounced:
+                    subscriber = session.get(Subscriber, row.subscriber_id)
+                    if subscriber is not None:
+                        reason = (
+                            f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
+                        )
+                        leave(session, subscriber, SubscriberStatus.bounced, now, reason)
+        assert row.id is not None
+        self._in_hand.discard(row.id)
+        self.report.add(result.status)

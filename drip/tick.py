@@ -1,0 +1,87 @@
+"""One scheduler pass: queue what is due, deliver the outbox, note the pass.
+
+`drip tick`, `drip worker` (every DRIP_WORKER_INTERVAL seconds) and the tests all
+run this same function. `now` may be given to travel in time; the pass's clock
+then runs on from that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from drip.clock import utcnow
+from drip.course import load_course
+from drip.db import get_engine, session_scope
+from drip.delivery import Clock, Delivery, DeliveryReport, worker_name
+from drip.models import CourseProgress, WorkerHeartbeat
+from drip.progress import queue_due_lessons
+from drip.settings import Settings
+
+QUEUE_BATCH = 500
+
+
+@dataclass
+class PassReport:
+    queued: int
+    delivery: DeliveryReport
+
+
+def travelling_clock(now: datetime | None) -> Clock:
+    if now is None:
+        return utcnow
+    started = utcnow()
+    return lambda: now + (utcnow() - started)
+
+
+def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
+    """Queue every lesson due at `now`, in batches so memory stays flat."""
+    course = load_course(settings.emails_dir)
+    total = 0
+    while True:
+        # Each batch clears the due time of the rows it reads, so this loop ends.
+        with session_scope(engine) as session:
+            total += queue_due_lessons(
+                session, now, course, settings.sender_address.domain, limit=QUEUE_BATCH
+            )
+            if not _more_due(session, now):
+                return total
+
+
+def _more_due(session: Session, now: datetime) -> bool:
+    return (
+        session.execute(
+            select(CourseProgress.subscriber_id).where(CourseProgress.next_due_at <= now).limit(1)
+        ).first()
+        is not None
+    )
+
+
+def beat(engine: Engine, worker: str, at: datetime, queued: int, delivered: int) -> None:
+    with session_scope(engine) as session:
+        row = session.get(WorkerHeartbeat, worker) or WorkerHeartbeat(
+            worker=worker, last_pass_at=at
+        )
+        row.last_pass_at, row.queued, row.delivered = at, queued, delivered
+        session.add(row)
+
+
+async def run_pass(
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    worker: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> PassReport:
+    engine = get_engine(settings.database_url)
+    clock = travelling_clock(now)
+    worker = worker or worker_name()
+    queued = await asyncio.to_thread(queue_due, settings, engine, clock())
+    delivery = Delivery(settings, engine, worker=worker, clock=clock, stop=stop)
+    report = await delivery.run()
+    await asyncio.to_thread(beat, engine, worker, clock(), queued, report.total)
+    return PassReport(queued=queued, delivery=report)

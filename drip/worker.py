@@ -1,0 +1,84 @@
+"""`drip worker`: APScheduler runs a pass every DRIP_WORKER_INTERVAL seconds.
+
+APScheduler is only this process's timer; the database coordinates workers
+(shared/DESIGN.md). `coalesce` and `max_instances=1` keep one pass at a time, and
+a generous misfire grace stops a busy machine from silently skipping passes.
+On SIGTERM/SIGINT the current pass finishes the messages on the wire, hands the
+rest back, and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from drip.clock import utcnow
+from drip.course import load_course
+from drip.delivery import worker_name
+from drip.message import read_pack
+from drip.settings import Settings
+from drip.tick import run_pass
+
+log = logging.getLogger("drip.worker")
+
+
+def preflight(settings: Settings) -> None:
+    """Fail at start, not in front of a subscriber: secret, course, templates and pack."""
+    settings.require_secret()
+    load_course(settings.emails_dir)
+    read_pack(settings.info_pack)
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
+    stop = stop or asyncio.Event()
+    name = worker_name()
+    busy = asyncio.Lock()
+
+    async def one_pass() -> None:
+        async with busy:
+            if stop.is_set():
+                return
+            try:
+                report = await run_pass(settings, worker=name, stop=stop)
+            except Exception:  # a failed pass is logged; the next one tries again
+                log.exception("scheduler pass failed")
+                return
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(report.delivery.counts.items()))
+            if report.queued or counts or report.delivery.halted:
+                log.info(
+                    "pass: queued %d; %s%s",
+                    report.queued,
+                    counts or "nothing delivered",
+                    f"; stopped early: {report.delivery.halted}" if report.delivery.halted else "",
+                )
+
+    interval = settings.worker_interval
+    scheduler = AsyncIOScheduler(
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": int(max(60, interval * 4)),
+        }
+    )
+    scheduler.add_job(one_pass, "interval", seconds=interval, next_run_time=utcnow(), id="pass")
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    scheduler.start()
+    log.info("worker %s: a pass every %gs", name, interval)
+    try:
+        await stop.wait()
+    finally:
+        scheduler.shutdown(wait=False)
+        async with busy:  # let the pass under way finish or release its messages
+            pass
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("worker %s stopped", name)
