@@ -44,8 +44,9 @@ from drip.subscribers import leave
 from drip.tokens import make_token
 
 Clock = Callable[[], datetime]
-#: Do not start a send with less lease than this left: another worker may take the row.
-LEASE_MARGIN = timedelta(seconds=30)
+#: Do not start a send with less than this share of the lease left (at most 30 s):
+#: another worker may take the row once it runs out.
+LEASE_MARGIN = 0.2
 
 
 def worker_name() -> str:
@@ -167,7 +168,8 @@ class Delivery:
         await asyncio.to_thread(self._finish, row, result)
 
     def _lease_short(self, row: OutboxMessage) -> bool:
-        return row.lease_until is not None and row.lease_until - self.clock() < LEASE_MARGIN
+        margin = timedelta(seconds=min(self.settings.lease_seconds * LEASE_MARGIN, 30))
+        return row.lease_until is not None and row.lease_until - self.clock() < margin
 
     def _halt(self, reason: str) -> None:
         """The server cannot be reached: stop this run rather than defer every message in turn."""

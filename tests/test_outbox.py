@@ -10,7 +10,16 @@ from sqlalchemy import Engine, func, select
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
-from drip.outbox import NewMessage, Result, claim, dedupe_key, enqueue, enqueue_many, record, release
+from drip.outbox import (
+    NewMessage,
+    Result,
+    claim,
+    dedupe_key,
+    enqueue,
+    enqueue_many,
+    record,
+    release,
+)
 
 LEASE = timedelta(minutes=5)
 
@@ -27,7 +36,11 @@ def _message(n: int, due_offset: timedelta = timedelta(0)) -> NewMessage:
 
 def _count(engine: Engine, *where: object) -> int:
     with session_scope(engine) as session:
-        return int(session.execute(select(func.count()).select_from(OutboxMessage).where(*where)).scalar_one())
+        return int(
+            session.execute(
+                select(func.count()).select_from(OutboxMessage).where(*where)
+            ).scalar_one()
+        )
 
 
 def test_the_same_email_is_queued_once(engine: Engine) -> None:
