@@ -26,9 +26,27 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "lesson_number": 1,
     "lesson_total": 8,
     "course_title": "Trigger Point Relief",
-    "lessons": [],
-    "content_html": "<p>Sample newsletter text.</p>",
-    "content_text": "Sample newsletter text.",
+    # The shipped course (emails/course.toml): number, title, and the day after
+    # confirmation when each lesson arrives; tests/test_content.py keeps them in step.
+    "lessons": [
+        {"number": 1, "title": "What trigger points are", "day": 1},
+        {"number": 2, "title": "Finding your trigger points", "day": 3},
+        {"number": 3, "title": "The pressure release, step by step", "day": 6},
+        {"number": 4, "title": "Gluteus minimus, the hidden hip muscle", "day": 8},
+        {"number": 5, "title": "Trigger point or sciatica?", "day": 11},
+        {"number": 6, "title": "After a release: heat, stretch, move", "day": 13},
+        {"number": 7, "title": "Why they come back, and a daily routine", "day": 16},
+        {"number": 8, "title": "The end of the course, and where to go next", "day": 18},
+    ],
+    "subject": "Hip pain on the stairs? Three small changes",
+    "content_html": (
+        "<h1>Hip pain on the stairs?</h1>"
+        "<p>A reader asked why her hip aches most on the stairs. Here is what I told her.</p>"
+    ),
+    "content_text": (
+        "HIP PAIN ON THE STAIRS?\n\n"
+        "A reader asked why her hip aches most on the stairs. Here is what I told her."
+    ),
 }
 
 
