@@ -1,0 +1,106 @@
+"""Content commands: `drip pack build` and `drip preview NAME`.
+
+Kept apart from drip/cli.py so the people who write the course can check their
+work (render an email with sample data, rebuild the PDF) without touching the
+sending side; the main CLI mounts `pack_app` and `preview`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from drip.course import Course, CourseError, load_course
+from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, PackError, build_pack
+from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
+
+EMAILS_DIR = Path("emails")
+
+pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
+
+
+def lesson_schedule(course: Course) -> list[dict[str, Any]]:
+    """The welcome email's `lessons`: number, title and the day after confirmation it arrives.
+
+    Delays add up: each lesson's delay_days counts from the one before it.
+    """
+    schedule: list[dict[str, Any]] = []
+    day = 0.0
+    for number, lesson in enumerate(course.lessons, start=1):
+        day += lesson.delay_days
+        schedule.append({"number": number, "title": lesson.title, "day": round(day)})
+    return schedule
+
+
+def preview_context(emails_dir: Path, name: str) -> dict[str, Any]:
+    """SAMPLE_CONTEXT, made true to the shipped course for the email being previewed."""
+    context = dict(SAMPLE_CONTEXT)
+    try:
+        course: Course | None = load_course(emails_dir)
+    except CourseError:
+        course = None  # `drip check` reports a broken course; a preview still helps
+    if course is not None:
+        context["course_title"] = course.title
+        context["lesson_total"] = course.total
+        context["lessons"] = lesson_schedule(course)
+        for number, lesson in enumerate(course.lessons, start=1):
+            if lesson.template == name:
+                context["lesson_number"] = number
+    if name == "confirm":
+        context["unsubscribe_url"] = None  # as sent: nothing to unsubscribe from yet
+    return context
+
+
+def preview(
+    name: Annotated[str, typer.Argument(help="Email to render, e.g. welcome or confirm.")],
+    text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the HTML part to this file.")
+    ] = None,
+) -> None:
+    """Render an email template with sample data."""
+    names = template_names(EMAILS_DIR)
+    if name not in names:
+        known = ", ".join(names) or "none"
+        typer.echo(
+            f"drip preview: no email named {name!r} in {EMAILS_DIR}/ (known: {known})", err=True
+        )
+        raise typer.Exit(1)
+    try:
+        rendered = render_email(EMAILS_DIR, name, preview_context(EMAILS_DIR, name))
+    except RenderError as exc:
+        typer.echo(f"drip preview: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Subject: {rendered.subject}")
+    if out is not None:
+        try:
+            out.write_text(rendered.html, encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"drip preview: cannot write {out} ({exc.strerror or exc})", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"Wrote the HTML part to {out}; open it in a browser.")
+    if text:
+        typer.echo("")
+        typer.echo(rendered.text, nl=False)
+    elif out is None:
+        typer.echo("")
+        typer.echo(rendered.html)
+
+
+@pack_app.command("build")
+def build(
+    source: Annotated[Path, typer.Option(help="The pack's text source.")] = DEFAULT_SOURCE,
+    out: Annotated[Path, typer.Option(help="Where to write the PDF.")] = DEFAULT_OUT,
+) -> None:
+    """Build the information pack PDF from its text source."""
+    try:
+        build_pack(source, out)
+    except PackError as exc:
+        typer.echo(f"drip pack build: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"drip pack build: cannot write {out} ({exc.strerror or exc})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Wrote {out} ({out.stat().st_size // 1024} KB) from {source}")
