@@ -21,19 +21,6 @@ EMAILS_DIR = Path("emails")
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
 
 
-def lesson_schedule(course: Course) -> list[dict[str, Any]]:
-    """The welcome email's `lessons`: number, title and the day after confirmation it arrives.
-
-    Delays add up: each lesson's delay_days counts from the one before it.
-    """
-    schedule: list[dict[str, Any]] = []
-    day = 0.0
-    for number, lesson in enumerate(course.lessons, start=1):
-        day += lesson.delay_days
-        schedule.append({"number": number, "title": lesson.title, "day": round(day)})
-    return schedule
-
-
 def preview_context(emails_dir: Path, name: str) -> dict[str, Any]:
     """SAMPLE_CONTEXT, made true to the shipped course for the email being previewed."""
     context = dict(SAMPLE_CONTEXT)
@@ -44,7 +31,7 @@ def preview_context(emails_dir: Path, name: str) -> dict[str, Any]:
     if course is not None:
         context["course_title"] = course.title
         context["lesson_total"] = course.total
-        context["lessons"] = lesson_schedule(course)
+        context["lessons"] = course.schedule()
         for number, lesson in enumerate(course.lessons, start=1):
             if lesson.template == name:
                 context["lesson_number"] = number

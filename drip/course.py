@@ -42,6 +42,15 @@ class Course:
     def total(self) -> int:
         return len(self.lessons)
 
+    def schedule(self) -> list[dict[str, object]]:
+        """Each lesson's number, title and the day after confirmation it arrives (delays add up)."""
+        day = 0.0
+        out: list[dict[str, object]] = []
+        for number, lesson in enumerate(self.lessons, start=1):
+            day += lesson.delay_days
+            out.append({"number": number, "title": lesson.title, "day": round(day)})
+        return out
+
     def number_of(self, slug: str) -> int:
         """1-based position of a lesson in the course as it stands now."""
         for i, lesson in enumerate(self.lessons, start=1):

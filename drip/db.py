@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "drip_read_only"
 
 
 class DatabaseError(Exception):
@@ -43,7 +44,8 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @cache
@@ -72,6 +74,15 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite it takes no write lock, so it never
+    waits for, or holds up, a writer."""
+    # Closing (not rolling back) ends the transaction and keeps loaded objects usable.
+    with Session(engine.execution_options(**{READ_ONLY: True})) as session:
+        yield session
 
 
 def _alembic_config(engine: Engine) -> Any:

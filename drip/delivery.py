@@ -24,7 +24,7 @@ import markdown
 from sqlalchemy import Engine
 
 from drip.course import Course, CourseError, load_course
-from drip.db import session_scope
+from drip.db import read_scope, session_scope
 from drip.message import Envelope, PackMissing, build_message, recipient_address, to_envelope
 from drip.models import (
     MessageKind,
@@ -118,29 +118,29 @@ class Delivery:
         slots = self.settings.smtp_concurrency
         queue: asyncio.Queue[OutboxMessage | None] = asyncio.Queue(maxsize=slots * 2)
         try:
-            await asyncio.gather(
-                self._produce(queue, slots), *(self._consume(queue) for _ in range(slots))
-            )
+            # A failure in one task cancels the others, so nothing waits on a dead queue.
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._produce(queue, slots))
+                for _ in range(slots):
+                    tasks.create_task(self._consume(queue))
         finally:
             await asyncio.to_thread(release, self.engine, self.worker, list(self._in_hand))
         return self.report
 
     async def _produce(self, queue: asyncio.Queue[OutboxMessage | None], slots: int) -> None:
         lease = timedelta(seconds=self.settings.lease_seconds)
-        try:
-            while not self.stop.is_set():
-                rows = await asyncio.to_thread(
-                    claim, self.engine, self.worker, self.clock(), slots * 2, lease
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    assert row.id is not None
-                    self._in_hand.add(row.id)
-                    await queue.put(row)
-        finally:
-            for _ in range(slots):
-                await queue.put(None)
+        while not self.stop.is_set():
+            rows = await asyncio.to_thread(
+                claim, self.engine, self.worker, self.clock(), slots * 2, lease
+            )
+            if not rows:
+                break
+            for row in rows:
+                assert row.id is not None
+                self._in_hand.add(row.id)
+                await queue.put(row)
+        for _ in range(slots):
+            await queue.put(None)
 
     async def _consume(self, queue: asyncio.Queue[OutboxMessage | None]) -> None:
         connection = Connection(self.settings)
@@ -187,7 +187,7 @@ class Delivery:
 
     def _prepare(self, row: OutboxMessage) -> Envelope | Result:
         """Render and build the message, or say why it must not be sent."""
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
             if subscriber is None:
                 return Result(OutboxStatus.skipped, None, "the subscriber was deleted")

@@ -68,18 +68,8 @@ def lesson_context(course: Course, lesson: Lesson) -> dict[str, object]:
     return {"lesson_number": course.number_of(lesson.slug), "lesson_total": course.total}
 
 
-def welcome_context(course: Course, pace: Pace) -> dict[str, object]:
-    """The schedule shown in the welcome email: each lesson and the day it arrives."""
-    day = 0.0
-    lessons = []
-    for number, lesson in enumerate(course.lessons, start=1):
-        day += lesson.delay_days
-        lessons.append({"number": number, "title": lesson.title, "day": round(day)})
-    return {"lessons": lessons, "lesson_total": course.total}
-
-
 def start_course(
-    session: Session, subscriber: Subscriber, course: Course, pace: Pace, msgid_domain: str
+    session: Session, subscriber: Subscriber, course: Course, msgid_domain: str
 ) -> None:
     """Queue the welcome email and open the subscriber's progress; safe to call twice."""
     assert subscriber.id is not None
@@ -96,7 +86,7 @@ def start_course(
             dedupe_key=dedupe_key(MessageKind.welcome, subscriber.id),
             due_at=now,
             subscriber_id=subscriber.id,
-            context=welcome_context(course, pace),
+            context={"lessons": course.schedule(), "lesson_total": course.total},
         ),
         msgid_domain,
     )

@@ -11,27 +11,29 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from drip.db import is_sqlite, session_scope
+from drip.db import session_scope
 from drip.models import SendBudget
 
 BUCKET = "smtp"
 #: Longest pause a throttling reply may impose; anything longer was set by a clock far ahead.
 MAX_PAUSE = timedelta(hours=1)
+UNLIMITED_CHUNK = 50
 
 
 def _row(session: Session, now: datetime) -> SendBudget:
+    """The bucket row, locked for this transaction; created once, race-free."""
+    dialect = session.get_bind().dialect.name
+    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(SendBudget)
+    session.execute(
+        insert.values(name=BUCKET, tokens=0.0, refilled_at=now).on_conflict_do_nothing()
+    )
     stmt = select(SendBudget).where(SendBudget.name == BUCKET)
-    if not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+    if dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already holds the write lock
         stmt = stmt.with_for_update()
-    row = session.execute(stmt).scalar_one_or_none()
-    if row is None:
-        row = SendBudget(name=BUCKET, tokens=0.0, refilled_at=now)
-        session.add(row)
-        session.flush()
-        row = session.execute(stmt).scalar_one()
-    return row
+    return session.execute(stmt).scalar_one()
 
 
 def take(engine: Engine, rate: float, wanted: int, now: datetime) -> tuple[int, float]:
@@ -77,7 +79,8 @@ class Limiter:
         self.engine = engine
         self.rate = rate
         self.clock = clock
-        self.chunk = chunk if rate <= 0 else max(1, min(chunk, int(rate)))
+        # Without a rate the bucket is only asked about a pause, once per UNLIMITED_CHUNK sends.
+        self.chunk = UNLIMITED_CHUNK if rate <= 0 else max(1, min(chunk, int(rate)))
         self._tokens = 0
         self._lock = asyncio.Lock()
 

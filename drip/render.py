@@ -7,6 +7,7 @@ error names the template and line, and nothing half-rendered ever leaves.
 
 from __future__ import annotations
 
+import html as html_lib
 import sys
 import traceback
 from dataclasses import dataclass
@@ -111,7 +112,8 @@ def render_email(emails_dir: Path, name: str, context: dict[str, Any]) -> Render
     env = environment(emails_dir.resolve())
     html, subject = _render(env, f"{name}.html", context)
     text, _ = _render(env, f"{name}.txt", context)
-    subject = " ".join(subject.split())
+    # The subject block is rendered with HTML escaping on; a header wants the plain text.
+    subject = html_lib.unescape(" ".join(subject.split()))
     if not subject:
         raise RenderError(f"{name}.html: no subject (add a {{% block subject %}})")
     try:

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from drip.course import load_course
 from drip.models import MessageKind, Subscriber, SubscriberStatus
 from drip.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
-from drip.progress import Pace, start_course, stop_course
+from drip.progress import start_course, stop_course
 from drip.settings import Settings
 from drip.tokens import hash_token, new_salt, token_hashes
 
@@ -118,7 +118,6 @@ def activate(
             session,
             subscriber,
             course,
-            Pace(settings.minutes_per_day),
             settings.sender_address.domain,
         )
     return True

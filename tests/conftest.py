@@ -19,6 +19,7 @@ from tests.mailserver import MailServer, Recorder, serve
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("DRIP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-key-0123456789abcdef"
+EMAILS = Path(os.environ.get("DRIP_TEST_EMAILS", ROOT / "emails"))
 
 
 def _pg_available() -> str | None:
@@ -92,8 +93,8 @@ def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **extra: ob
         "database_url": database_url,
         "smtp_port": smtp_port,
         "secret_key": SECRET,
-        "emails_dir": ROOT / "emails",
-        "info_pack": ROOT / "emails" / "info-pack.pdf",
+        "emails_dir": EMAILS,
+        "info_pack": EMAILS / "info-pack.pdf",
         "catcher_dir": tmp_path / "mail",
         "send_rate": 0,
         "_env_file": None,

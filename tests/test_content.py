@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drip.cli_content import lesson_schedule, pack_app, preview
+from drip.cli_content import pack_app, preview
 from drip.course import load_course
 from drip.render import SAMPLE_CONTEXT, Rendered, render_email, template_names
 
@@ -32,7 +32,7 @@ SAFETY_PHRASES = ("not a diagnosis", "numbness", "bladder", "Stop if the pain tu
 
 def context_for(template: str, **overrides: Any) -> dict[str, Any]:
     """The context drip sends each kind of email with, built from the sample data."""
-    context = dict(SAMPLE_CONTEXT, lesson_total=COURSE.total, lessons=lesson_schedule(COURSE))
+    context = dict(SAMPLE_CONTEXT, lesson_total=COURSE.total, lessons=COURSE.schedule())
     if template in LESSONS:
         context["lesson_number"] = LESSONS[template]
     if template == "confirm":
@@ -87,7 +87,7 @@ def test_lessons_are_spaced_one_day_then_two_or_three() -> None:
 
 def test_sample_lessons_match_the_course() -> None:
     """SAMPLE_CONTEXT's welcome schedule is the shipped course, so previews tell the truth."""
-    assert SAMPLE_CONTEXT["lessons"] == lesson_schedule(COURSE)
+    assert SAMPLE_CONTEXT["lessons"] == COURSE.schedule()
     assert SAMPLE_CONTEXT["lesson_total"] == COURSE.total
 
 
@@ -221,7 +221,7 @@ def test_lessons_make_no_promise_of_a_cure() -> None:
 
 def test_welcome_lists_every_lesson_with_its_day_and_the_pack() -> None:
     rendered = render("welcome")
-    for lesson in lesson_schedule(COURSE):
+    for lesson in COURSE.schedule():
         line = f"Lesson {lesson['number']}: {lesson['title']}"
         assert line in rendered.html and line in rendered.text
         assert f"Day {lesson['day']}" in rendered.html

@@ -1,0 +1,48 @@
+"""Make subscribers and messages the way drip itself does, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from drip.clock import utcnow
+from drip.db import get_engine, session_scope
+from drip.models import DeliveryAttempt, OutboxMessage, Subscriber
+from drip.settings import Settings
+from drip.subscribers import activate, add_subscriber, queue_confirmation
+from drip.tick import PassReport, run_pass
+
+
+def subscriber(
+    settings: Settings, email: str, *, active: bool = True, name: str = "Sam", start: bool = True
+) -> Subscriber:
+    with session_scope(get_engine(settings.database_url)) as session:
+        sub, _ = add_subscriber(session, settings, email=email, name=name, source="test")
+        if active:
+            activate(session, settings, sub, utcnow(), start=start)
+        else:
+            queue_confirmation(session, settings, sub, utcnow())
+        return sub
+
+
+def tick(settings: Settings, now: datetime | None = None) -> PassReport:
+    return asyncio.run(run_pass(settings, now))
+
+
+def outbox(engine: Engine) -> list[OutboxMessage]:
+    with session_scope(engine) as session:
+        return list(session.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
+
+
+def attempts(engine: Engine) -> list[DeliveryAttempt]:
+    with session_scope(engine) as session:
+        return list(session.execute(select(DeliveryAttempt).order_by(DeliveryAttempt.id)).scalars())
+
+
+def reload(session: Session, row: Subscriber) -> Subscriber:
+    found = session.get(Subscriber, row.id)
+    assert found is not None
+    return found

@@ -1,0 +1,236 @@
+"""Delivery against real aiosmtpd servers on loopback: content, outcomes, retries, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import MessageKind, OutboxStatus, SendBudget, Subscriber, SubscriberStatus
+from drip.outbox import NewMessage, enqueue_many
+from drip.settings import Settings
+from drip.tick import run_pass
+from tests.conftest import EMAILS, make_settings
+from tests.factories import attempts, outbox, subscriber, tick
+from tests.mailserver import (
+    MAILBOX_BUSY,
+    MAILBOX_FULL,
+    NO_SUCH_USER,
+    SERVICE_NOT_AVAILABLE,
+    Recorder,
+    serve,
+)
+
+
+def _parts(message: EmailMessage) -> dict[str, EmailMessage]:
+    return {part.get_content_type(): part for part in message.walk() if not part.is_multipart()}
+
+
+def test_welcome_email_arrives_whole(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    subscriber(settings, "ann@example.com", name="Ann")
+    report = tick(settings)
+    assert report.delivery.counts == {"sent": 1}
+    [message] = recorder.wait_for(1)
+    parts = _parts(message)
+    assert "Ann" in parts["text/plain"].get_content()
+    assert "<html" in parts["text/html"].get_content().lower()
+    pdf = parts["application/pdf"]
+    assert pdf.get_filename() == "trigger-point-information-pack.pdf"
+    assert pdf.get_content() == Path(settings.info_pack).read_bytes()
+    unsubscribe = str(message["List-Unsubscribe"])
+    assert unsubscribe.startswith(f"<{settings.base_url}/unsubscribe/") and unsubscribe.endswith(
+        ">"
+    )
+    assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+    assert str(message["To"]) == "Ann <ann@example.com>"
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.sent and str(message["Message-ID"]) == row.message_id
+    [attempt] = attempts(engine)
+    assert attempt.status == OutboxStatus.sent and attempt.smtp_code == 250
+
+
+def test_confirmation_has_no_unsubscribe_header(settings: Settings, recorder: Recorder) -> None:
+    subscriber(settings, "pending@example.com", active=False)
+    tick(settings)
+    [message] = recorder.wait_for(1)
+    assert message["List-Unsubscribe"] is None
+    assert f"{settings.base_url}/confirm/" in _parts(message)["text/plain"].get_content()
+
+
+def test_temporary_failures_are_retried_then_sent(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    recorder.replies = [MAILBOX_BUSY, MAILBOX_BUSY]
+    subscriber(settings, "ann@example.com")
+    now = utcnow()
+    for hours in (0, 1, 3):
+        tick(settings, now + timedelta(hours=hours))
+    assert len(recorder.wait_for(1)) == 1
+    log = [(a.status, a.smtp_code) for a in attempts(engine)]
+    assert log == [("deferred", 451), ("deferred", 451), ("sent", 250)]
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.sent and row.attempts == 3
+
+
+def test_a_recipient_refused_bounces_and_suppresses(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    recorder.replies = [NO_SUCH_USER]
+    subscriber(settings, "gone@example.com")
+    tick(settings)
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.bounced and row.last_smtp_code == 550
+    with session_scope(engine) as session:
+        sub = session.get(Subscriber, row.subscriber_id)
+        assert sub is not None and sub.status == SubscriberStatus.bounced
+    # Nothing more is ever queued or sent to them.
+    for days in (2, 10, 30):
+        tick(settings, utcnow() + timedelta(days=days))
+    assert recorder.messages == [] and len(outbox(engine)) == 1
+
+
+@pytest.mark.parametrize("reply", [NO_SUCH_USER, MAILBOX_FULL])
+def test_permanent_codes_bounce(
+    settings: Settings, recorder: Recorder, engine: Engine, reply: str
+) -> None:
+    recorder.replies = [reply]
+    subscriber(settings, "full@example.com")
+    tick(settings)
+    assert [a.status for a in attempts(engine)] == ["bounced"]
+
+
+def test_throttling_slows_every_worker(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    recorder.replies = [SERVICE_NOT_AVAILABLE]
+    subscriber(settings, "ann@example.com")
+    tick(settings)
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.deferred and row.last_smtp_code == 421
+    with session_scope(engine) as session:
+        budget = session.get(SendBudget, "smtp")
+        assert budget is not None and budget.paused_until is not None
+        assert budget.paused_until > utcnow()
+
+
+def test_dropped_connection_mid_data_is_retried_once(
+    database_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    drops = {"left": 1}
+    recorder = Recorder()
+
+    def drop(envelope: object) -> str | None:
+        if drops["left"]:
+            drops["left"] -= 1
+            raise ConnectionResetError("dropped mid-DATA")
+        return None
+
+    recorder.on_data = drop
+    with serve(recorder) as server:
+        settings = make_settings(database_url, server.port, tmp_path)
+        subscriber(settings, "ann@example.com")
+        tick(settings)
+        assert [a.status for a in attempts(engine)] == ["deferred"]
+        tick(settings, utcnow() + timedelta(hours=1))
+        assert len(recorder.wait_for(1)) == 1
+    assert [a.status for a in attempts(engine)] == ["deferred", "sent"]
+
+
+def test_refused_connection_defers_and_stops_the_pass(
+    database_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    from tests.mailserver import free_port
+
+    settings = make_settings(database_url, free_port(), tmp_path)
+    for n in range(5):
+        subscriber(settings, f"r{n}@example.com")
+    report = tick(settings)
+    assert report.delivery.halted and "cannot connect" in report.delivery.halted
+    rows = outbox(engine)
+    assert len(rows) == 5
+    # At most one attempt per connection slot; the rest wait untouched for the next pass.
+    assert sum(r.status == OutboxStatus.deferred for r in rows) <= settings.smtp_concurrency
+    assert all(r.status in (OutboxStatus.deferred, OutboxStatus.queued) for r in rows)
+
+
+def test_broken_template_fails_the_message_with_its_line(
+    database_url: str, tmp_path: Path, engine: Engine, mail_server: object, recorder: Recorder
+) -> None:
+    import shutil
+
+    emails = tmp_path / "emails"
+    shutil.copytree(EMAILS, emails)
+    (emails / "welcome.txt").write_text("Hi {{ name }}\n{{ no_such_variable }}\n")
+    settings = make_settings(database_url, recorder_port(mail_server), tmp_path, emails_dir=emails)
+    subscriber(settings, "ann@example.com")
+    tick(settings)
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.failed
+    assert row.last_smtp_message is not None and "welcome.txt, line 2" in row.last_smtp_message
+    assert recorder.messages == []
+
+
+def recorder_port(server: object) -> int:
+    return int(server.port)  # type: ignore[attr-defined]
+
+
+def test_two_workers_deliver_each_message_exactly_once(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    count = 2000
+    with session_scope(engine) as session:
+        subs = [
+            Subscriber(
+                email=f"r{n}@example.com",
+                email_key=f"r{n}@example.com",
+                status=SubscriberStatus.active,
+                token_salt=f"{n:032x}",
+                confirm_token_hash=f"c{n:063x}",
+                unsubscribe_token_hash=f"u{n:063x}",
+            )
+            for n in range(count)
+        ]
+        session.add_all(subs)
+        session.flush()
+        enqueue_many(
+            session,
+            [
+                NewMessage(
+                    kind=MessageKind.lesson,
+                    template="lesson-01-what-trigger-points-are",
+                    email=s.email,
+                    dedupe_key=f"lesson:test:subscriber:{s.id}",
+                    due_at=utcnow(),
+                    subscriber_id=s.id,
+                    context={
+                        "slug": "what-trigger-points-are",
+                        "lesson_number": 1,
+                        "lesson_total": 8,
+                    },
+                )
+                for s in subs
+            ],
+            "localhost",
+        )
+
+    def worker(name: str) -> None:
+        asyncio.run(run_pass(settings, worker=name))
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    ids = recorder.message_ids()
+    assert len(ids) == count and len(set(ids)) == count
+    log = attempts(engine)
+    assert len(log) == count and {a.worker for a in log} == {"worker-0", "worker-1"}
