@@ -133,6 +133,9 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_subscriber_kind", "subscriber_id", "kind"),
         Index("ix_outbox_status_next", "status", "next_attempt_at"),
+        # The send log: queued rows newest first, and the kind filter (drip.sendlog).
+        Index("ix_outbox_status_created", "status", "created_at"),
+        Index("ix_outbox_kind_created", "kind", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -173,11 +176,13 @@ class DeliveryAttempt(SQLModel, table=True):
     """One row per attempt (or skip): the send log."""
 
     __tablename__ = "delivery_attempt"
+    #: The log filtered by status, newest first, and the dashboard's counts per status.
+    __table_args__ = (Index("ix_delivery_attempt_status_at", "status", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     outbox_id: int = Field(foreign_key="outbox.id", index=True, ondelete="CASCADE")
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
-    status: OutboxStatus = Field(sa_column=Column(String(16), nullable=False, index=True))
+    status: OutboxStatus = Field(sa_column=Column(String(16), nullable=False))
     smtp_code: int | None = None
     smtp_message: str | None = Field(default=None, max_length=1000)
     worker: str | None = Field(default=None, max_length=100)
