@@ -21,7 +21,8 @@ from functools import cached_property
 from typing import Any
 
 import markdown
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlmodel import Session
 
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
@@ -44,6 +45,7 @@ from drip.subscribers import leave
 from drip.tokens import make_token
 
 Clock = Callable[[], datetime]
+Claimed = tuple[OutboxMessage, Subscriber | None]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
@@ -106,6 +108,8 @@ class Delivery:
         self.pace = Pace(settings.minutes_per_day)
         self._in_hand: set[int] = set()
         self._newsletters: dict[int, dict[str, Any]] = {}
+        self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
+        self._committing = False
 
     @cached_property
     def course(self) -> Course | None:
@@ -116,7 +120,7 @@ class Delivery:
 
     async def run(self) -> DeliveryReport:
         slots = self.settings.smtp_concurrency
-        queue: asyncio.Queue[OutboxMessage | None] = asyncio.Queue(maxsize=slots * 2)
+        queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=slots * 2)
         try:
             # A failure in one task cancels the others, so nothing waits on a dead queue.
             async with asyncio.TaskGroup() as tasks:
@@ -127,32 +131,29 @@ class Delivery:
             await asyncio.to_thread(release, self.engine, self.worker, list(self._in_hand))
         return self.report
 
-    async def _produce(self, queue: asyncio.Queue[OutboxMessage | None], slots: int) -> None:
-        lease = timedelta(seconds=self.settings.lease_seconds)
+    async def _produce(self, queue: asyncio.Queue[Claimed | None], slots: int) -> None:
         while not self.stop.is_set():
-            rows = await asyncio.to_thread(
-                claim, self.engine, self.worker, self.clock(), slots * 2, lease
-            )
-            if not rows:
+            batch = await asyncio.to_thread(self._claim, slots * 2)
+            if not batch:
                 break
-            for row in rows:
-                assert row.id is not None
-                self._in_hand.add(row.id)
-                await queue.put(row)
+            for item in batch:
+                await queue.put(item)
         for _ in range(slots):
             await queue.put(None)
 
-    async def _consume(self, queue: asyncio.Queue[OutboxMessage | None]) -> None:
+    async def _consume(self, queue: asyncio.Queue[Claimed | None]) -> None:
         connection = Connection(self.settings)
         try:
-            while (row := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
                 if not self.stop.is_set():
-                    await self._deliver(connection, row)
+                    await self._deliver(connection, *item)
         finally:
             await connection.close()
 
-    async def _deliver(self, connection: Connection, row: OutboxMessage) -> None:
-        prepared = await asyncio.to_thread(self._prepare, row)
+    async def _deliver(
+        self, connection: Connection, row: OutboxMessage, subscriber: Subscriber | None
+    ) -> None:
+        prepared = await asyncio.to_thread(self._prepare, row, subscriber)
         if isinstance(prepared, Envelope):
             await self.limiter.acquire()
             if self.stop.is_set() or self._lease_short(row):
@@ -165,7 +166,33 @@ class Delivery:
                 self._halt(outcome.message)
         else:
             result = prepared
-        await asyncio.to_thread(self._finish, row, result)
+        await self._commit(row, result)
+
+    async def _commit(self, row: OutboxMessage, result: Result) -> None:
+        """Record a result before this connection sends again: a group commit.
+
+        Whoever finds no commit under way commits everything pending, so the slots
+        share one transaction yet each waits for its own result to be durable. That
+        keeps the crash window to the one message per connection.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, result, done))
+        if not self._committing:
+            self._committing = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    try:
+                        await asyncio.to_thread(self._finish, [(r, res) for r, res, _ in batch])
+                    except Exception as exc:
+                        for *_, future in batch:
+                            future.set_exception(exc)
+                    else:
+                        for *_, future in batch:
+                            future.set_result(None)
+            finally:
+                self._committing = False
+        await done
 
     def _lease_short(self, row: OutboxMessage) -> bool:
         margin = timedelta(seconds=min(self.settings.lease_seconds * LEASE_MARGIN, 30))
@@ -185,20 +212,31 @@ class Delivery:
 
     # -- database work, run in a thread -------------------------------------------
 
-    def _prepare(self, row: OutboxMessage) -> Envelope | Result:
-        """Render and build the message, or say why it must not be sent."""
+    def _claim(self, limit: int) -> list[Claimed]:
+        """Lease due rows and read their subscribers (and newsletters) in one go."""
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        rows = claim(self.engine, self.worker, self.clock(), limit, lease)
+        if not rows:
+            return []
+        self._in_hand.update(r.id for r in rows if r.id is not None)
+        wanted = {r.subscriber_id for r in rows if r.subscriber_id is not None}
         with read_scope(self.engine) as session:
-            subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
-            if subscriber is None:
-                return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
-            wanted = (
-                SubscriberStatus.pending
-                if row.kind == MessageKind.confirm
-                else SubscriberStatus.active
-            )
-            if subscriber.status != wanted:
-                return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
-            context = self._context(session, row, subscriber)
+            found = session.execute(select(Subscriber).where(Subscriber.id.in_(wanted)))  # type: ignore[union-attr]
+            subscribers = {s.id: s for s in found.scalars()}
+            for letter_id in {r.newsletter_id for r in rows} - {None} - self._newsletters.keys():
+                self._load_newsletter(session, letter_id)  # type: ignore[arg-type]
+        return [(r, subscribers.get(r.subscriber_id)) for r in rows]
+
+    def _prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
+        """Render and build the message, or say why it must not be sent."""
+        if subscriber is None:
+            return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
+        wanted = (
+            SubscriberStatus.pending if row.kind == MessageKind.confirm else SubscriberStatus.active
+        )
+        if subscriber.status != wanted:
+            return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
+        context = self._context(row, subscriber)
         try:
             rendered = render_email(self.settings.emails_dir, row.template, context)
             message = build_message(
@@ -217,7 +255,7 @@ class Delivery:
                 self.settings, row, Outcome(Verdict.deferred, None, str(exc)), self.clock()
             )
 
-    def _context(self, session: Any, row: OutboxMessage, subscriber: Subscriber) -> dict[str, Any]:
+    def _context(self, row: OutboxMessage, subscriber: Subscriber) -> dict[str, Any]:
         base = self.settings.base_url
         unsubscribe = make_token(self.secret, subscriber.token_salt, "unsubscribe")
         context: dict[str, Any] = {
@@ -233,40 +271,40 @@ class Delivery:
             confirm = make_token(self.secret, subscriber.token_salt, "confirm")
             context["confirm_url"] = f"{base}/confirm/{confirm}"
         if row.newsletter_id is not None:
-            context.update(self._newsletter(session, row.newsletter_id))
+            context.update(self._newsletters[row.newsletter_id])
         context.update(row.context)
         return context
 
-    def _newsletter(self, session: Any, newsletter_id: int) -> dict[str, Any]:
-        if newsletter_id not in self._newsletters:
-            letter = session.get(Newsletter, newsletter_id)
-            body = letter.body_markdown if letter else ""
-            self._newsletters[newsletter_id] = {
-                "subject": letter.subject if letter else "",
-                "content_html": markdown.markdown(body),
-                "content_text": body,
-            }
-        return self._newsletters[newsletter_id]
+    def _load_newsletter(self, session: Session, newsletter_id: int) -> None:
+        letter = session.get(Newsletter, newsletter_id)
+        body = letter.body_markdown if letter else ""
+        self._newsletters[newsletter_id] = {
+            "subject": letter.subject if letter else "",
+            "content_html": markdown.markdown(body),
+            "content_text": body,
+        }
 
-    def _finish(self, row: OutboxMessage, result: Result) -> None:
-        """Record the attempt and everything that follows from it, in one transaction."""
+    def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
+        """Record attempts and everything that follows from them, in one transaction."""
         now = self.clock()
         with session_scope(self.engine) as session:
-            moved = record(session, row, result, self.worker)
-            if moved and row.subscriber_id is not None:
-                if result.status == OutboxStatus.sent and row.kind in (
-                    MessageKind.welcome,
-                    MessageKind.lesson,
-                ):
-                    if self.course is not None:
-                        after_send(session, row.subscriber_id, now, self.course, self.pace)
-                elif result.status == OutboxStatus.bounced:
-                    subscriber = session.get(Subscriber, row.subscriber_id)
-                    if subscriber is not None:
-                        reason = (
-                            f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
-                        )
-                        leave(session, subscriber, SubscriberStatus.bounced, now, reason)
-        assert row.id is not None
-        self._in_hand.discard(row.id)
-        self.report.add(result.status)
+            for row, result in results:
+                if record(session, row, result, self.worker) and row.subscriber_id is not None:
+                    self._follow_up(session, row, result, now)
+        for row, result in results:
+            self._in_hand.discard(row.id)  # type: ignore[arg-type]
+            self.report.add(result.status)
+
+    def _follow_up(
+        self, session: Session, row: OutboxMessage, result: Result, now: datetime
+    ) -> None:
+        """A sent course email schedules the next lesson; a bounce suppresses the address."""
+        assert row.subscriber_id is not None
+        course_mail = row.kind in (MessageKind.welcome, MessageKind.lesson)
+        if result.status == OutboxStatus.sent and course_mail and self.course is not None:
+            after_send(session, row.subscriber_id, now, self.course, self.pace)
+        elif result.status == OutboxStatus.bounced:
+            subscriber = session.get(Subscriber, row.subscriber_id)
+            if subscriber is not None:
+                reason = f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
+                leave(session, subscriber, SubscriberStatus.bounced, now, reason)

@@ -18,7 +18,7 @@ from drip.outbox import NewMessage, enqueue_many
 from drip.settings import Settings
 from drip.tick import run_pass
 from tests.conftest import EMAILS, make_settings
-from tests.factories import attempts, outbox, subscriber, tick
+from tests.factories import attempts, many_active, outbox, subscriber, tick
 from tests.mailserver import (
     MAILBOX_BUSY,
     MAILBOX_FULL,
@@ -187,20 +187,8 @@ def test_two_workers_deliver_each_message_exactly_once(
     settings: Settings, recorder: Recorder, engine: Engine
 ) -> None:
     count = 2000
+    subs = many_active(engine, count)
     with session_scope(engine) as session:
-        subs = [
-            Subscriber(
-                email=f"r{n}@example.com",
-                email_key=f"r{n}@example.com",
-                status=SubscriberStatus.active,
-                token_salt=f"{n:032x}",
-                confirm_token_hash=f"c{n:063x}",
-                unsubscribe_token_hash=f"u{n:063x}",
-            )
-            for n in range(count)
-        ]
-        session.add_all(subs)
-        session.flush()
         enqueue_many(
             session,
             [

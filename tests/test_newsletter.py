@@ -1,0 +1,129 @@
+"""Newsletters: queued once per active subscriber, resumable, delivered once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
+
+from drip import newsletter
+from drip.db import session_scope
+from drip.models import MessageKind, Newsletter, OutboxMessage, Subscriber, SubscriberStatus
+from drip.settings import Settings
+from tests.factories import many_active, tick
+from tests.mailserver import Recorder
+
+LETTER = """---
+subject: Spring update: hips & knees
+---
+Hello! This month: **three** quick releases for the hips.
+"""
+
+
+@pytest.fixture
+def letter_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spring.md"
+    path.write_text(LETTER)
+    return path
+
+
+def _queued(engine: Engine) -> int:
+    with session_scope(engine) as session:
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(OutboxMessage.kind == MessageKind.newsletter)
+            ).scalar_one()
+        )
+
+
+def test_a_newsletter_sent_twice_reaches_each_subscriber_once(
+    settings: Settings, engine: Engine, recorder: Recorder, letter_file: Path
+) -> None:
+    many_active(engine, 5000)
+    letter = newsletter.parse(letter_file)
+    assert newsletter.queue(settings, engine, letter)[0] == 5000
+    tick(settings)
+    assert newsletter.queue(settings, engine, letter)[0] == 0
+    tick(settings)
+    ids = recorder.message_ids()
+    assert len(ids) == 5000 and len(set(ids)) == 5000
+    first = recorder.messages[0]
+    assert str(first["Subject"]) == "Spring update: hips & knees"
+    html = first.get_body(("html",))
+    assert html is not None and "three</strong>" in html.get_content()
+    assert first["List-Unsubscribe"] is not None
+
+
+def test_queuing_resumes_after_a_crash(
+    settings: Settings, engine: Engine, letter_file: Path
+) -> None:
+    subs = many_active(engine, 2500)
+    letter = newsletter.parse(letter_file)
+    # A run that died after its first batch: its record says how far it got.
+    with session_scope(engine) as session:
+        row = Newsletter(digest=letter.digest, subject=letter.subject, body_markdown=letter.body)
+        session.add(row)
+    newsletter.BATCH, saved = 1000, newsletter.BATCH
+    try:
+        calls: list[int] = []
+        queued, remaining = newsletter.queue(settings, engine, letter, progress=calls.append)
+    finally:
+        newsletter.BATCH = saved
+    assert queued == 2500 and remaining == 2500 and calls == [1000, 1000, 500]
+    with session_scope(engine) as session:
+        done = session.execute(select(Newsletter)).scalar_one()
+        assert done.queued_through == subs[-1].id and done.finished_at is not None
+    assert newsletter.queue(settings, engine, letter) == (0, 0)
+    assert _queued(engine) == 2500
+
+
+def test_only_active_subscribers_get_it(
+    settings: Settings, engine: Engine, letter_file: Path
+) -> None:
+    subs = many_active(engine, 10)
+    with session_scope(engine) as session:
+        for sub in subs[:3]:
+            row = session.get(Subscriber, sub.id)
+            assert row is not None
+            row.status = SubscriberStatus.unsubscribed
+    assert newsletter.queue(settings, engine, newsletter.parse(letter_file))[0] == 7
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("no front matter\n", "front-matter"),
+        ("---\ntitle: x\n---\nbody\n", "subject"),
+        ("---\nsubject: Hi\n---\n\n", "no text"),
+    ],
+)
+def test_a_bad_file_is_refused_in_plain_words(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.md"
+    path.write_text(text)
+    with pytest.raises(newsletter.NewsletterError, match=problem):
+        newsletter.parse(path)
+
+
+def test_cli_dry_run_counts_and_queues_nothing(
+    settings: Settings, engine: Engine, letter_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drip.cli import app
+
+    many_active(engine, 12)
+    env = {
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SECRET_KEY": "x" * 32,
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+    }
+    result = CliRunner().invoke(app, ["newsletter", "send", str(letter_file), "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "12 active subscribers" in result.output
+    assert _queued(engine) == 0
+    result = CliRunner().invoke(app, ["newsletter", "send", str(letter_file)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "for 12 subscribers" in result.output
+    assert _queued(engine) == 12
