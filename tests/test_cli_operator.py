@@ -1,0 +1,250 @@
+"""`drip logs` and `drip subscribers`, run as the operator runs them, on both databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from drip.cli import app
+from drip.cli_operator import name_problem, parse_since
+from drip.clock import utcnow
+from drip.db import read_scope
+from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
+from drip.sendlog import CONTRACT_FIELDS
+from drip.settings import Settings
+from tests.conftest import ROOT
+from tests.factories import subscriber, tick
+from tests.mailserver import Recorder
+
+runner = CliRunner()
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    assert settings.secret_key is not None
+    return {
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_INFO_PACK": str(settings.info_pack),
+        "DRIP_SMTP_PORT": str(settings.smtp_port),
+        "DRIP_SEND_RATE": "0",
+        "COLUMNS": "200",  # rich tables wide enough to read whole addresses
+    }
+
+
+@pytest.fixture
+def drip(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Run `drip ARGS...` in-process against the test database; no stray .env is read."""
+    monkeypatch.chdir(tmp_path)
+    env = _env(settings)
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, list(args), env=env)
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return run
+
+
+def _subscribers(engine: Engine) -> list[Subscriber]:
+    with read_scope(engine) as session:
+        return list(session.execute(select(Subscriber).order_by(Subscriber.id)).scalars())
+
+
+def test_logs_json_matches_what_the_smtp_server_received(
+    drip, settings: Settings, recorder: Recorder
+) -> None:
+    subscriber(settings, "ann@example.com", name="Ann")
+    subscriber(settings, "bob@example.com", active=False)
+    tick(settings)
+    received = {
+        str(m["Message-ID"]): str(m["To"]) for m in recorder.wait_for(2)
+    }  # welcome to Ann, confirmation to Bob
+
+    result = drip("logs", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(tuple(line) == CONTRACT_FIELDS for line in lines)
+    sent = [line for line in lines if line["status"] == "sent"]
+    assert {line["message_id"]: line["email"] for line in sent}.keys() == received.keys()
+    for line in sent:
+        assert line["email"] in received[line["message_id"]]
+        assert line["smtp_code"] == 250 and line["attempts"] == 1
+        assert line["at"].endswith("Z")
+    assert {line["kind"] for line in sent} == {"welcome", "confirm"}
+
+    only_bob = drip("logs", "--json", "--email", "BOB@example.com")
+    assert [json.loads(x)["template"] for x in only_bob.stdout.splitlines()] == ["confirm"]
+    assert drip("logs", "--json", "--status", "bounced").stdout == ""
+
+
+def test_logs_table_and_plain_refusals(drip, settings: Settings) -> None:
+    subscriber(settings, "[bold]ann@example.com")  # markup-looking text prints as it is
+    table = drip("logs")
+    assert table.exit_code == 0
+    assert "[bold]ann@example.com" in table.stdout and "queued" in table.stdout
+    assert "welcome" in table.stdout
+    bad = drip("logs", "--status", "lost")
+    assert bad.exit_code == 2 and "status must be one of" in bad.output
+    late = drip("logs", "--since", "yesterday-ish")
+    assert late.exit_code == 2 and "--since" in late.output
+    assert drip("logs", "--since", "1h", "--json").stdout.count("\n") == 1
+    future = (utcnow() + timedelta(hours=1)).isoformat()
+    assert drip("logs", "--since", future, "--json").stdout == ""
+
+
+def test_since_accepts_iso_and_spans() -> None:
+    now = utcnow()
+    assert parse_since("2h", now) == now - timedelta(hours=2)
+    assert parse_since("2024-05-01T10:00:00").isoformat() == "2024-05-01T10:00:00+00:00"
+    with pytest.raises(ValueError):
+        parse_since("2 fortnights")
+
+
+def test_names_follow_the_signup_rules() -> None:
+    assert name_problem("Zoë O'Brien-Smith") is None
+    assert name_problem("Evil\r\nBcc: x@y.z") is not None
+    assert name_problem("<script>") is not None
+    assert name_problem("tab\there") is not None
+    assert name_problem("x" * 101) is not None
+
+
+def test_import_reports_bad_lines_imports_the_rest_and_never_duplicates(
+    drip, engine: Engine, tmp_path: Path
+) -> None:
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "Email,Name,Timezone\n"  # header names in any case
+        "ann@example.com,Ann,Europe/Paris\n"
+        "not-an-address,Nobody,\n"
+        "eve@example.com,<script>alert(1)</script>,\n"
+        "tz@example.com,Tim,Mars/Olympus\n"
+        "ANN@example.com,Ann again,\n"
+        '"cat@example.com","Cat ""the"" Cat",\n'
+        "\n"
+        "dan@example.com\n",
+        encoding="utf-8",
+    )
+    first = drip("subscribers", "import", str(people))
+    assert first.exit_code == 1  # some rows were refused; the others are in
+    for line in (3, 4, 5):
+        assert f"line {line}: refused" in first.stderr
+    assert "line 6: skipped: ANN@example.com" in first.stderr
+    assert "imported 3" in first.stdout and "refused 3" in first.stdout
+
+    subs = _subscribers(engine)
+    assert [(s.email, s.name, s.timezone) for s in subs] == [
+        ("ann@example.com", "Ann", "Europe/Paris"),
+        ("cat@example.com", 'Cat "the" Cat', "UTC"),
+        ("dan@example.com", "", "UTC"),
+    ]
+    assert all(s.status == SubscriberStatus.active for s in subs)
+    assert all(s.consent_source == "import:people.csv" and s.consent_at for s in subs)
+    with read_scope(engine) as session:
+        kinds = session.execute(select(OutboxMessage.kind)).scalars().all()
+    assert sorted(kinds) == [MessageKind.welcome] * 3
+
+    again = drip("subscribers", "import", str(people))
+    assert "imported 0" in again.stdout and "skipped 4" in again.stdout
+    assert len(_subscribers(engine)) == 3
+
+
+def test_import_with_confirm_or_without_the_course(drip, engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("email\nask@example.com\n")
+    (tmp_path / "b.csv").write_text("email\nquiet@example.com\n")
+    assert drip("subscribers", "import", "--confirm", "a.csv").exit_code == 0
+    assert drip("subscribers", "import", "--no-course", "b.csv").exit_code == 0
+    with read_scope(engine) as session:
+        rows = session.execute(
+            select(Subscriber.email, Subscriber.status, OutboxMessage.kind).outerjoin(
+                OutboxMessage, OutboxMessage.subscriber_id == Subscriber.id
+            )
+        ).all()
+    assert sorted(rows) == [
+        ("ask@example.com", SubscriberStatus.pending, MessageKind.confirm),
+        ("quiet@example.com", SubscriberStatus.active, None),
+    ]
+
+
+def test_import_refuses_a_file_without_an_email_column(drip, tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("name\nAnn\n")
+    result = drip("subscribers", "import", "x.csv")
+    assert result.exit_code == 2 and "`email` column" in result.stderr
+    (tmp_path / "latin.csv").write_bytes("email,name\nz@example.com,Zo\xeb\n".encode("latin-1"))
+    result = drip("subscribers", "import", "latin.csv")
+    assert result.exit_code == 2 and "UTF-8" in result.stderr
+
+
+def test_export_round_trips_through_import(
+    drip, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    subscriber(settings, "ann@example.com", name="Ann, of Paris")
+    subscriber(settings, "bob@example.com", name='Bob "Bobby" Jones', active=False)
+    assert drip("subscribers", "export", "--out", "all.csv").exit_code == 0
+    text = (tmp_path / "all.csv").read_text(encoding="utf-8")
+    assert text.splitlines()[0] == (
+        "email,name,status,timezone,created_at,consent_at,consent_source"
+    )
+    stdout = drip("subscribers", "export").stdout
+    assert stdout.replace("\r\n", "\n") == text.replace("\r\n", "\n")
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    env = _env(settings) | {"DRIP_DATABASE_URL": other}
+    result = runner.invoke(app, ["subscribers", "import", "all.csv"], env=env)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["subscribers", "export"], env=env)
+    rows = [line.split(",")[:2] for line in result.stdout.splitlines()]
+    original = [line.split(",")[:2] for line in text.splitlines()]
+    assert rows == original
+
+
+def test_subscribers_list(drip, settings: Settings) -> None:
+    subscriber(settings, "ann@example.com", name="Ann")
+    subscriber(settings, "bob@example.com", active=False)
+    everyone = drip("subscribers", "list")
+    assert everyone.stdout.index("bob@example.com") < everyone.stdout.index("ann@example.com")
+    pending = drip("subscribers", "list", "--status", "pending")
+    assert "bob@example.com" in pending.stdout and "ann@" not in pending.stdout
+    assert "ann@example.com" in drip("subscribers", "list", "--email", "AN").stdout
+
+
+def test_follow_streams_new_entries_until_ctrl_c(settings: Settings, tmp_path: Path) -> None:
+    subscriber(settings, "old@example.com")
+    env = os.environ | _env(settings) | {"PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from drip.cli import main; main()", "logs", "--json", "-f"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
+    try:
+        first = json.loads(lines.get(timeout=20))
+        assert first["email"] == "old@example.com" and first["status"] == "queued"
+        subscriber(settings, "new@example.com")
+        later = json.loads(lines.get(timeout=10))
+        assert later["email"] == "new@example.com" and later["status"] == "queued"
+        tick(settings)
+        sent = {json.loads(lines.get(timeout=10))["email"] for _ in range(2)}
+        assert sent == {"old@example.com", "new@example.com"}
+        assert lines.empty()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
