@@ -43,6 +43,8 @@ PLAIN_ERRORS = (SettingsError, DatabaseError, CourseError, PackMissing, Newslett
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # "skipped: maximum number of running instances" is by design: one pass at a time.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _ready(settings: Settings) -> None:
@@ -262,3 +264,7 @@ def main() -> None:
     except PLAIN_ERRORS as exc:
         print(f"drip: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -75,9 +75,10 @@ async def run_worker(
     try:
         await stop.wait()
     finally:
-        scheduler.shutdown(wait=False)
-        async with busy:  # let the pass under way finish or release its messages
-            pass
+        # Let the pass under way finish what is on the wire and release the rest, before
+        # the scheduler's shutdown would cancel it mid-send.
+        async with busy:
+            scheduler.shutdown(wait=False)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
