@@ -187,7 +187,7 @@ def check() -> None:
     settings = load_settings()
     found = problems(settings)
     for line in found:
-        err.print(f"[red]✗[/] {line}", highlight=False)
+        print(f"✗ {line}", file=sys.stderr)
     if found:
         raise typer.Exit(1)
     console.print("[green]✓[/] settings, database, templates, course and information pack are fine")

@@ -19,7 +19,7 @@ from tests.mailserver import MailServer, Recorder, serve
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("DRIP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-key-0123456789abcdef"
-EMAILS = Path(os.environ.get("DRIP_TEST_EMAILS", ROOT / "emails"))
+EMAILS = ROOT / "emails"
 
 
 def _pg_available() -> str | None:
