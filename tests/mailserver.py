@@ -100,3 +100,33 @@ def serve(handler: Any, port: int | None = None, **kwargs: Any) -> Iterator[Mail
         yield MailServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@contextmanager
+def silent_server() -> Iterator[MailServer]:
+    """A server that accepts connections and never says a word: the client must time out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                held.append(conn)
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield MailServer("127.0.0.1", listener.getsockname()[1], None)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -222,3 +222,31 @@ def test_two_workers_deliver_each_message_exactly_once(
     assert len(ids) == count and len(set(ids)) == count
     log = attempts(engine)
     assert len(log) == count and {a.worker for a in log} == {"worker-0", "worker-1"}
+
+
+def test_a_server_that_never_answers_times_out_and_keeps_the_mail(
+    database_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    from tests.mailserver import silent_server
+
+    with silent_server() as server:
+        settings = make_settings(database_url, server.port, tmp_path, smtp_timeout=0.5)
+        subscriber(settings, "ann@example.com")
+        report = tick(settings)
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.deferred and row.next_attempt_at is not None
+    assert report.delivery.halted and "timed out" in (row.last_smtp_message or "")
+
+
+def test_starttls_required_but_not_offered_defers_with_a_reason(
+    database_url: str, tmp_path: Path, engine: Engine, mail_server: object, recorder: Recorder
+) -> None:
+    settings = make_settings(
+        database_url, recorder_port(mail_server), tmp_path, smtp_security="starttls"
+    )
+    subscriber(settings, "ann@example.com")
+    tick(settings)
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.deferred
+    assert "STARTTLS" in (row.last_smtp_message or "").upper()
+    assert recorder.raw == []
