@@ -121,4 +121,3 @@ def test_scheduler_py_runs_the_worker(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "DRIP_SMTP_PORT" in result.stderr
-
