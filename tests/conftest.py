@@ -49,7 +49,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _truncate_pg(engine: Engine) -> None:
+def truncate_pg(engine: Engine) -> None:
     tables = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
@@ -63,7 +63,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         upgrade(get_engine(url))
         return url
     url = request.getfixturevalue("pg_url")
-    _truncate_pg(get_engine(url))
+    truncate_pg(get_engine(url))
     return str(url)
 
 

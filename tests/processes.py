@@ -1,0 +1,72 @@
+"""Real drip processes for tests: queue work, start a worker, wait for an outcome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import MessageKind, OutboxMessage
+from drip.outbox import NewMessage, enqueue_many
+from drip.settings import Settings
+from tests.factories import many_active
+
+
+def queue_lessons(engine: Engine, count: int) -> set[str]:
+    subs = many_active(engine, count)
+    with session_scope(engine) as session:
+        enqueue_many(
+            session,
+            [
+                NewMessage(
+                    kind=MessageKind.lesson,
+                    template="lesson-01-what-trigger-points-are",
+                    email=s.email,
+                    dedupe_key=f"lesson:what-trigger-points-are:subscriber:{s.id}",
+                    due_at=utcnow(),
+                    subscriber_id=s.id,
+                    context={
+                        "slug": "what-trigger-points-are",
+                        "lesson_number": 1,
+                        "lesson_total": 8,
+                    },
+                )
+                for s in subs
+            ],
+            "localhost",
+        )
+        return set(session.execute(select(OutboxMessage.message_id)).scalars())
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SMTP_PORT": str(settings.smtp_port),
+        "DRIP_SECRET_KEY": "x" * 32,
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_INFO_PACK": str(settings.info_pack),
+        "DRIP_WORKER_INTERVAL": "0.2",
+        "DRIP_LEASE_SECONDS": "3",
+        "DRIP_SEND_RATE": "0",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "drip.cli", "worker"], env=env, stdout=out, stderr=out
+        )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
