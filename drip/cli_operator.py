@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,7 +27,7 @@ from rich.text import Text
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from drip.clock import parse_instant, utcnow
+from drip.clock import utcnow
 from drip.db import ensure_schema, get_engine, read_scope, session_scope
 from drip.models import Subscriber
 from drip.sendlog import (
@@ -43,6 +41,7 @@ from drip.sendlog import (
     follow_start,
     iso,
     list_subscribers,
+    parse_since,
 )
 from drip.settings import Settings, load_settings
 from drip.subscribers import activate, add_subscriber, queue_confirmation
@@ -82,18 +81,6 @@ def _engine(settings: Settings) -> Engine:
 
 
 # -- drip logs -------------------------------------------------------------------------
-
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """ISO-8601 (no offset means UTC), or a span back from now such as 30m, 2h, 7d."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        span = timedelta(**{_UNITS[match[2]]: int(match[1])})
-        return (now or utcnow()) - span
-    return parse_instant(text)
 
 
 def _smtp(entry: LogEntry) -> str:

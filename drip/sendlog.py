@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
+from drip.clock import parse_instant, utcnow
 from drip.models import (
     CourseProgress,
     DeliveryAttempt,
@@ -58,6 +59,19 @@ ATTEMPT, QUEUED = "a", "q"
 #: At equal times an attempt sorts after (is newer than) a queued row.
 _RANK = {QUEUED: 0, ATTEMPT: 1}
 _NOT_TRIED = (OutboxStatus.queued, OutboxStatus.sending)
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """ISO-8601 (no offset means UTC), or a span back from now such as 30m, 2h, 7d."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        span = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return (now or utcnow()) - span
+    return parse_instant(text.strip())
 
 
 def iso(value: datetime) -> str:

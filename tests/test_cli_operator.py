@@ -17,11 +17,11 @@ from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from drip.cli import app
-from drip.cli_operator import name_problem, parse_since
+from drip.cli_operator import name_problem
 from drip.clock import utcnow
 from drip.db import read_scope
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
-from drip.sendlog import CONTRACT_FIELDS
+from drip.sendlog import CONTRACT_FIELDS, parse_since
 from drip.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import subscriber, tick

@@ -1,0 +1,592 @@
+"""/admin: the operator's pages (dashboard, send log, subscribers, caught mail).
+
+Every route goes through `_AdminRoute`, which checks HTTP Basic credentials before
+FastAPI reads a single parameter and puts security headers on every answer, so no
+page can forget either. Actions are POST forms carrying a CSRF token (an HMAC of the
+admin user under a key made at start), and the routes stay thin: the queries and
+the changes live in drip.sendlog and drip.subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import mailbox
+import re
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.templating import Jinja2Templates
+
+from drip.clock import utcnow
+from drip.db import get_engine, read_scope, session_scope
+from drip.models import (
+    FINAL_STATUSES,
+    CourseProgress,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
+from drip.sendlog import (
+    KINDS,
+    LOG_STATUSES,
+    RETRYABLE,
+    Dashboard,
+    LogFilter,
+    SubscriberFilter,
+    dashboard,
+    entries,
+    forget_subscriber,
+    list_subscribers,
+    parse_since,
+    retry_message,
+    subscriber_data,
+    timeline,
+)
+from drip.settings import Settings
+from drip.subscribers import leave
+
+TEMPLATES = Path(__file__).with_name("templates")
+CLOSED = "admin is closed: set DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD"
+REALM = 'Basic realm="drip admin", charset="UTF-8"'
+PAGE = 50
+OUTBOX_SHOWN = 200
+WORKER_SILENCE = timedelta(minutes=5)
+
+#: Fixed texts for ?done=...: the page never echoes text from the query string.
+DONE = {
+    "unsubscribed": "Unsubscribed: nothing more will be sent to them.",
+    "deleted": "Personal data deleted; the anonymous counts remain.",
+    "retried": "The message is queued again; the next pass sends it.",
+    "not-retried": "Nothing to retry: the message is no longer failed or bounced.",
+}
+
+_BASE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+#: A caught email's page: its HTML, shown in a sandboxed srcdoc frame that inherits this
+#: policy, needs inline styles; scripts stay forbidden (no script-src, no allow-scripts).
+_MAIL_CSP = (
+    "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": _BASE_CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+class AdminGuard:
+    """HTTP Basic for one operator, compared in constant time, with failures slowed.
+
+    Each wrong password from an address waits `step` seconds more than the last (up
+    to `max_delay`), forgiven after `forget_after` seconds of quiet; the wait is an
+    asyncio sleep, so other requests are served meanwhile.
+    """
+
+    def __init__(self, settings: Settings, step: float = 1.0, max_delay: float = 10.0) -> None:
+        self.user = (settings.admin_user or "").encode()
+        secret = settings.admin_password.get_secret_value() if settings.admin_password else ""
+        self.password = secret.encode()
+        self.step = step
+        self.max_delay = max_delay
+        self.forget_after = 900.0
+        self.failures: dict[str, tuple[int, float]] = {}
+        self._csrf_key = secrets.token_bytes(32)
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.user and self.password)
+
+    def csrf_token(self) -> str:
+        """Tied to the login and to this process: a restart or new user voids old forms."""
+        return hmac.new(self._csrf_key, b"csrf:" + self.user, hashlib.sha256).hexdigest()
+
+    def csrf_ok(self, token: str) -> bool:
+        return secrets.compare_digest(token.encode(), self.csrf_token().encode())
+
+    def credentials_ok(self, header: str | None) -> bool:
+        user, password = b"", b""
+        if header and header[:6].lower() == "basic ":
+            try:
+                user, _, password = base64.b64decode(header[6:].strip(), validate=True).partition(
+                    b":"
+                )
+            except (binascii.Error, ValueError):
+                pass
+        # Both comparisons always run: the time taken says nothing about which one failed.
+        good_user = secrets.compare_digest(user, self.user)
+        good_password = secrets.compare_digest(password, self.password)
+        return good_user & good_password
+
+    def _delay(self, address: str) -> float:
+        now = time.monotonic()
+        count, last = self.failures.get(address, (0, now))
+        if now - last > self.forget_after:
+            count = 0
+        count += 1
+        if len(self.failures) > 10_000:  # a flood of addresses must not grow memory for ever
+            self.failures.clear()
+        self.failures[address] = (count, now)
+        return min(count * self.step, self.max_delay)
+
+    async def check(self, request: Request) -> Response | None:
+        """None when the request may go on; otherwise the answer to give."""
+        if not self.is_open:
+            return PlainTextResponse(CLOSED, status_code=503)
+        header = request.headers.get("authorization")
+        if self.credentials_ok(header):
+            return None
+        if header:  # a wrong password, not a browser's first bare request
+            await asyncio.sleep(self._delay(request.client.host if request.client else "?"))
+        return PlainTextResponse(
+            "401: the drip admin needs its user name and password",
+            status_code=401,
+            headers={"WWW-Authenticate": REALM},
+        )
+
+
+def _secure(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _route_class(guard: AdminGuard) -> type[APIRoute]:
+    class AdminRoute(APIRoute):
+        """Credentials first, headers always."""
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                refusal = await guard.check(request)
+                if refusal is not None:
+                    return _secure(refusal)
+                return _secure(await handler(request))
+
+            return guarded
+
+    return AdminRoute
+
+
+# -- presentation helpers ---------------------------------------------------------------
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _ago(value: datetime | None, now: datetime | None = None) -> str:
+    if value is None:
+        return "never"
+    seconds = int(((now or utcnow()) - value).total_seconds())
+    if seconds < 0:
+        return "in the future"
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return f"{seconds} s ago"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["ago"] = _ago
+    return env
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    label: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    bars: list[Bar]
+    top: int
+    ticks: list[tuple[float, str]]
+
+
+def sends_chart(days: list[tuple[Any, int]], width: int = 720, height: int = 180) -> Chart:
+    """Bar geometry for the sends-per-day SVG, computed here so the template only draws."""
+    top = max((n for _, n in days), default=0) or 1
+    slot = width / max(len(days), 1)
+    bars = [
+        Bar(
+            x=round(i * slot + slot * 0.1, 2),
+            y=round(height - n / top * height, 2),
+            width=round(slot * 0.8, 2),
+            height=round(n / top * height, 2),
+            label=day.isoformat(),
+            count=n,
+        )
+        for i, (day, n) in enumerate(days)
+    ]
+    ticks = [(b.x + b.width / 2, b.label[5:]) for i, b in enumerate(bars) if i % 7 == 0]
+    return Chart(width, height, bars, top, ticks)
+
+
+def _page_link(path: str, params: dict[str, Any]) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+# -- the caught mail of `drip dev` --------------------------------------------------------
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _maildir(settings: Settings) -> mailbox.Maildir:
+    """The catcher's Maildir; made whole if missing (Maildir(create=True) alone leaves an
+    existing but empty folder without its tmp/new/cur)."""
+    for sub in ("tmp", "new", "cur"):
+        (settings.catcher_dir / sub).mkdir(parents=True, exist_ok=True)
+    return mailbox.Maildir(settings.catcher_dir, create=True)
+
+
+def _delivered_at(key: str) -> float:
+    """Maildir names start with the delivery time in seconds."""
+    try:
+        return float(key.split(".", 1)[0])
+    except ValueError:
+        return 0.0
+
+
+def _caught(box: mailbox.Maildir, key: str) -> EmailMessage | None:
+    try:
+        with box.get_file(key) as handle:
+            message = BytesParser(policy=policy.default).parse(handle)  # type: ignore[arg-type]
+    except (KeyError, FileNotFoundError):
+        return None
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _leaves(message: Message) -> list[Message]:
+    return [part for part in message.walk() if not part.is_multipart()]
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None:
+        return None
+    try:
+        return str(part.get_content())  # type: ignore[attr-defined]
+    except (LookupError, ValueError):
+        return None
+
+
+# -- the router -----------------------------------------------------------------------------
+
+
+def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> APIRouter:
+    """Every /admin page and action; closed (503) until the admin login is set.
+
+    `failure_delay`: the wait after a first wrong password, growing with each next one.
+    """
+    guard = AdminGuard(settings, step=failure_delay)
+    engine = get_engine(settings.database_url)
+    templates = Jinja2Templates(env=_environment())
+    router = APIRouter(prefix="/admin", route_class=_route_class(guard), include_in_schema=False)
+
+    def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("csrf", guard.csrf_token())
+        context.setdefault("done", DONE.get(request.query_params.get("done", "")))
+        context.setdefault("now", utcnow())
+        return templates.TemplateResponse(request, f"admin/{name}", context, status_code)
+
+    def problem(request: Request, status_code: int, title: str, text: str) -> HTMLResponse:
+        return render(request, "message.html", status_code, title=title, text=text)
+
+    def refused_csrf(request: Request) -> HTMLResponse:
+        return problem(
+            request,
+            403,
+            "Form expired",
+            "This form is out of date (drip was restarted?). Go back, reload and try again.",
+        )
+
+    @router.get("", response_class=HTMLResponse)
+    def home(request: Request) -> HTMLResponse:
+        now = utcnow()
+        with read_scope(engine) as session:
+            board: Dashboard = dashboard(session, now)
+        return render(
+            request,
+            "dashboard.html",
+            board=board,
+            chart=sends_chart(board.sends_per_day),
+            workers_alive=board.workers_alive(WORKER_SILENCE),
+            course_total=max((n for n, _ in board.progress), default=0),
+            subscribers_total=sum(board.subscribers.values()),
+        )
+
+    @router.get("/log", response_class=HTMLResponse)
+    def log(
+        request: Request,
+        email: str = "",
+        kind: str = "",
+        status: str = "",
+        since: str = "",
+        before: str = "",
+        limit: int = PAGE,
+    ) -> HTMLResponse:
+        form = {"email": email, "kind": kind, "status": status, "since": since}
+        error, rows = None, []
+        try:
+            when = parse_since(since) if since.strip() else None
+        except ValueError:
+            error = f"since: not an ISO-8601 time or a span such as 2h: {since!r}"
+        if error is None:
+            try:
+                flt = LogFilter(
+                    email=email, kind=kind, status=status, since=when, limit=limit, before_id=before
+                )
+                with read_scope(engine) as session:
+                    rows = entries(session, flt)
+            except ValueError as exc:
+                error = str(exc)
+        older = None
+        if len(rows) == limit:
+            older = _page_link("/admin/log", form | {"before": rows[-1].key, "limit": limit})
+        return render(
+            request,
+            "log.html",
+            422 if error else 200,
+            rows=rows,
+            form=form,
+            error=error,
+            older=older,
+            kinds=KINDS,
+            statuses=LOG_STATUSES,
+            retryable={str(s) for s in RETRYABLE},
+        )
+
+    @router.get("/subscribers", response_class=HTMLResponse)
+    def subscribers(
+        request: Request, q: str = "", status: str = "", before: int | None = None
+    ) -> HTMLResponse:
+        error, rows = None, []
+        try:
+            flt = SubscriberFilter(status=status, email_prefix=q, limit=PAGE, before_id=before)
+            with read_scope(engine) as session:
+                rows = list_subscribers(session, flt)
+        except ValueError as exc:
+            error = str(exc)
+        older = None
+        if len(rows) == PAGE:
+            older = _page_link(
+                "/admin/subscribers", {"q": q, "status": status, "before": rows[-1].id}
+            )
+        return render(
+            request,
+            "subscribers.html",
+            422 if error else 200,
+            rows=rows,
+            q=q,
+            status=status,
+            statuses=[s.value for s in SubscriberStatus],
+            error=error,
+            older=older,
+        )
+
+    @router.get("/subscribers/{subscriber_id}", response_class=HTMLResponse)
+    def subscriber(request: Request, subscriber_id: int) -> HTMLResponse:
+        with read_scope(engine) as session:
+            found = session.get(Subscriber, subscriber_id)
+            items = timeline(session, subscriber_id) if found else []
+            progress = session.get(CourseProgress, subscriber_id) if found else None
+        if found is None:
+            return problem(request, 404, "No such subscriber", f"No subscriber #{subscriber_id}.")
+        return render(
+            request,
+            "subscriber.html",
+            sub=found,
+            items=items,
+            progress=progress,
+            retryable={str(s) for s in RETRYABLE},
+            final={str(s) for s in FINAL_STATUSES},
+            can_leave=found.status in (SubscriberStatus.pending, SubscriberStatus.active),
+            deleted=found.email.endswith("@invalid") and found.email.startswith("deleted-"),
+        )
+
+    @router.post("/subscribers/{subscriber_id}/unsubscribe", response_model=None)
+    def unsubscribe(
+        request: Request, subscriber_id: int, csrf: Annotated[str, Form()] = ""
+    ) -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        with session_scope(engine) as session:
+            found = session.get(Subscriber, subscriber_id)
+            if found is None:
+                return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
+            leave(
+                session, found, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed by the admin"
+            )
+        return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
+
+    @router.post("/subscribers/{subscriber_id}/export", response_model=None)
+    def export(request: Request, subscriber_id: int, csrf: Annotated[str, Form()] = "") -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        with read_scope(engine) as session:
+            data = subscriber_data(session, subscriber_id)
+        if data is None:
+            return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
+        return Response(
+            json.dumps(data, indent=2, ensure_ascii=False),
+            media_type="application/json",
+            headers={
+                "Content-Disposition": f'attachment; filename="subscriber-{subscriber_id}.json"'
+            },
+        )
+
+    @router.post("/subscribers/{subscriber_id}/delete", response_model=None)
+    def delete(
+        request: Request,
+        subscriber_id: int,
+        csrf: Annotated[str, Form()] = "",
+        sure: Annotated[str, Form()] = "",
+    ) -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        if sure != "yes":
+            return problem(
+                request, 400, "Not deleted", "Tick the box to confirm the deletion, then retry."
+            )
+        with session_scope(engine) as session:
+            if not forget_subscriber(session, subscriber_id, utcnow()):
+                return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
+        return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=deleted", 303)
+
+    @router.post("/messages/{message_id}/retry", response_model=None)
+    def retry(request: Request, message_id: int, csrf: Annotated[str, Form()] = "") -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        with session_scope(engine) as session:
+            row = session.get(OutboxMessage, message_id)
+            if row is None:
+                return problem(request, 404, "No such message", f"#{message_id}")
+            done = "retried" if retry_message(session, message_id, utcnow()) else "not-retried"
+            if row.subscriber_id:
+                target = _page_link(f"/admin/subscribers/{row.subscriber_id}", {"done": done})
+            else:
+                target = _page_link("/admin/log", {"email": row.email, "done": done})
+        return RedirectResponse(target, 303)
+
+    @router.get("/outbox", response_class=HTMLResponse)
+    def outbox(request: Request) -> HTMLResponse:
+        box = _maildir(settings)
+        keys = sorted(box.keys(), key=_delivered_at, reverse=True)
+        parser = BytesHeaderParser(policy=policy.default)
+        rows = []
+        for key in keys[:OUTBOX_SHOWN]:
+            try:
+                with box.get_file(key) as handle:
+                    headers = parser.parse(handle)  # type: ignore[arg-type]
+            except (KeyError, FileNotFoundError):
+                continue  # removed meanwhile
+            rows.append(
+                {
+                    "key": key,
+                    "date": str(headers.get("Date", "")),
+                    "to": str(headers.get("To", "")),
+                    "subject": str(headers.get("Subject", "")),
+                }
+            )
+        return render(
+            request,
+            "outbox.html",
+            rows=rows,
+            total=len(keys),
+            shown=OUTBOX_SHOWN,
+            directory=str(settings.catcher_dir),
+        )
+
+    @router.get("/outbox/{key}", response_class=HTMLResponse)
+    def caught(request: Request, key: str) -> HTMLResponse:
+        message = _caught(_maildir(settings), key)
+        if message is None:
+            return problem(request, 404, "No such message", "It is not in the catcher's mailbox.")
+        html = _body(message, "html")
+        parts = _leaves(message)
+        attachments = [
+            {
+                "n": n,
+                "filename": part.get_filename() or f"part-{n}",
+                "type": part.get_content_type(),
+                "size": len(part.get_payload(decode=True) or b""),
+            }
+            for n, part in enumerate(parts)
+            if part.get_content_disposition() == "attachment" or part.get_filename()
+        ]
+        response = render(
+            request,
+            "outbox_message.html",
+            key=key,
+            subject=str(message.get("Subject", "")),
+            headers=[(name, str(value)) for name, value in message.items()],
+            # Links in the email open in a new tab rather than inside the frame.
+            srcdoc=None if html is None else '<base target="_blank">' + html,
+            text=_body(message, "plain"),
+            attachments=attachments,
+        )
+        response.headers["Content-Security-Policy"] = _MAIL_CSP
+        return response
+
+    @router.get("/outbox/{key}/part/{n}", response_model=None)
+    def part(request: Request, key: str, n: int) -> Response:
+        message = _caught(_maildir(settings), key)
+        parts = _leaves(message) if message is not None else []
+        if not 0 <= n < len(parts):
+            return problem(request, 404, "No such part", "The message has no such part.")
+        chosen = parts[n]
+        name = _SAFE_NAME.sub("_", chosen.get_filename() or "").strip("._") or f"part-{n}"
+        return Response(
+            chosen.get_payload(decode=True) or b"",
+            media_type=chosen.get_content_type(),
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                # Whatever the part is, the browser must not run it as a page of this site.
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+            },
+        )
+
+    return router

@@ -1,0 +1,332 @@
+"""/admin through HTTP (TestClient), on both databases, with mail from a real SMTP round trip."""
+
+from __future__ import annotations
+
+import base64
+import json
+import mailbox
+import re
+import time
+import warnings
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine, select
+from starlette.exceptions import StarletteDeprecationWarning
+
+from drip.db import read_scope
+from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.settings import Settings
+from drip.web.admin import CLOSED, build_admin_router
+from tests.conftest import make_settings
+from tests.factories import subscriber, tick
+from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
+
+with warnings.catch_warnings():
+    # Starlette asks for httpx2; the client works the same with the httpx installed here.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+STATIC = Path(__file__).resolve().parent.parent / "drip" / "web" / "static"
+USER, PASSWORD = "admin", "correct horse battery"
+
+
+def admin_app(settings: Settings) -> FastAPI:
+    """What the lead's create_app does for /admin: the router plus /static."""
+    app = FastAPI()
+    app.include_router(build_admin_router(settings))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def admin_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
+    return make_settings(
+        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
+    )
+
+
+@pytest.fixture
+def client(admin_settings: Settings) -> TestClient:
+    return TestClient(admin_app(admin_settings), headers=_basic(USER, PASSWORD))
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def _sub(engine: Engine, sub_id: int | None) -> Subscriber:
+    with read_scope(engine) as session:
+        row = session.get(Subscriber, sub_id)
+        assert row is not None
+        return row
+
+
+def test_closed_until_the_login_is_set(settings: Settings) -> None:
+    closed = TestClient(admin_app(settings), headers=_basic(USER, PASSWORD))
+    for path in ("/admin", "/admin/log", "/admin/subscribers/1", "/admin/outbox"):
+        response = closed.get(path)
+        assert response.status_code == 503 and response.text == CLOSED
+    assert closed.post("/admin/subscribers/1/delete").status_code == 503
+    assert "DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD" in CLOSED
+
+
+def test_credentials_are_required_and_failures_are_slowed(admin_settings: Settings) -> None:
+    anonymous = TestClient(admin_app(admin_settings))
+    bare = anonymous.get("/admin/log")
+    assert bare.status_code == 401
+    assert bare.headers["WWW-Authenticate"].startswith('Basic realm="drip admin"')
+    assert bare.headers["X-Frame-Options"] == "DENY"
+    started = time.monotonic()
+    assert anonymous.get("/admin", headers=_basic(USER, "wrong")).status_code == 401
+    assert time.monotonic() - started >= 0.9  # a wrong password waits a second
+    assert anonymous.get("/admin", headers=_basic(USER, PASSWORD)).status_code == 200
+
+
+def test_each_failure_waits_longer(admin_settings: Settings) -> None:
+    app = FastAPI()
+    app.include_router(build_admin_router(admin_settings, failure_delay=0.2))
+    anonymous = TestClient(app)
+    waits = []
+    for user, password in ((USER, "wrong"), ("root", PASSWORD), ("", ""), (USER, PASSWORD + "x")):
+        started = time.monotonic()
+        assert anonymous.get("/admin", headers=_basic(user, password)).status_code == 401
+        waits.append(time.monotonic() - started)
+    # 0.2 s, 0.4 s, 0.6 s, 0.8 s: each wrong password waits longer than the one before.
+    assert all(w >= 0.2 * (i + 1) - 0.02 for i, w in enumerate(waits)), waits
+    assert waits[3] < 2.0, waits
+    garbage = anonymous.get("/admin", headers={"Authorization": "Basic !!not-base64"})
+    assert garbage.status_code == 401
+    assert anonymous.get("/admin", headers=_basic(USER, PASSWORD)).status_code == 200
+
+
+def test_pages_carry_security_headers(client: TestClient) -> None:
+    response = client.get("/admin")
+    assert response.status_code == 200
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp  # no scripts at all
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert client.get("/static/admin.css").status_code == 200
+
+
+def test_dashboard_shows_counts_chart_and_a_stopped_scheduler(
+    client: TestClient, admin_settings: Settings
+) -> None:
+    subscriber(admin_settings, "ann@example.com")
+    page = client.get("/admin").text
+    assert "No scheduler pass in the last 5 minutes" in page
+    assert "<svg" in page and 'class="bar"' in page and "/admin/outbox" in page
+    tick(admin_settings)
+    page = client.get("/admin").text
+    assert "No scheduler pass" not in page
+    assert re.search(r"<dt>sent</dt><dd>1</dd>", page)
+    assert ": 1 sent</title>" in page  # today's bar in the chart
+    assert "0 lessons sent" in page
+
+
+def test_names_and_addresses_are_escaped(client: TestClient, admin_settings: Settings) -> None:
+    sub = subscriber(admin_settings, "x@example.com", name="<script>alert(1)</script>")
+    for path in (f"/admin/subscribers/{sub.id}", "/admin/subscribers", "/admin/log"):
+        page = client.get(path).text
+        assert "<script>" not in page
+    page = client.get(f"/admin/subscribers/{sub.id}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in client.get("/admin/log?email=<script>").text
+
+
+def test_log_filters_and_pages(client: TestClient, admin_settings: Settings) -> None:
+    for n in range(4):
+        subscriber(admin_settings, f"reader{n}@example.com")
+    tick(admin_settings)
+    subscriber(admin_settings, "late@example.com")
+
+    sent = client.get("/admin/log?status=sent").text
+    assert sent.count('class="pill status-sent"') == 4 and "late@example.com" not in sent
+    queued = client.get("/admin/log", params={"status": "queued"}).text
+    assert "late@example.com" in queued and "status-sent" not in queued
+    one = client.get("/admin/log", params={"email": "READER2@example.com"}).text
+    assert "reader2@example.com" in one and "reader1@" not in one
+
+    first = client.get("/admin/log?limit=3").text
+    older = re.search(r'href="(/admin/log\?[^"]+)" rel="next"', first)
+    assert older
+    second = client.get(older.group(1).replace("&amp;", "&")).text
+    rows = re.findall(r'<tr id="([aq]\d+)">', first) + re.findall(r'<tr id="([aq]\d+)">', second)
+    assert len(rows) == len(set(rows)) == 5
+
+    bad = client.get("/admin/log?status=lost")
+    assert bad.status_code == 422 and "status must be one of" in bad.text
+    assert client.get("/admin/log?since=soonish").status_code == 422
+    assert client.get("/admin/log?since=2h").status_code == 200
+
+
+def test_subscriber_search_and_timeline(client: TestClient, admin_settings: Settings) -> None:
+    ann = subscriber(admin_settings, "Ann@example.com")
+    subscriber(admin_settings, "bob@example.com", active=False)
+    tick(admin_settings)
+    found = client.get("/admin/subscribers", params={"q": "an"}).text
+    assert "Ann@example.com" in found and "bob@" not in found
+    pending = client.get("/admin/subscribers?status=pending").text
+    assert "bob@example.com" in pending and "Ann@" not in pending
+    page = client.get(f"/admin/subscribers/{ann.id}").text
+    assert "welcome" in page and 'class="pill status-sent"' in page and "<code>250</code>" in page
+    assert client.get("/admin/subscribers/99999").status_code == 404
+
+
+def test_actions_refuse_a_missing_or_wrong_csrf_token(
+    client: TestClient, admin_settings: Settings, engine: Engine
+) -> None:
+    sub = subscriber(admin_settings, "keep@example.com")
+    url = f"/admin/subscribers/{sub.id}/unsubscribe"
+    assert client.post(url).status_code == 403
+    assert client.post(url, data={"csrf": "0" * 64}).status_code == 403
+    assert (
+        client.post(f"/admin/subscribers/{sub.id}/delete", data={"sure": "yes"}).status_code == 403
+    )
+    assert client.post(f"/admin/subscribers/{sub.id}/export").status_code == 403
+    assert _sub(engine, sub.id).status == SubscriberStatus.active
+    assert _sub(engine, sub.id).email == "keep@example.com"
+    # Another process (another key) made this token: refused too.
+    other = TestClient(admin_app(admin_settings), headers=_basic(USER, PASSWORD))
+    stale = _csrf(other.get(f"/admin/subscribers/{sub.id}").text)
+    assert client.post(url, data={"csrf": stale}).status_code == 403
+
+
+def test_unsubscribe_from_the_subscriber_page(
+    client: TestClient, admin_settings: Settings, engine: Engine
+) -> None:
+    sub = subscriber(admin_settings, "leaving@example.com")
+    page = client.get(f"/admin/subscribers/{sub.id}").text
+    response = client.post(
+        f"/admin/subscribers/{sub.id}/unsubscribe",
+        data={"csrf": _csrf(page)},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/admin/subscribers/{sub.id}?done=unsubscribed"
+    assert _sub(engine, sub.id).status == SubscriberStatus.unsubscribed
+    after = client.get(response.headers["location"]).text
+    assert "Unsubscribed: nothing more will be sent" in after
+    assert 'class="pill status-skipped"' in after  # the queued welcome
+    assert "/unsubscribe" not in after  # no button any more
+
+
+def test_retry_a_bounced_message(
+    client: TestClient, admin_settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    sub = subscriber(admin_settings, "typo@example.com")
+    recorder.on_data = lambda env: NO_SUCH_USER
+    tick(admin_settings)
+    with read_scope(engine) as session:
+        [row] = session.execute(select(OutboxMessage)).scalars().all()
+    assert row.status == OutboxStatus.bounced
+    page = client.get(f"/admin/subscribers/{sub.id}").text
+    assert f'action="/admin/messages/{row.id}/retry"' in page
+
+    response = client.post(f"/admin/messages/{row.id}/retry", data={"csrf": _csrf(page)})
+    assert response.status_code == 200 and "queued again" in response.text
+    again = client.post(f"/admin/messages/{row.id}/retry", data={"csrf": _csrf(page)})
+    assert "Nothing to retry" in again.text
+
+    recorder.on_data = None
+    tick(admin_settings)
+    assert len(recorder.wait_for(1)) == 1
+    sent = client.get("/admin/log", params={"email": "typo@example.com"}).text
+    assert sent.index("status-sent") < sent.index("status-bounced")  # newest first
+
+
+def test_export_then_delete_personal_data_keeps_anonymous_counts(
+    client: TestClient, admin_settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    sub = subscriber(admin_settings, "Erase.Me@example.com", name="Erin Erase")
+    subscriber(admin_settings, "stay@example.com")
+    tick(admin_settings)
+    recorder.wait_for(2)
+    before = client.get("/admin").text
+    page = client.get(f"/admin/subscribers/{sub.id}").text
+
+    exported = client.post(f"/admin/subscribers/{sub.id}/export", data={"csrf": _csrf(page)})
+    assert exported.headers["content-type"].startswith("application/json")
+    assert "attachment" in exported.headers["content-disposition"]
+    data = json.loads(exported.text)
+    assert data["subscriber"]["email"] == "Erase.Me@example.com"
+    assert data["messages"][0]["attempts"][0]["status"] == "sent"
+
+    unsure = client.post(f"/admin/subscribers/{sub.id}/delete", data={"csrf": _csrf(page)})
+    assert unsure.status_code == 400 and _sub(engine, sub.id).name == "Erin Erase"
+    deleted = client.post(
+        f"/admin/subscribers/{sub.id}/delete", data={"csrf": _csrf(page), "sure": "yes"}
+    )
+    assert deleted.status_code == 200 and "Personal data deleted" in deleted.text
+    row = _sub(engine, sub.id)
+    assert row.email == f"deleted-{sub.id}@invalid" and row.name == ""
+    assert row.status == SubscriberStatus.unsubscribed
+
+    for path in ("/admin/log", "/admin/subscribers", f"/admin/subscribers/{sub.id}"):
+        text = client.get(path).text.lower()
+        assert "erase.me" not in text and "erin" not in text
+    after = client.get("/admin").text
+    counts = re.compile(r'<dl class="counts">.*?</dl>', re.S)
+    assert counts.findall(after) == counts.findall(before)
+    assert f"deleted-{sub.id}@invalid" in client.get("/admin/log?status=sent").text
+
+
+def _caught_mail(directory: Path) -> str:
+    message = EmailMessage()
+    message["From"] = "Course <course@localhost>"
+    message["To"] = "Ann <ann@example.com>"
+    message["Subject"] = "Welcome <b>aboard</b>"
+    message["Date"] = "Mon, 01 Jan 2024 09:00:00 +0000"
+    message.set_content("Hello Ann,\nyour pack is attached.\n")
+    message.add_alternative(
+        '<p class="x">Hello <b>Ann</b> &amp; "friends"</p><script>alert(1)</script>',
+        subtype="html",
+    )
+    message.add_attachment(
+        b"%PDF-1.4 fake pack", maintype="application", subtype="pdf", filename="info-pack.pdf"
+    )
+    box = mailbox.Maildir(directory, create=True)
+    return box.add(message)
+
+
+def test_outbox_lists_and_shows_caught_mail(client: TestClient, admin_settings: Settings) -> None:
+    assert "No mail caught yet" in client.get("/admin/outbox").text
+    key = _caught_mail(admin_settings.catcher_dir)
+    listing = client.get("/admin/outbox").text
+    assert "Welcome &lt;b&gt;aboard&lt;/b&gt;" in listing and "ann@example.com" in listing
+    assert f"/admin/outbox/{key}" in listing
+
+    page = client.get(f"/admin/outbox/{key}")
+    assert page.status_code == 200
+    frame = re.search(r"<iframe[^>]*>", page.text)
+    assert frame
+    tag = frame.group(0)
+    assert 'sandbox="' in tag and "allow-scripts" not in tag and "allow-same-origin" not in tag
+    srcdoc = re.search(r'srcdoc="([^"]*)"', tag)
+    assert srcdoc and "&lt;p class=&#34;x&#34;&gt;Hello &lt;b&gt;Ann&lt;/b&gt;" in srcdoc.group(1)
+    assert "<script>" not in page.text
+    assert "script-src" not in page.headers["Content-Security-Policy"]
+    assert "your pack is attached." in page.text  # the text part
+    assert "Subject" in page.text and "info-pack.pdf" in page.text
+
+    link = re.search(rf'href="(/admin/outbox/{re.escape(key)}/part/\d+)"', page.text)
+    assert link
+    part = client.get(link.group(1))
+    assert part.status_code == 200 and part.content == b"%PDF-1.4 fake pack"
+    assert part.headers["content-type"] == "application/pdf"
+    assert part.headers["content-disposition"] == 'attachment; filename="info-pack.pdf"'
+    assert client.get(f"/admin/outbox/{key}/part/99").status_code == 404
+    assert client.get("/admin/outbox/no-such-key").status_code == 404
