@@ -134,13 +134,17 @@ def queue_due_lessons(
     session: Session, now: datetime, course: Course, msgid_domain: str, limit: int = 500
 ) -> int:
     """Queue the next lesson of every subscriber whose lesson is due at `now`."""
-    due = session.execute(
+    stmt = (
         select(CourseProgress, Subscriber)
         .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
-        .where(CourseProgress.next_due_at <= now)
+        .where(CourseProgress.next_due_at <= now)  # type: ignore[operator]
         .order_by(CourseProgress.next_due_at)
         .limit(limit)
-    ).all()
+    )
+    if session.get_bind().dialect.name != "sqlite":
+        # Workers queuing side by side each take rows the others are not holding.
+        stmt = stmt.with_for_update(skip_locked=True, of=CourseProgress)
+    due = session.execute(stmt).all()
     queued_count = 0
     for progress, subscriber in due:
         progress.next_due_at = None  # the next one is set when this lesson is sent

@@ -176,3 +176,38 @@ def test_pass_touches_only_what_is_due(settings: Settings, engine: Engine) -> No
     assert due == []
     report = tick(settings)
     assert report.queued == 0 and report.delivery.total == 0
+
+
+def test_two_workers_deliver_the_course_without_a_duplicate(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    import asyncio
+    import threading
+
+    from drip.tick import run_pass
+
+    course = load_course(settings.emails_dir)
+    readers = 30
+    for n in range(readers):
+        subscriber(settings, f"pair{n}@example.com")
+    start = utcnow()
+    moments = [start + timedelta(days=d, hours=h) for d in range(0, 25) for h in (0, 9)]
+
+    # Both workers run each pass at the same moment, as workers sharing one clock do.
+    step = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        for moment in moments:
+            step.wait(timeout=60)
+            asyncio.run(run_pass(settings, moment, worker=name))
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    expected = readers * (course.total + 1)
+    ids = recorder.message_ids()
+    assert len(ids) == expected and len(set(ids)) == expected
+    rows = outbox(engine)
+    assert len(rows) == expected and all(r.status == OutboxStatus.sent for r in rows)
