@@ -209,7 +209,3 @@ class WorkerHeartbeat(SQLModel, table=True):
     last_pass_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     queued: int = 0
     delivered: int = 0
-
-
-def as_naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)

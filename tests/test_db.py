@@ -1,0 +1,44 @@
+"""The schema and the engine: migrations match the models, SQLite is tuned for workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, text
+from sqlmodel import SQLModel
+
+from drip.db import DatabaseError, ensure_schema, get_engine, schema_state
+
+
+def test_migrations_build_exactly_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], "models changed without a migration: regenerate it"
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    engine = get_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert int(conn.execute(text("PRAGMA busy_timeout")).scalar() or 0) >= 5000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_an_empty_database_is_migrated_and_an_outdated_one_refused(tmp_path: Path) -> None:
+    engine = get_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert schema_state(engine) == "empty"
+    ensure_schema(engine)
+    assert schema_state(engine) == "current"
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    with pytest.raises(DatabaseError, match="drip db upgrade"):
+        ensure_schema(engine)
+
+
+def test_an_unreachable_database_is_named_plainly() -> None:
+    engine = get_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(DatabaseError, match="DRIP_DATABASE_URL: cannot reach the database"):
+        schema_state(engine)
