@@ -510,9 +510,11 @@ class Dashboard:
     #: (UTC day, messages sent), oldest first, every day present.
     sends_per_day: list[tuple[date, int]]
     subscribers: dict[str, int]
-    #: (lessons sent, subscribers still on the course at that point), by lessons sent.
+    #: (lessons sent, active subscribers on the course at that point), by lessons sent.
     progress: list[tuple[int, int]]
     finished: int
+    #: Left before the end (unsubscribed, bounced...).
+    stopped: int
     waiting: int
     workers: list[WorkerPass]
 
@@ -559,17 +561,28 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         }
     )
     cp = CourseProgress
+    on_course = select(cp.lessons_sent, func.count()).join(
+        Subscriber, Subscriber.id == cp.subscriber_id
+    )
     progress = [
         (int(lessons), int(n))
         for lessons, n in session.execute(
-            select(cp.lessons_sent, func.count())
-            .where(cp.finished_at.is_(None))  # type: ignore[union-attr]
+            on_course.where(
+                cp.finished_at.is_(None),  # type: ignore[union-attr]
+                Subscriber.status == SubscriberStatus.active,
+            )
             .group_by(cp.lessons_sent)
             .order_by(cp.lessons_sent)
         )
     ]
     finished = session.execute(
         select(func.count()).select_from(cp).where(cp.finished_at.is_not(None))  # type: ignore[union-attr]
+    ).scalar_one()
+    stopped = session.execute(
+        select(func.count())
+        .select_from(cp)
+        .join(Subscriber, Subscriber.id == cp.subscriber_id)
+        .where(cp.finished_at.is_(None), Subscriber.status != SubscriberStatus.active)  # type: ignore[union-attr]
     ).scalar_one()
     waiting = session.execute(
         select(func.count())
@@ -590,6 +603,7 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         subscribers=by_status,
         progress=progress,
         finished=int(finished),
+        stopped=int(stopped),
         waiting=int(waiting),
         workers=workers,
     )

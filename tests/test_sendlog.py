@@ -224,7 +224,7 @@ def test_dashboard_counts(settings: Settings, engine: Engine, recorder: Recorder
     assert board.subscribers["pending"] == 2 and board.subscribers["unsubscribed"] == 0
     assert len(board.sends_per_day) == 30 and board.sends_per_day[-1] == (now.date(), 2)
     assert sum(n for _, n in board.sends_per_day) == 2
-    assert dict(board.progress) == {0: 2} and board.finished == 0
+    assert dict(board.progress) == {0: 1} and board.finished == 0 and board.stopped == 1
     assert board.waiting == 1  # d's confirmation
     names = [w.worker for w in board.workers]
     assert names[-1] == "old" and len(names) == 2 and board.workers_alive()

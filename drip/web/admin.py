@@ -354,7 +354,6 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             board=board,
             chart=sends_chart(board.sends_per_day),
             workers_alive=board.workers_alive(WORKER_SILENCE),
-            course_total=max((n for n, _ in board.progress), default=0),
             subscribers_total=sum(board.subscribers.values()),
         )
 

@@ -1,0 +1,207 @@
+"""/admin in a real headless Chromium, against a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import mailbox
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
+from sqlalchemy import Engine
+
+from drip.db import read_scope
+from drip.models import Subscriber, SubscriberStatus
+from drip.settings import Settings
+from tests.conftest import make_settings
+from tests.factories import subscriber, tick
+from tests.mailserver import MailServer, free_port
+from tests.test_admin import PASSWORD, USER, admin_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def run_tick(settings: Settings) -> None:
+    """A scheduler pass, in its own thread: Playwright's sync API keeps an event loop
+    running in this one, and a pass needs its own."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(tick, settings).result(timeout=60)
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run `app` under uvicorn in a background thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def admin_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
+    return make_settings(
+        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
+    )
+
+
+@pytest.fixture
+def site(admin_settings: Settings) -> Iterator[str]:
+    with serving(admin_app(admin_settings)) as base:
+        yield base
+
+
+@pytest.fixture
+def console_errors() -> list[str]:
+    """Errors the page logged; a test removes those it expects."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Browser, console_errors: list[str]) -> Iterator[Page]:
+    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
+    page = context.new_page()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            console_errors.append(message.text)
+
+    page.on("console", on_console)
+    yield page
+    context.close()
+    # A stylesheet or frame blocked by the CSP, or a missing asset, logs an error.
+    assert console_errors == []
+
+
+def test_log_in_filter_the_log_open_a_subscriber_and_unsubscribe_them(
+    page: Page, site: str, admin_settings: Settings, engine: Engine
+) -> None:
+    ann = subscriber(admin_settings, "ann@example.com", name="Ann <b>Lee</b>")
+    subscriber(admin_settings, "bob@example.com")
+    run_tick(admin_settings)
+    subscriber(admin_settings, "cat@example.com", active=False)
+
+    page.goto(f"{site}/admin")
+    assert page.locator("h1").inner_text() == "Dashboard"
+    header = page.locator("header.top")
+    assert header.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(29, 35, 48)"
+    assert page.locator("svg.chart rect.bar").count() == 30
+    assert page.get_by_role("alert").count() == 0  # a pass just ran
+
+    page.get_by_role("link", name="Send log").click()
+    page.get_by_label("Email").fill("ann@example.com")
+    page.get_by_label("Status").select_option("sent")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/admin/log?*status=sent*")
+    rows = page.locator("table.log tbody tr")
+    assert rows.count() == 1
+    assert "ann@example.com" in rows.first.inner_text() and "sent" in rows.first.inner_text()
+
+    page.get_by_role("link", name="ann@example.com").click()
+    page.wait_for_url(f"**/admin/subscribers/{ann.id}")
+    assert page.get_by_text("Ann <b>Lee</b>").count() == 1  # the name as text, not markup
+    assert page.locator(".timeline li").count() == 1
+
+    page.get_by_role("button", name="Unsubscribe").click()
+    page.wait_for_url(f"**/admin/subscribers/{ann.id}?done=unsubscribed")
+    assert "nothing more will be sent" in page.get_by_role("status").inner_text()
+    assert page.get_by_role("button", name="Unsubscribe").count() == 0
+    with read_scope(engine) as session:
+        row = session.get(Subscriber, ann.id)
+        assert row is not None and row.status == SubscriberStatus.unsubscribed
+
+    page.get_by_role("link", name="Subscribers").click()
+    page.get_by_label("Status").select_option("pending")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator("tbody tr").count() == 1 and page.get_by_text("cat@example.com").count()
+
+
+def test_caught_mail_renders_in_a_sandboxed_frame(
+    page: Page, site: str, admin_settings: Settings, console_errors: list[str]
+) -> None:
+    message = EmailMessage()
+    message["To"] = "ann@example.com"
+    message["Subject"] = "Your first release"
+    message.set_content("Press gently for 30 seconds.\n")
+    message.add_alternative(
+        "<h1 style='color: rgb(200, 0, 0)'>Press gently</h1>"
+        "<script>document.body.dataset.ran = 'yes'</script>",
+        subtype="html",
+    )
+    mailbox.Maildir(admin_settings.catcher_dir, create=True).add(message)
+
+    page.goto(f"{site}/admin")
+    page.get_by_role("link", name="Caught mail").first.click()
+    page.get_by_role("link", name="Your first release").click()
+    frame = page.frame_locator("iframe.mail")
+    heading = frame.locator("h1")
+    assert heading.inner_text() == "Press gently"
+    assert heading.evaluate("e => getComputedStyle(e).color") == "rgb(200, 0, 0)"
+    assert frame.locator("body").get_attribute("data-ran") is None  # no script ran
+    blocked = [e for e in console_errors if "Blocked script execution in 'about:srcdoc'" in e]
+    assert blocked, console_errors  # Chromium says why: the frame is sandboxed
+    console_errors[:] = [e for e in console_errors if e not in blocked]
+    assert "Press gently for 30 seconds." in page.locator("pre.mailtext").inner_text()
+
+
+def test_closed_without_credentials_or_login(browser: Browser, site: str, tmp_path: Path) -> None:
+    context = browser.new_context()
+    anonymous = context.new_page()
+    with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+        anonymous.goto(f"{site}/admin")  # headless Chromium has no one to ask for a password
+    answer = context.request.get(f"{site}/admin")
+    assert answer.status == 401 and "Dashboard" not in answer.text()
+    assert answer.headers["www-authenticate"].startswith('Basic realm="drip admin"')
+    context.close()
+
+    wrong = browser.new_context(http_credentials={"username": USER, "password": "guess"})
+    answer = wrong.request.get(f"{site}/admin")
+    assert answer.status == 401
+    wrong.close()
+
+    unset = make_settings(f"sqlite:///{tmp_path / 'closed.db'}", 2525, tmp_path)
+    with serving(admin_app(unset)) as closed_site:
+        context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
+        visitor = context.new_page()
+        response = visitor.goto(f"{closed_site}/admin")
+        assert response is not None and response.status == 503
+        assert "admin is closed" in visitor.inner_text("body")
+        context.close()
