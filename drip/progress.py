@@ -74,9 +74,14 @@ def start_course(
     """Queue the welcome email and open the subscriber's progress; safe to call twice."""
     assert subscriber.id is not None
     now = utcnow()
-    if session.get(CourseProgress, subscriber.id) is None:
+    progress = session.get(CourseProgress, subscriber.id)
+    if progress is None:
         session.add(CourseProgress(subscriber_id=subscriber.id, started_at=now))
         session.flush()
+    elif progress.finished_at is None and progress.next_due_at is None:
+        # Back after unsubscribing: carry on with the next lesson, no repeats.
+        progress.next_due_at = now
+        session.add(progress)
     enqueue(
         session,
         NewMessage(

@@ -1,0 +1,198 @@
+"""The visitor's side: check a signup, then subscribe, confirm or unsubscribe.
+
+Independent of HTTP so the rules are tested directly and the web routes stay thin.
+Every valid signup gets the same answer whether the address is new, pending or
+active (no enumeration); only what is queued differs.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import unicodedata
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from sqlmodel import Session
+
+from drip.models import SubscriberStatus
+from drip.settings import Settings
+from drip.subscribers import activate, add_subscriber, find_by_token, leave, queue_confirmation
+
+NAME_MAX = 100
+EMAIL_MAX = 254
+_MARKUP = re.compile(r"[<>]")
+
+
+@dataclass(frozen=True)
+class Signup:
+    """A checked signup: a normalised address, a clean name and a known time zone."""
+
+    email: str
+    name: str
+    timezone: str
+
+
+@dataclass
+class Checked:
+    signup: Signup | None
+    errors: dict[str, str] = field(default_factory=dict)
+    #: A bot filled the hidden field: answer as for success, store nothing.
+    bot: bool = False
+
+
+def clean_name(raw: str) -> str:
+    """Trim and collapse spaces; refuse control characters and markup (ValueError)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") and c != " " for c in raw):
+        raise ValueError("Please use letters only: no line breaks or special characters.")
+    name = " ".join(raw.split())
+    if _MARKUP.search(name):
+        raise ValueError("Please leave out < and > from your name.")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"Please keep your name under {NAME_MAX} characters.")
+    return name
+
+
+def clean_email(raw: str) -> str:
+    """A normalised address (domain lower-cased, Unicode normalised); no DNS lookups."""
+    address = raw.strip()
+    if not address:
+        raise ValueError("Please enter your email address.")
+    if len(address) > EMAIL_MAX:
+        raise ValueError("That email address is too long.")
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        raise ValueError(
+            "That doesn't look like an email address. Please check it, e.g. name@example.com."
+        ) from None
+
+
+def clean_timezone(raw: str, default: str) -> str:
+    name = raw.strip()[:64]
+    if not name or name.startswith(("/", ".")) or ".." in name:
+        return default
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return default
+    return name
+
+
+def check(
+    *, email: str, name: str, consent: bool, website: str, timezone: str, settings: Settings
+) -> Checked:
+    """Every problem with the form, each in plain words under its field's name."""
+    if website.strip():
+        return Checked(signup=None, bot=True)
+    errors: dict[str, str] = {}
+    try:
+        address = clean_email(email)
+    except ValueError as exc:
+        errors["email"] = str(exc)
+    try:
+        first_name = clean_name(name)
+    except ValueError as exc:
+        errors["name"] = str(exc)
+    if not consent:
+        errors["consent"] = "Please tick the box to say you'd like the course emails."
+    if errors:
+        return Checked(signup=None, errors=errors)
+    zone = clean_timezone(timezone, settings.default_timezone)
+    return Checked(signup=Signup(email=address, name=first_name, timezone=zone))
+
+
+def subscribe(
+    session: Session, settings: Settings, signup: Signup, now: datetime, source: str = "web"
+) -> None:
+    """Store a signup and queue its confirmation, as far as the address's state allows."""
+    subscriber, created = add_subscriber(
+        session,
+        settings,
+        email=signup.email,
+        name=signup.name,
+        timezone=signup.timezone,
+        source=source,
+    )
+    if created or subscriber.status == SubscriberStatus.pending:
+        queue_confirmation(session, settings, subscriber, now)
+    elif subscriber.status == SubscriberStatus.unsubscribed:
+        # Coming back is a fresh opt-in: confirm again before anything is sent.
+        subscriber.status = SubscriberStatus.pending
+        subscriber.name = signup.name or subscriber.name
+        session.add(subscriber)
+        queue_confirmation(session, settings, subscriber, now)
+    # Active: nothing new. Bounced or complained: suppressed, nothing is sent.
+
+
+class Confirmation(StrEnum):
+    confirmed = "confirmed"
+    already = "already"
+    expired = "expired"
+    unknown = "unknown"
+
+
+def confirm(
+    session: Session, settings: Settings, token: str, now: datetime, ip: str | None
+) -> Confirmation:
+    subscriber = find_by_token(session, token, "confirm")
+    if subscriber is None:
+        return Confirmation.unknown
+    if subscriber.status == SubscriberStatus.active:
+        return Confirmation.already
+    if subscriber.status != SubscriberStatus.pending:
+        return Confirmation.unknown  # unsubscribed or suppressed: the old link no longer works
+    ttl = timedelta(hours=settings.confirm_ttl_hours)
+    sent = subscriber.confirm_sent_at or subscriber.created_at
+    if now - sent > ttl:
+        return Confirmation.expired
+    activate(session, settings, subscriber, now, ip=ip)
+    return Confirmation.confirmed
+
+
+def unsubscribe(session: Session, token: str, now: datetime) -> bool:
+    """Unsubscribe at once; False for an unknown token. Saying it twice is fine."""
+    subscriber = find_by_token(session, token, "unsubscribe")
+    if subscriber is None:
+        return False
+    if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
+        leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
+    return True
+
+
+def is_unsubscribe_token(session: Session, token: str) -> bool:
+    return find_by_token(session, token, "unsubscribe") is not None
+
+
+class SlidingWindow:
+    """At most `limit` hits per key in `seconds`, in this process's memory.
+
+    Enough for one web process; several processes behind a balancer each keep their
+    own count, so the effective limit multiplies by their number.
+    """
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            hits = self._hits.setdefault(key, deque())
+            while hits and now - hits[0] > self.seconds:
+                hits.popleft()
+            if len(hits) >= self.limit:
+                return False
+            hits.append(now)
+            if len(self._hits) > 100_000:  # forget idle keys so memory stays bounded
+                self._hits = {
+                    k: v for k, v in self._hits.items() if v and now - v[-1] < self.seconds
+                }
+            return True

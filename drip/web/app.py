@@ -1,0 +1,277 @@
+"""The web app: signup, confirmation, unsubscribe, health, and /admin.
+
+Routes are thin: the rules live in drip.signup and drip.subscribers. Every page is
+rendered with autoescaping, and every response carries headers that forbid
+framing, sniffing and any script or style not served by drip itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from drip import signup
+from drip.clock import utcnow
+from drip.course import CourseError, load_course
+from drip.db import get_engine, session_scope
+from drip.settings import Settings
+from drip.web.admin import build_admin_router
+
+HERE = Path(__file__).parent
+MAX_BODY = 8 * 1024
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self' data:; frame-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+
+class Guard:
+    """Bounds request bodies (413) and adds the security headers to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [
+                    (k.encode(), v.encode())
+                    for k, v in SECURITY_HEADERS.items()
+                    if k.encode() not in present
+                ]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            await _too_large(send_secured)
+            return
+        body, more = b"", True
+        while more:  # read the (small) body up front, so a liar about its length is caught too
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY:
+                await _too_large(send_secured)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send_secured)
+
+
+async def _too_large(send: Send) -> None:
+    await JSONResponse({"error": "The request is too large."}, status_code=413)(
+        {"type": "http"}, _nothing, send
+    )
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = get_engine(settings.database_url)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    try:
+        course = load_course(settings.emails_dir)
+        course_title, lesson_total = course.title, course.total
+    except CourseError:
+        course_title, lesson_total = "Trigger Point Relief", 8  # `drip check` names the problem
+    per_ip = signup.SlidingWindow(limit=10, seconds=60)
+    per_address = signup.SlidingWindow(limit=3, seconds=3600)
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list,
+        allow_methods=["POST"],
+        allow_headers=["content-type"],
+    )
+    app.add_middleware(Guard)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(build_admin_router(settings))
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.update(course_title=course_title, lesson_total=lesson_total)
+        return templates.TemplateResponse(request, name, context, status_code=status)
+
+    def message(
+        request: Request, heading: str, *paragraphs: str, status: int = 200
+    ) -> HTMLResponse:
+        return page(request, "page.html", status, heading=heading, paragraphs=paragraphs, link=None)
+
+    def ip_of(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    @app.get("/", response_class=HTMLResponse)
+    def form(request: Request) -> HTMLResponse:
+        values = {"email": "", "name": "", "consent": False, "timezone": ""}
+        return page(request, "signup.html", values=values, errors={})
+
+    @app.post("/subscribe", response_model=None)
+    async def subscribe(request: Request) -> Response:
+        wants_json = request.headers.get("content-type", "").startswith("application/json")
+        fields = await _fields(request, wants_json)
+        if fields is None:
+            return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
+        checked = signup.check(settings=settings, **fields)  # type: ignore[arg-type]
+        if checked.errors:
+            if wants_json:
+                return JSONResponse({"errors": checked.errors}, status_code=422)
+            return page(request, "signup.html", 422, values=fields, errors=checked.errors)
+        limited = not per_ip.allow(ip_of(request)) or (
+            checked.signup is not None and not per_address.allow(checked.signup.email.lower())
+        )
+        if limited:
+            text_ = "Too many signups from here just now. Please wait a few minutes and try again."
+            if wants_json:
+                return JSONResponse({"errors": {"form": text_}}, status_code=429)
+            return message(request, "Please slow down", text_, status=429)
+        if checked.signup is not None:
+            await _run(_store, checked.signup)
+        if wants_json:
+            return JSONResponse({"status": "ok"}, status_code=202)
+        return RedirectResponse("/thanks", status_code=303)
+
+    def _store(data: signup.Signup) -> None:
+        with session_scope(engine) as session:
+            signup.subscribe(session, settings, data, utcnow())
+
+    @app.get("/thanks", response_class=HTMLResponse)
+    def thanks(request: Request) -> HTMLResponse:
+        return message(
+            request,
+            "Check your inbox",
+            "We've sent you an email with a link to confirm your address.",
+            "Click it and your free information pack and first lesson are on their way.",
+            "Nothing there in a few minutes? Look in your spam or promotions folder.",
+        )
+
+    @app.get("/privacy", response_class=HTMLResponse)
+    def privacy(request: Request) -> HTMLResponse:
+        return page(request, "privacy.html")
+
+    @app.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm(request: Request, token: str) -> HTMLResponse:
+        with session_scope(engine) as session:
+            outcome = signup.confirm(session, settings, token[:100], utcnow(), ip_of(request))
+        if outcome == signup.Confirmation.confirmed:
+            return message(
+                request,
+                "You're in!",
+                "Your welcome email with the free information pack is on its way.",
+                "Your first lesson follows tomorrow morning.",
+            )
+        if outcome == signup.Confirmation.already:
+            return message(
+                request, "Already confirmed", "You're already on the course: nothing more to do."
+            )
+        if outcome == signup.Confirmation.expired:
+            return message(
+                request,
+                "This link has expired",
+                "Confirmation links last a few days. Sign up again and we'll send a fresh one.",
+                status=410,
+            )
+        return _not_found(request)
+
+    def _not_found(request: Request) -> HTMLResponse:
+        return message(
+            request,
+            "We couldn't find that link",
+            "It may have been mistyped or cut short. Try copying the whole link from the email.",
+            status=404,
+        )
+
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
+        with session_scope(engine) as session:
+            known = signup.is_unsubscribe_token(session, token[:100])
+        if not known:
+            return _not_found(request)
+        return page(request, "unsubscribe.html", token=token)
+
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe(request: Request, token: str) -> HTMLResponse:
+        # Also the RFC 8058 one-click POST (body List-Unsubscribe=One-Click, no cookies):
+        # the unguessable token in the URL is the credential, so no CSRF token is needed.
+        with session_scope(engine) as session:
+            done = signup.unsubscribe(session, token[:100], utcnow())
+        if not done:
+            return _not_found(request)
+        return message(
+            request,
+            "You're unsubscribed",
+            "No more lessons or newsletters will be sent to you. Thank you for reading.",
+        )
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means the database does not answer
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return app
+
+
+async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:
+    """The form's fields as strings, from a form post or a JSON body; None if unreadable."""
+    if wants_json:
+        try:
+            data = await request.json()
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+    else:
+        data = dict(await request.form())
+
+    def text_of(key: str) -> str:
+        value = data.get(key, "")
+        return value if isinstance(value, str) else ""
+
+    consent = data.get("consent")
+    return {
+        "email": text_of("email"),
+        "name": text_of("name"),
+        "consent": consent is True
+        or (isinstance(consent, str) and consent.lower() in ("yes", "on", "true", "1")),
+        "website": text_of("website"),
+        "timezone": text_of("timezone"),
+    }
+
+
+async def _run(function: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
