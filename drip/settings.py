@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     retry_lifetime_days: float = Field(5.0, gt=0)
     lease_seconds: float = Field(300.0, gt=0)
     confirm_ttl_hours: float = Field(72.0, gt=0)
+    signups_per_ip_per_minute: int = Field(10, ge=1)
+    signups_per_address_per_hour: int = Field(3, ge=1)
     default_timezone: str = "UTC"
     cors_origins: str = ""
     catcher_dir: Path = Path(".drip/mail")

@@ -104,8 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
         course_title, lesson_total = course.title, course.total
     except CourseError:
         course_title, lesson_total = "Trigger Point Relief", 8  # `drip check` names the problem
-    per_ip = signup.SlidingWindow(limit=10, seconds=60)
-    per_address = signup.SlidingWindow(limit=3, seconds=3600)
+    per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
+    per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(

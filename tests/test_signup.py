@@ -1,0 +1,135 @@
+"""The signup rules, without HTTP: checking, normalising, subscribing, confirming, leaving."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from drip import signup
+from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import MessageKind, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.settings import Settings, load_settings
+from drip.tokens import make_token
+
+SETTINGS = load_settings(_env_file=None, default_timezone="Europe/London")
+
+
+def _check(**fields: object) -> signup.Checked:
+    values: dict[str, object] = {
+        "email": "ann@example.com",
+        "name": "Ann",
+        "consent": True,
+        "website": "",
+        "timezone": "America/New_York",
+    }
+    values.update(fields)
+    return signup.check(settings=SETTINGS, **values)  # type: ignore[arg-type]
+
+
+def test_a_good_signup_is_normalised() -> None:
+    checked = _check(email="  Ann@EXAMPLE.com ", name="  Ann   Marie ")
+    assert checked.errors == {} and checked.signup is not None
+    assert checked.signup.email == "Ann@example.com"
+    assert checked.signup.name == "Ann Marie"
+    assert checked.signup.timezone == "America/New_York"
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"email": ""}, "email"),
+        ({"email": "not-an-address"}, "email"),
+        ({"email": "a@b"}, "email"),
+        ({"email": "x" * 250 + "@example.com"}, "email"),
+        ({"email": "ann@example.com\r\nBcc: x@example.com"}, "email"),
+        ({"name": "Ann\r\nBcc: victim@example.com"}, "name"),
+        ({"name": "<script>alert(1)</script>"}, "name"),
+        ({"name": "Ann\x00"}, "name"),
+        ({"name": "A" * 101}, "name"),
+        ({"consent": False}, "consent"),
+    ],
+)
+def test_each_problem_is_named_under_its_field(fields: dict[str, object], field: str) -> None:
+    checked = _check(**fields)
+    assert checked.signup is None and field in checked.errors
+    assert checked.errors[field].endswith(".")
+
+
+def test_the_honeypot_is_answered_like_success_and_stores_nothing() -> None:
+    checked = _check(website="http://spam.example")
+    assert checked.bot and checked.signup is None and checked.errors == {}
+
+
+@pytest.mark.parametrize("zone", ["", "Mars/Olympus", "../../etc/passwd", "x" * 200])
+def test_an_unknown_time_zone_falls_back_to_the_default(zone: str) -> None:
+    checked = _check(timezone=zone)
+    assert checked.signup is not None and checked.signup.timezone == "Europe/London"
+
+
+def test_sliding_window_limits_per_key() -> None:
+    window = signup.SlidingWindow(limit=2, seconds=60)
+    assert window.allow("a") and window.allow("a") and not window.allow("a")
+    assert window.allow("b")
+
+
+def _outbox(engine: Engine) -> list[OutboxMessage]:
+    with session_scope(engine) as session:
+        return list(session.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
+
+
+def _signup(email: str = "ann@example.com") -> signup.Signup:
+    return signup.Signup(email=email, name="Ann", timezone="UTC")
+
+
+def test_subscribe_confirm_and_leave(settings: Settings, engine: Engine) -> None:
+    now = utcnow()
+    with session_scope(engine) as session:
+        signup.subscribe(session, settings, _signup(), now)
+        signup.subscribe(session, settings, _signup("ANN@example.com"), now)  # same person
+    assert [r.kind for r in _outbox(engine)] == [MessageKind.confirm]
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        token = make_token(settings.require_secret(), sub.token_salt, "confirm")
+        assert signup.confirm(session, settings, token + "x", now, "198.51.100.7") == "unknown"
+        assert signup.confirm(session, settings, token, now, "198.51.100.7") == "confirmed"
+        assert signup.confirm(session, settings, token, now, "198.51.100.7") == "already"
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        assert sub.status == SubscriberStatus.active and sub.consent_ip == "198.51.100.7"
+        assert sub.consent_at is not None
+    assert [r.kind for r in _outbox(engine)] == [MessageKind.confirm, MessageKind.welcome]
+    with session_scope(engine) as session:
+        leave_token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
+        assert signup.unsubscribe(session, leave_token, now) is True
+        assert signup.unsubscribe(session, leave_token, now) is True
+        assert signup.unsubscribe(session, "nonsense", now) is False
+    rows = _outbox(engine)
+    assert rows[1].status == OutboxStatus.skipped
+
+
+def test_a_pending_address_gets_the_confirmation_again_at_most_hourly(
+    settings: Settings, engine: Engine
+) -> None:
+    now = utcnow().replace(minute=5)
+    for minutes in (0, 10, 30):
+        with session_scope(engine) as session:
+            signup.subscribe(session, settings, _signup(), now + timedelta(minutes=minutes))
+    assert len(_outbox(engine)) == 1
+    with session_scope(engine) as session:
+        signup.subscribe(session, settings, _signup(), now + timedelta(hours=1))
+    assert len(_outbox(engine)) == 2
+
+
+def test_an_old_confirmation_link_expires(settings: Settings, engine: Engine) -> None:
+    then = utcnow() - timedelta(hours=settings.confirm_ttl_hours + 1)
+    with session_scope(engine) as session:
+        signup.subscribe(session, settings, _signup(), then)
+        sub = session.execute(select(Subscriber)).scalar_one()
+        token = make_token(settings.require_secret(), sub.token_salt, "confirm")
+        assert signup.confirm(session, settings, token, utcnow(), None) == "expired"
+        # Signing up again sends a fresh confirmation and the link works again.
+        signup.subscribe(session, settings, _signup(), utcnow())
+        assert signup.confirm(session, settings, token, utcnow(), None) == "confirmed"

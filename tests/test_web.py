@@ -1,0 +1,246 @@
+"""The web routes over HTTP, on both databases: every answer a visitor can get."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select
+
+from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import MessageKind, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.settings import Settings
+from drip.tokens import make_token
+from drip.web.app import create_app
+from tests.factories import subscriber
+
+FORM = {
+    "email": "ann@example.com",
+    "name": "Ann",
+    "consent": "yes",
+    "website": "",
+    "timezone": "UTC",
+}
+
+
+@pytest.fixture
+def client(settings: Settings) -> TestClient:
+    allowed = settings.model_copy(update={"cors_origins": "https://partner.example"})
+    return TestClient(create_app(allowed), follow_redirects=False)
+
+
+@pytest.fixture
+def fuzz_client(settings: Settings) -> TestClient:
+    unlimited = settings.model_copy(
+        update={"signups_per_ip_per_minute": 10**6, "signups_per_address_per_hour": 10**6}
+    )
+    return TestClient(create_app(unlimited), follow_redirects=False)
+
+
+def _rows(engine: Engine) -> list[OutboxMessage]:
+    with session_scope(engine) as session:
+        return list(session.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
+
+
+def _token(settings: Settings, engine: Engine, purpose: str, email: str = "ann@example.com") -> str:
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber).where(Subscriber.email_key == email)).scalar_one()
+    return make_token(settings.require_secret(), sub.token_salt, purpose)  # type: ignore[arg-type]
+
+
+def test_the_form_page(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    for needle in (
+        'name="email"',
+        'name="name"',
+        'name="consent"',
+        'name="website"',
+        'href="/privacy"',
+    ):
+        assert needle in page.text
+    assert "http" not in page.text.split("<main")[0].replace('href="data:,"', "")  # no CDN
+    assert client.get("/privacy").status_code == 200
+    assert client.get("/static/site.css").status_code == 200
+
+
+def test_every_response_carries_security_headers(client: TestClient) -> None:
+    for path in ("/", "/thanks", "/healthz", "/confirm/x"):
+        headers = client.get(path).headers
+        assert "default-src 'self'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_a_valid_signup_queues_a_confirmation_and_redirects(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post("/subscribe", data=FORM)
+    assert response.status_code == 303 and response.headers["location"] == "/thanks"
+    assert [r.kind for r in _rows(engine)] == [MessageKind.confirm]
+    assert client.post("/subscribe", data=FORM).status_code == 303
+    assert len(_rows(engine)) == 1  # not again within the hour
+    assert "Check your inbox" in client.get("/thanks").text
+
+
+def test_no_enumeration_new_pending_and_active_look_the_same(
+    client: TestClient, settings: Settings
+) -> None:
+    subscriber(settings, "active@example.com")
+    subscriber(settings, "pending@example.com", active=False)
+    answers = {
+        (r.status_code, r.headers.get("location"), r.content)
+        for email in ("new@example.com", "pending@example.com", "active@example.com")
+        for r in [client.post("/subscribe", data={**FORM, "email": email})]
+    }
+    assert answers == {(303, "/thanks", b"")}
+
+
+def test_invalid_input_comes_back_with_messages_and_what_was_typed(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post(
+        "/subscribe", data={"email": "nope", "name": "<b>Ann</b>", "website": ""}
+    )
+    assert response.status_code == 422
+    text = response.text
+    assert 'aria-invalid="true"' in text and 'id="email-error"' in text
+    assert 'value="nope"' in text and "&lt;b&gt;Ann&lt;/b&gt;" in text and "<b>Ann" not in text
+    assert "tick the box" in text
+    assert _rows(engine) == []
+
+
+def test_the_honeypot_gets_the_same_answer_and_stores_nothing(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post("/subscribe", data={**FORM, "website": "http://spam.example"})
+    assert response.status_code == 303 and _rows(engine) == []
+
+
+def test_json_signup_and_cors(client: TestClient, engine: Engine) -> None:
+    ok = client.post("/subscribe", json={"email": "j@example.com", "consent": True})
+    assert ok.status_code == 202 and ok.json() == {"status": "ok"}
+    bad = client.post("/subscribe", json={"email": "x", "consent": False})
+    assert bad.status_code == 422 and set(bad.json()["errors"]) == {"email", "consent"}
+    assert (
+        client.post(
+            "/subscribe", content=b"[1,", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type",
+    }
+    allowed = client.options(
+        "/subscribe", headers={**preflight, "origin": "https://partner.example"}
+    )
+    assert allowed.headers.get("access-control-allow-origin") == "https://partner.example"
+    refused = client.options("/subscribe", headers={**preflight, "origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in refused.headers
+    assert len(_rows(engine)) == 1
+
+
+def test_oversized_bodies_are_refused(client: TestClient, engine: Engine) -> None:
+    big = client.post("/subscribe", data={**FORM, "name": "A" * 10_000})
+    assert big.status_code == 413 and _rows(engine) == []
+
+
+def test_signups_are_rate_limited(client: TestClient) -> None:
+    codes = [
+        client.post("/subscribe", data={**FORM, "email": f"r{n}@example.com"}).status_code
+        for n in range(12)
+    ]
+    assert codes[:10] == [303] * 10 and codes[10:] == [429, 429]
+
+
+def test_one_address_is_rate_limited(settings: Settings) -> None:
+    client = TestClient(create_app(settings), follow_redirects=False)
+    codes = [client.post("/subscribe", data=FORM).status_code for _ in range(4)]
+    assert codes == [303, 303, 303, 429]
+    assert "slow down" in client.post("/subscribe", data=FORM).text.lower()
+
+
+def test_confirmation_activates_once_and_queues_the_welcome(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    token = _token(settings, engine, "confirm")
+    first = client.get(f"/confirm/{token}")
+    assert first.status_code == 200 and "information pack is on its way" in first.text
+    again = client.get(f"/confirm/{token}")
+    assert again.status_code == 200 and "Already confirmed" in again.text
+    assert [r.kind for r in _rows(engine)] == [MessageKind.confirm, MessageKind.welcome]
+    assert client.get(f"/confirm/{token[:-2]}xx").status_code == 404
+    assert client.get("/confirm/" + "A" * 5000).status_code == 404
+
+
+def test_an_expired_confirmation_says_so(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        sub.confirm_sent_at = utcnow() - timedelta(hours=settings.confirm_ttl_hours + 1)
+    response = client.get(f"/confirm/{_token(settings, engine, 'confirm')}")
+    assert response.status_code == 410 and "expired" in response.text
+
+
+def test_one_click_unsubscribe(client: TestClient, settings: Settings, engine: Engine) -> None:
+    subscriber(settings, "ann@example.com")
+    token = _token(settings, engine, "unsubscribe")
+    page = client.get(f"/unsubscribe/{token}")
+    assert page.status_code == 200 and f'action="/unsubscribe/{token}"' in page.text
+    response = client.post(
+        f"/unsubscribe/{token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200 and "unsubscribed" in response.text
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        assert sub.status == SubscriberStatus.unsubscribed
+    assert [r.status for r in _rows(engine)] == [OutboxStatus.skipped]
+    assert client.post(f"/unsubscribe/{token}").status_code == 200
+    assert client.post("/unsubscribe/forged").status_code == 404
+    assert client.get("/unsubscribe/forged").status_code == 404
+
+
+def test_healthz(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
+    broken = settings.model_copy(
+        update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1"}
+    )
+    response = TestClient(create_app(broken)).get("/healthz")
+    assert response.status_code == 503
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    email=st.text(max_size=300),
+    name=st.text(max_size=300),
+    timezone=st.text(max_size=80),
+    consent=st.sampled_from(["yes", "", "no", "on"]),
+)
+def test_any_input_gets_a_clear_answer(
+    fuzz_client: TestClient, email: str, name: str, timezone: str, consent: str
+) -> None:
+    client = fuzz_client
+    fields = {"email": email, "name": name, "timezone": timezone, "consent": consent, "website": ""}
+    response = client.post("/subscribe", data=fields)
+    assert response.status_code in (303, 413, 422)
+    if response.status_code == 422:
+        assert "<script" not in response.text.split("</main>")[0].split("<main")[1].lower()
+    as_json = client.post("/subscribe", json=fields)
+    assert as_json.status_code in (202, 413, 422)
