@@ -15,8 +15,7 @@ import typer
 from drip.course import Course, CourseError, load_course
 from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, PackError, build_pack
 from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
-
-EMAILS_DIR = Path("emails")
+from drip.settings import load_settings
 
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
 
@@ -48,15 +47,16 @@ def preview(
     ] = None,
 ) -> None:
     """Render an email template with sample data."""
-    names = template_names(EMAILS_DIR)
+    emails_dir = load_settings().emails_dir
+    names = template_names(emails_dir)
     if name not in names:
         known = ", ".join(names) or "none"
         typer.echo(
-            f"drip preview: no email named {name!r} in {EMAILS_DIR}/ (known: {known})", err=True
+            f"drip preview: no email named {name!r} in {emails_dir}/ (known: {known})", err=True
         )
         raise typer.Exit(1)
     try:
-        rendered = render_email(EMAILS_DIR, name, preview_context(EMAILS_DIR, name))
+        rendered = render_email(emails_dir, name, preview_context(emails_dir, name))
     except RenderError as exc:
         typer.echo(f"drip preview: {exc}", err=True)
         raise typer.Exit(1) from None
