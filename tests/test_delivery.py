@@ -250,3 +250,45 @@ def test_starttls_required_but_not_offered_defers_with_a_reason(
     assert row.status == OutboxStatus.deferred
     assert "STARTTLS" in (row.last_smtp_message or "").upper()
     assert recorder.raw == []
+
+
+def test_smtp_login_uses_the_password_and_never_logs_it(
+    database_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(
+        server: object, session: object, envelope: object, mechanism: str, data: object
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret-pass")
+
+    recorder = Recorder()
+    with serve(recorder, authenticator=authenticator, auth_require_tls=False) as server:
+        good = make_settings(
+            database_url, server.port, tmp_path, smtp_username="course", smtp_password="s3cret-pass"
+        )
+        subscriber(good, "ann@example.com")
+        tick(good)
+        assert len(recorder.wait_for(1)) == 1
+        bad = make_settings(
+            database_url,
+            server.port,
+            tmp_path,
+            smtp_username="course",
+            smtp_password="wrong-pass",
+            smtp_timeout=2,
+        )
+        subscriber(bad, "bob@example.com")
+        tick(bad)
+    assert logins[0] == (b"course", b"s3cret-pass")
+    rows = outbox(engine)
+    assert [r.status for r in rows] == [OutboxStatus.sent, OutboxStatus.deferred]
+    for attempt in attempts(engine):
+        assert "pass" not in (attempt.smtp_message or "").lower().replace("password", "")
+        assert "s3cret" not in (attempt.smtp_message or "") and "wrong-pass" not in (
+            attempt.smtp_message or ""
+        )
