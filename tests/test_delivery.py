@@ -13,20 +13,21 @@ from sqlalchemy import Engine
 
 from drip.clock import utcnow
 from drip.db import session_scope
-from drip.models import MessageKind, OutboxStatus, SendBudget, Subscriber, SubscriberStatus
-from drip.outbox import NewMessage, enqueue_many
+from drip.models import OutboxStatus, SendBudget, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.tick import run_pass
 from tests.conftest import EMAILS, make_settings
-from tests.factories import attempts, many_active, outbox, subscriber, tick
+from tests.factories import attempts, outbox, subscriber, tick
 from tests.mailserver import (
     MAILBOX_BUSY,
     MAILBOX_FULL,
     NO_SUCH_USER,
     SERVICE_NOT_AVAILABLE,
+    MailServer,
     Recorder,
     serve,
 )
+from tests.processes import queue_lessons
 
 
 def _parts(message: EmailMessage) -> dict[str, EmailMessage]:
@@ -163,14 +164,14 @@ def test_refused_connection_defers_and_stops_the_pass(
 
 
 def test_broken_template_fails_the_message_with_its_line(
-    database_url: str, tmp_path: Path, engine: Engine, mail_server: object, recorder: Recorder
+    database_url: str, tmp_path: Path, engine: Engine, mail_server: MailServer, recorder: Recorder
 ) -> None:
     import shutil
 
     emails = tmp_path / "emails"
     shutil.copytree(EMAILS, emails)
     (emails / "welcome.txt").write_text("Hi {{ name }}\n{{ no_such_variable }}\n")
-    settings = make_settings(database_url, recorder_port(mail_server), tmp_path, emails_dir=emails)
+    settings = make_settings(database_url, mail_server.port, tmp_path, emails_dir=emails)
     subscriber(settings, "ann@example.com")
     tick(settings)
     [row] = outbox(engine)
@@ -179,36 +180,11 @@ def test_broken_template_fails_the_message_with_its_line(
     assert recorder.messages == []
 
 
-def recorder_port(server: object) -> int:
-    return int(server.port)  # type: ignore[attr-defined]
-
-
 def test_two_workers_deliver_each_message_exactly_once(
     settings: Settings, recorder: Recorder, engine: Engine
 ) -> None:
     count = 2000
-    subs = many_active(engine, count)
-    with session_scope(engine) as session:
-        enqueue_many(
-            session,
-            [
-                NewMessage(
-                    kind=MessageKind.lesson,
-                    template="lesson-01-what-trigger-points-are",
-                    email=s.email,
-                    dedupe_key=f"lesson:test:subscriber:{s.id}",
-                    due_at=utcnow(),
-                    subscriber_id=s.id,
-                    context={
-                        "slug": "what-trigger-points-are",
-                        "lesson_number": 1,
-                        "lesson_total": 8,
-                    },
-                )
-                for s in subs
-            ],
-            "localhost",
-        )
+    expected = queue_lessons(engine, count)
 
     def worker(name: str) -> None:
         asyncio.run(run_pass(settings, worker=name))
@@ -219,7 +195,7 @@ def test_two_workers_deliver_each_message_exactly_once(
     for t in threads:
         t.join(timeout=300)
     ids = recorder.message_ids()
-    assert len(ids) == count and len(set(ids)) == count
+    assert len(ids) == count and set(ids) == expected
     log = attempts(engine)
     assert len(log) == count and {a.worker for a in log} == {"worker-0", "worker-1"}
 
@@ -239,11 +215,9 @@ def test_a_server_that_never_answers_times_out_and_keeps_the_mail(
 
 
 def test_starttls_required_but_not_offered_defers_with_a_reason(
-    database_url: str, tmp_path: Path, engine: Engine, mail_server: object, recorder: Recorder
+    database_url: str, tmp_path: Path, engine: Engine, mail_server: MailServer, recorder: Recorder
 ) -> None:
-    settings = make_settings(
-        database_url, recorder_port(mail_server), tmp_path, smtp_security="starttls"
-    )
+    settings = make_settings(database_url, mail_server.port, tmp_path, smtp_security="starttls")
     subscriber(settings, "ann@example.com")
     tick(settings)
     [row] = outbox(engine)

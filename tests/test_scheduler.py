@@ -17,7 +17,7 @@ from drip.settings import Settings
 from drip.subscribers import leave
 from tests.conftest import EMAILS, make_settings
 from tests.factories import outbox, subscriber, tick
-from tests.mailserver import Recorder
+from tests.mailserver import MailServer, Recorder
 
 
 def _next_due(engine: Engine, subscriber_id: int) -> datetime | None:
@@ -119,10 +119,10 @@ def _copy_emails(tmp_path: Path) -> Path:
 
 
 def test_a_lesson_added_to_the_end_reaches_those_still_on_the_course(
-    database_url: str, tmp_path: Path, engine: Engine, recorder: Recorder, mail_server: object
+    database_url: str, tmp_path: Path, engine: Engine, recorder: Recorder, mail_server: MailServer
 ) -> None:
     emails = _copy_emails(tmp_path)
-    port = mail_server.port  # type: ignore[attr-defined]
+    port = mail_server.port
     settings = make_settings(database_url, port, tmp_path, emails_dir=emails)
     course = load_course(emails)
     finisher = subscriber(settings, "done@example.com")
