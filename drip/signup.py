@@ -18,8 +18,11 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from drip.db import session_scope
 from drip.models import SubscriberStatus
 from drip.settings import Settings
 from drip.subscribers import activate, add_subscriber, find_by_token, leave, queue_confirmation
@@ -74,6 +77,7 @@ def clean_email(raw: str) -> str:
 
 
 def clean_timezone(raw: str, default: str) -> str:
+    """The browser's zone if the zone database knows it, else the operator's default."""
     name = raw.strip()[:64]
     if not name or name.startswith(("/", ".")) or ".." in name:
         return default
@@ -130,6 +134,22 @@ def subscribe(
     # Active: nothing new. Bounced or complained: suppressed, nothing is sent.
 
 
+def store(engine: Engine, settings: Settings, signup: Signup, now: datetime) -> None:
+    """`subscribe` in its own transaction, safe when two requests bring the same new address.
+
+    On PostgreSQL both may insert at once; the loser's unique violation means the
+    subscriber now exists, so one retry takes the "already known" path.
+    """
+    for attempt in (1, 2):
+        try:
+            with session_scope(engine) as session:
+                subscribe(session, settings, signup, now)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+
+
 class Confirmation(StrEnum):
     confirmed = "confirmed"
     already = "already"
@@ -140,9 +160,14 @@ class Confirmation(StrEnum):
 def confirm(
     session: Session, settings: Settings, token: str, now: datetime, ip: str | None
 ) -> Confirmation:
+    """Activate the subscriber behind a confirmation link, once, whoever clicks twice."""
     subscriber = find_by_token(session, token, "confirm")
     if subscriber is None:
         return Confirmation.unknown
+    # Two clicks at once (or a mail scanner racing the reader): on PostgreSQL the row
+    # lock makes the second wait and then see "active"; SQLite's BEGIN IMMEDIATE
+    # already serialises writers, and its dialect drops FOR UPDATE.
+    session.refresh(subscriber, with_for_update=True)
     if subscriber.status == SubscriberStatus.active:
         return Confirmation.already
     if subscriber.status != SubscriberStatus.pending:
@@ -166,6 +191,7 @@ def unsubscribe(session: Session, token: str, now: datetime) -> bool:
 
 
 def is_unsubscribe_token(session: Session, token: str) -> bool:
+    """Whether a link is real, before showing its button (read-only)."""
     return find_by_token(session, token, "unsubscribe") is not None
 
 

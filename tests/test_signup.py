@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -12,6 +14,7 @@ from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings, load_settings
+from drip.subscribers import activate, add_subscriber
 from drip.tokens import make_token
 
 SETTINGS = load_settings(_env_file=None, default_timezone="Europe/London")
@@ -133,3 +136,66 @@ def test_an_old_confirmation_link_expires(settings: Settings, engine: Engine) ->
         # Signing up again sends a fresh confirmation and the link works again.
         signup.subscribe(session, settings, _signup(), utcnow())
         assert signup.confirm(session, settings, token, utcnow(), None) == "confirmed"
+
+
+def test_names_are_tidied_and_tabs_or_separators_refused() -> None:
+    checked = _check(name="\u00a0Ann\u2003Marie ")
+    assert checked.signup is not None and checked.signup.name == "Ann Marie"
+    for bad in ("Ann\tMarie", "Ann\u2028Marie", "Ann\u200bMarie", "Ann\x1b[31m"):
+        assert "name" in _check(name=bad).errors
+
+
+def test_a_sliding_window_forgets_old_hits() -> None:
+    window = signup.SlidingWindow(limit=1, seconds=0.05)
+    assert window.allow("a") and not window.allow("a")
+    time.sleep(0.1)
+    assert window.allow("a")
+
+
+def test_the_same_new_address_at_once_is_one_subscriber(settings: Settings, engine: Engine) -> None:
+    now = utcnow()
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(signup.store, engine, settings, _signup(), now) for _ in range(4)]
+        for future in futures:
+            future.result(timeout=30)
+    with session_scope(engine) as session:
+        assert len(list(session.execute(select(Subscriber)).scalars())) == 1
+    assert [r.kind for r in _outbox(engine)] == [MessageKind.confirm]
+
+
+def test_confirming_twice_at_once_starts_the_course_once(
+    settings: Settings, engine: Engine
+) -> None:
+    now = utcnow()
+    signup.store(engine, settings, _signup(), now)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+    token = make_token(settings.require_secret(), sub.token_salt, "confirm")
+
+    def click() -> str:
+        with session_scope(engine) as session:
+            return signup.confirm(session, settings, token, utcnow(), "192.0.2.1")
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = sorted(f.result(timeout=30) for f in [pool.submit(click) for _ in range(4)])
+    assert outcomes == ["already"] * 3 + ["confirmed"]
+    assert [r.kind for r in _outbox(engine)] == [MessageKind.confirm, MessageKind.welcome]
+
+
+def test_coming_back_after_unsubscribing_needs_a_fresh_confirmation(
+    settings: Settings, engine: Engine
+) -> None:
+    now = utcnow()
+    with session_scope(engine) as session:
+        sub, _ = add_subscriber(session, settings, email="ann@example.com", source="test")
+        activate(session, settings, sub, now)
+        leave_token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
+        assert signup.unsubscribe(session, leave_token, now)
+    signup.store(engine, settings, _signup(), now)
+    with session_scope(engine) as session:
+        assert session.execute(select(Subscriber)).scalar_one().status == "pending"
+    kinds = [(r.kind, r.status) for r in _outbox(engine)]
+    assert kinds == [
+        (MessageKind.welcome, OutboxStatus.skipped),
+        (MessageKind.confirm, OutboxStatus.queued),
+    ]

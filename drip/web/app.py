@@ -12,16 +12,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drip import signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
-from drip.db import get_engine, session_scope
+from drip.db import get_engine, read_scope, session_scope
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
 
@@ -60,9 +67,11 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        as_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-            await _too_large(send_secured)
+            await _too_large(send_secured, as_json)
             return
         body, more = b"", True
         while more:  # read the (small) body up front, so a liar about its length is caught too
@@ -72,7 +81,7 @@ class Guard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > MAX_BODY:
-                await _too_large(send_secured)
+                await _too_large(send_secured, as_json)
                 return
         replayed = False
 
@@ -86,24 +95,51 @@ class Guard:
         await self.app(scope, replay, send_secured)
 
 
-async def _too_large(send: Send) -> None:
-    await JSONResponse({"error": "The request is too large."}, status_code=413)(
-        {"type": "http"}, _nothing, send
+async def _too_large(send: Send, as_json: bool) -> None:
+    text = "The request is too large."
+    response: Response = (
+        JSONResponse({"error": text}, status_code=413)
+        if as_json
+        else PlainTextResponse(text + " Please go back and shorten what you typed.", 413)
     )
+    await response({"type": "http"}, _nothing, send)
 
 
 async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: Settings) -> FastAPI:
-    engine = get_engine(settings.database_url)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
+def _course_facts(settings: Settings) -> dict[str, Any]:
+    """What the pages say about the course, taken from course.toml so the copy stays true."""
     try:
         course = load_course(settings.emails_dir)
-        course_title, lesson_total = course.title, course.total
-    except CourseError:
-        course_title, lesson_total = "Trigger Point Relief", 8  # `drip check` names the problem
+    except CourseError:  # `drip check` names the problem; the pages still work
+        return {
+            "course_title": "Trigger Point Relief",
+            "lesson_total": 8,
+            "course_weeks": 3,
+            "first_lesson": "soon",
+        }
+    days = [int(str(item["day"])) for item in course.schedule()] or [1]
+    first = days[0]
+    return {
+        "course_title": course.title,
+        "lesson_total": course.total,
+        "course_weeks": max(1, round(days[-1] / 7)),
+        "first_lesson": "tomorrow morning" if first <= 1 else f"in {first} days",
+    }
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The whole web app for these settings; no module-level state, so tests build many.
+
+    Rate limits are in-memory sliding windows of this process (see SlidingWindow).
+    Behind a reverse proxy, run uvicorn with --proxy-headers (its default trusts
+    127.0.0.1) so the client address, not the proxy's, is what gets limited.
+    """
+    engine = get_engine(settings.database_url)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    facts = _course_facts(settings)
     per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
     per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
 
@@ -119,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(build_admin_router(settings))
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context.update(course_title=course_title, lesson_total=lesson_total)
+        context.update(facts)
         return templates.TemplateResponse(request, name, context, status_code=status)
 
     def message(
@@ -138,6 +174,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/subscribe", response_model=None)
     async def subscribe(request: Request) -> Response:
         wants_json = request.headers.get("content-type", "").startswith("application/json")
+        # Every post counts against the client's IP (bots, typos and honeypot hits too);
+        # a valid one also against the email address it names.
+        if not per_ip.allow(ip_of(request)):
+            return _slow_down(request, wants_json)
         fields = await _fields(request, wants_json)
         if fields is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
@@ -146,23 +186,19 @@ def create_app(settings: Settings) -> FastAPI:
             if wants_json:
                 return JSONResponse({"errors": checked.errors}, status_code=422)
             return page(request, "signup.html", 422, values=fields, errors=checked.errors)
-        limited = not per_ip.allow(ip_of(request)) or (
-            checked.signup is not None and not per_address.allow(checked.signup.email.lower())
-        )
-        if limited:
-            text_ = "Too many signups from here just now. Please wait a few minutes and try again."
-            if wants_json:
-                return JSONResponse({"errors": {"form": text_}}, status_code=429)
-            return message(request, "Please slow down", text_, status=429)
         if checked.signup is not None:
-            await _run(_store, checked.signup)
+            if not per_address.allow(checked.signup.email.lower()):
+                return _slow_down(request, wants_json)
+            await run_in_threadpool(signup.store, engine, settings, checked.signup, utcnow())
         if wants_json:
             return JSONResponse({"status": "ok"}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
 
-    def _store(data: signup.Signup) -> None:
-        with session_scope(engine) as session:
-            signup.subscribe(session, settings, data, utcnow())
+    def _slow_down(request: Request, wants_json: bool) -> Response:
+        text_ = "Too many signups from here just now. Please wait a few minutes and try again."
+        if wants_json:
+            return JSONResponse({"errors": {"form": text_}}, status_code=429)
+        return message(request, "Please slow down", text_, status=429)
 
     @app.get("/thanks", response_class=HTMLResponse)
     def thanks(request: Request) -> HTMLResponse:
@@ -187,7 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
                 request,
                 "You're in!",
                 "Your welcome email with the free information pack is on its way.",
-                "Your first lesson follows tomorrow morning.",
+                f"Your first lesson follows {facts['first_lesson']}.",
             )
         if outcome == signup.Confirmation.already:
             return message(
@@ -212,7 +248,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
-        with session_scope(engine) as session:
+        with read_scope(engine) as session:
             known = signup.is_unsubscribe_token(session, token[:100])
         if not known:
             return _not_found(request)
@@ -235,8 +271,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            # Read-only: on SQLite it must not queue behind a worker's write lock.
+            with read_scope(engine) as session:
+                session.execute(text("SELECT 1"))
         except Exception:  # noqa: BLE001 - any failure means the database does not answer
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
@@ -269,9 +306,3 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:
         "website": text_of("website"),
         "timezone": text_of("timezone"),
     }
-
-
-async def _run(function: Any, *args: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(function, *args)
