@@ -11,7 +11,6 @@ import csv
 import json
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from drip.sendlog import (
     parse_since,
 )
 from drip.settings import Settings, load_settings
+from drip.signup import clean_name
 from drip.subscribers import activate, add_subscriber, queue_confirmation
 
 console = Console(highlight=False)
@@ -232,20 +232,6 @@ def list_command(
 
 # -- drip subscribers import ------------------------------------------------------------
 
-NAME_MAX = 100
-
-
-def name_problem(name: str) -> str | None:
-    """Why a name cannot be used, or None. The signup form's rules: a name goes into
-    email headers and pages, so no line breaks, control characters or angle brackets."""
-    if len(name) > NAME_MAX:
-        return f"name longer than {NAME_MAX} characters"
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
-        return "name contains a control character or line break"
-    if "<" in name or ">" in name:
-        return "name contains < or >"
-    return None
-
 
 @dataclass(frozen=True)
 class Row:
@@ -277,10 +263,10 @@ def check_row(line: int, record: dict[str, str | None]) -> Row | str:
         address = validate_email(raw_email, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         return f"{raw_email!r}: {exc}"
-    name = (record.get("name") or "").strip()
-    problem = name_problem(name)
-    if problem:
-        return problem
+    try:
+        name = clean_name(record.get("name") or "")  # the signup form's rules
+    except ValueError as exc:
+        return f"name: {exc}"
     tz = (record.get("timezone") or "").strip() or None
     if tz is not None:
         try:

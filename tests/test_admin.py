@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, select
 from starlette.exceptions import StarletteDeprecationWarning
 
@@ -21,6 +20,7 @@ from drip.db import read_scope
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.web.admin import CLOSED, build_admin_router
+from drip.web.app import create_app
 from tests.conftest import make_settings
 from tests.factories import subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
@@ -30,16 +30,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-STATIC = Path(__file__).resolve().parent.parent / "drip" / "web" / "static"
 USER, PASSWORD = "admin", "correct horse battery"
 
 
 def admin_app(settings: Settings) -> FastAPI:
-    """What the lead's create_app does for /admin: the router plus /static."""
-    app = FastAPI()
-    app.include_router(build_admin_router(settings))
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
+    """The whole web app, as `drip serve` runs it: /admin lives inside it."""
+    return create_app(settings)
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
