@@ -24,7 +24,8 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check drip tests scheduler.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not exclusive"
+	$(BIN)/python -m pytest -m exclusive
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check drip tests scheduler.py

@@ -66,6 +66,7 @@ def _restart_postgres() -> None:
     )
 
 
+@pytest.mark.exclusive
 def test_the_worker_rides_out_a_postgres_restart(
     pg_settings: Settings, recorder: Recorder, tmp_path: Path
 ) -> None:
