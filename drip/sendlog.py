@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
@@ -258,16 +258,32 @@ def _not_attempted() -> ColumnElement[bool]:
     return ~exists().where(DeliveryAttempt.outbox_id == OutboxMessage.id)
 
 
-def _attempts_page(
-    session: Session, flt: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
-) -> list[LogEntry]:
+def _attempts(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> Select[Any]:
+    """Attempts joined to their message, with every filter but paging."""
     a = DeliveryAttempt
     stmt = select(*_ATTEMPT_COLUMNS).join(OutboxMessage, OutboxMessage.id == a.outbox_id)
-    stmt = stmt.where(*outbox, *_before(a.at, a.id, _RANK[ATTEMPT], cursor))
+    stmt = stmt.where(*outbox)
     if flt.status:
         stmt = stmt.where(a.status == flt.status)
     if flt.since:
         stmt = stmt.where(a.at >= flt.since)
+    return stmt
+
+
+def _not_tried(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> Select[Any]:
+    """Messages with no attempt yet, with every filter but status and paging."""
+    o = OutboxMessage
+    stmt = select(*_QUEUED_COLUMNS).where(_not_attempted(), *outbox)
+    if flt.since:
+        stmt = stmt.where(o.created_at >= flt.since)
+    return stmt
+
+
+def _attempts_page(
+    session: Session, flt: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
+) -> list[LogEntry]:
+    a = DeliveryAttempt
+    stmt = _attempts(flt, outbox).where(*_before(a.at, a.id, _RANK[ATTEMPT], cursor))
     stmt = stmt.order_by(a.at.desc(), a.id.desc()).limit(flt.limit)
     return [_attempt_entry(r) for r in session.execute(stmt)]
 
@@ -281,10 +297,8 @@ def _queued_page(
 ) -> list[LogEntry]:
     o = OutboxMessage
     # One status per query, so (status, created_at) hands rows over already in order.
-    stmt = select(*_QUEUED_COLUMNS).where(o.status == status, _not_attempted(), *outbox)
+    stmt = _not_tried(flt, outbox).where(o.status == status)
     stmt = stmt.where(*_before(o.created_at, o.id, _RANK[QUEUED], cursor))
-    if flt.since:
-        stmt = stmt.where(o.created_at >= flt.since)
     stmt = stmt.order_by(o.created_at.desc(), o.id.desc()).limit(flt.limit)
     return [_queued_entry(r) for r in session.execute(stmt)]
 
@@ -368,7 +382,12 @@ class FollowState:
     def outbox_floor(self) -> int:
         return max(self.outbox_start, self.outbox_id - FOLLOW_LOOKBACK)
 
-    def note(self, shown: Iterable[LogEntry]) -> None:
+    def note(self, shown: Iterable[LogEntry], attempt_id: int = 0, outbox_id: int = 0) -> None:
+        """Remember what was shown, and move the marks up to at least the ids given
+        (the newest rows when the poll began, matching or not: with a narrow filter the
+        marks still move, so each poll reads only recent rows)."""
+        self.attempt_id = max(self.attempt_id, attempt_id)
+        self.outbox_id = max(self.outbox_id, outbox_id)
         for entry in shown:
             self.seen.add(entry.key)
             source, ident = parse_key(entry.key)
@@ -380,10 +399,15 @@ class FollowState:
         self.seen = {k for k in self.seen if parse_key(k)[1] > floor[k[0]]}
 
 
-def follow_start(session: Session, shown: Sequence[LogEntry] = ()) -> FollowState:
-    """Start following from now: what exists is taken as seen."""
+def _newest_ids(session: Session) -> tuple[int, int]:
     attempt_id = session.execute(select(func.max(DeliveryAttempt.id))).scalar() or 0
     outbox_id = session.execute(select(func.max(OutboxMessage.id))).scalar() or 0
+    return int(attempt_id), int(outbox_id)
+
+
+def follow_start(session: Session, shown: Sequence[LogEntry] = ()) -> FollowState:
+    """Start following from now: what exists is taken as seen."""
+    attempt_id, outbox_id = _newest_ids(session)
     state = FollowState(attempt_id, outbox_id, attempt_start=attempt_id, outbox_start=outbox_id)
     state.note(shown)
     return state
@@ -397,32 +421,28 @@ def follow(
     Ids a little below the highest seen are read again: on PostgreSQL two workers can
     commit out of id order, and a row committed late must not be missed.
     """
+    top_attempt, top_outbox = _newest_ids(session)
     outbox = _message_filters(session, flt)
-    found: list[LogEntry] = []
     window = FOLLOW_LOOKBACK + batch
+    attempts: list[LogEntry] = []
+    queued: list[LogEntry] = []
     if flt.wants_attempts:
         a = DeliveryAttempt
-        stmt = select(*_ATTEMPT_COLUMNS).join(OutboxMessage, OutboxMessage.id == a.outbox_id)
-        stmt = stmt.where(a.id > state.attempt_floor, *outbox)
-        if flt.status:
-            stmt = stmt.where(a.status == flt.status)
-        if flt.since:
-            stmt = stmt.where(a.at >= flt.since)
-        rows = session.execute(stmt.order_by(a.id).limit(window))
-        found += [_attempt_entry(r) for r in rows]
+        stmt = _attempts(flt, outbox).where(a.id > state.attempt_floor)
+        attempts = [_attempt_entry(r) for r in session.execute(stmt.order_by(a.id).limit(window))]
     if flt.wants_queued:
         o = OutboxMessage
-        stmt_q = select(*_QUEUED_COLUMNS).where(
-            o.id > state.outbox_floor,
-            o.status.in_(_NOT_TRIED),
-            _not_attempted(),
-            *outbox,
-        )
-        if flt.since:
-            stmt_q = stmt_q.where(o.created_at >= flt.since)
-        found += [_queued_entry(r) for r in session.execute(stmt_q.order_by(o.id).limit(window))]
+        stmt = _not_tried(flt, outbox).where(o.id > state.outbox_floor, o.status.in_(_NOT_TRIED))
+        queued = [_queued_entry(r) for r in session.execute(stmt.order_by(o.id).limit(window))]
+    found = attempts + queued
     new = sorted((e for e in found if e.key not in state.seen), key=lambda e: e.sort_key)
-    state.note(new)
+    # A source that filled its window has more to give: its mark moves only as far as
+    # what was read, and the next poll reads on from there.
+    state.note(
+        new,
+        attempt_id=0 if len(attempts) >= window else top_attempt,
+        outbox_id=0 if len(queued) >= window else top_outbox,
+    )
     return _numbered(session, new)
 
 

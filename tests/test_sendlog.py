@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from drip import sendlog
 from drip.clock import utcnow
 from drip.db import read_scope, session_scope
 from drip.models import (
@@ -188,6 +189,26 @@ def test_follow_shows_each_new_entry_once(engine: Engine) -> None:
         ]
         assert follow(session, LogFilter(), state) == []
         assert follow(session, LogFilter(status="sent"), follow_start(session)) == []
+
+
+def test_follow_reads_a_burst_in_windows_and_moves_on_past_rows_it_filters_out(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sendlog, "FOLLOW_LOOKBACK", 2)  # windows of 3 rows: batch 1 + 2 again
+    with read_scope(engine) as session:
+        everything, only_bounces = follow_start(session), follow_start(session)
+    _queue(engine, *(_message(n) for n in range(1, 8)))
+    _deliver(engine, OK)
+    shown: list[str] = []
+    with read_scope(engine) as session:
+        for _ in range(20):  # a tiny batch: the burst arrives over several polls
+            shown += [e.key for e in follow(session, LogFilter(), everything, batch=1)]
+        assert follow(session, LogFilter(status="bounced"), only_bounces) == []
+    # Sent before the first poll, so never seen as queued: seven attempts, each once, in order.
+    assert shown == [f"a{n}" for n in range(1, 8)]
+    # Nothing matched, yet the marks moved to the newest rows: the next poll reads little.
+    assert only_bounces.attempt_id == everything.attempt_id
+    assert only_bounces.outbox_id == everything.outbox_id
 
 
 def test_timeline_holds_every_message_and_attempt(settings: Settings, engine: Engine) -> None:

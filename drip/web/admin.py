@@ -51,6 +51,7 @@ from drip.sendlog import (
     Dashboard,
     LogFilter,
     SubscriberFilter,
+    anonymous_address,
     dashboard,
     entries,
     forget_subscriber,
@@ -448,7 +449,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             retryable={str(s) for s in RETRYABLE},
             final={str(s) for s in FINAL_STATUSES},
             can_leave=found.status in (SubscriberStatus.pending, SubscriberStatus.active),
-            deleted=found.email.endswith("@invalid") and found.email.startswith("deleted-"),
+            deleted=found.email == anonymous_address(subscriber_id),
         )
 
     @router.post("/subscribers/{subscriber_id}/unsubscribe", response_model=None)
