@@ -154,9 +154,10 @@ class AdminGuard:
         if now - last > self.forget_after:
             count = 0
         count += 1
-        if len(self.failures) > 10_000:  # a flood of addresses must not grow memory for ever
-            self.failures.clear()
         self.failures[address] = (count, now)
+        if len(self.failures) > 10_000:  # many addresses: keep memory bounded, drop the oldest
+            by_age = sorted(self.failures.items(), key=lambda item: item[1][1])
+            self.failures = dict(by_age[len(by_age) // 2 :])
         return min(count * self.step, self.max_delay)
 
     async def check(self, request: Request) -> Response | None:
