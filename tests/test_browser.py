@@ -45,8 +45,12 @@ def test_sign_up_confirm_and_get_the_welcome(
     site: tuple[str, Settings, Engine], page: Page, recorder: Recorder
 ) -> None:
     base, settings, engine = site
+    problems: list[str] = []  # a CSP violation or a missing asset shows up here
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(base + "/")
     expect(page.get_by_role("heading", level=1)).to_be_visible()
+    expect(page.locator("#timezone")).to_have_value("Europe/Berlin")
+    assert problems == []
     page.get_by_label("Email address").fill("reader@example.com")
     page.get_by_label("First name").fill("Robin")
     page.get_by_label("Yes, send me the free course").check()
@@ -88,6 +92,18 @@ def test_a_mistake_is_shown_beside_its_field(
     expect(page.get_by_label("First name")).to_have_value("Robin")
     with session_scope(engine) as session:
         assert session.execute(select(Subscriber)).first() is None
+
+
+def test_the_keyboard_skips_the_honeypot(site: tuple[str, Settings, Engine], page: Page) -> None:
+    base, _, _ = site
+    page.goto(base + "/")
+    page.get_by_label("Email address").focus()
+    order = []
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert order == ["name", "consent", "BUTTON"]
+    expect(page.locator("#website")).not_to_be_in_viewport()
 
 
 def test_unsubscribe_with_one_button(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -70,11 +71,26 @@ def test_the_form_page(client: TestClient) -> None:
 
 
 def test_every_response_carries_security_headers(client: TestClient) -> None:
-    for path in ("/", "/thanks", "/healthz", "/confirm/x"):
-        headers = client.get(path).headers
+    responses = [
+        client.get(path) for path in ("/", "/thanks", "/healthz", "/confirm/x", "/static/site.css")
+    ]
+    responses += [
+        client.post("/subscribe", data={"email": "nope"}),
+        client.post("/unsubscribe/forged"),
+        client.options(
+            "/subscribe",
+            headers={
+                "origin": "https://partner.example",
+                "access-control-request-method": "POST",
+            },
+        ),
+    ]
+    for response in responses:
+        headers = response.headers
         assert "default-src 'self'" in headers["content-security-policy"]
-        assert headers["x-content-type-options"] == "nosniff"
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
 
 
 def test_a_valid_signup_queues_a_confirmation_and_redirects(
@@ -89,7 +105,7 @@ def test_a_valid_signup_queues_a_confirmation_and_redirects(
 
 
 def test_no_enumeration_new_pending_and_active_look_the_same(
-    client: TestClient, settings: Settings
+    client: TestClient, settings: Settings, engine: Engine
 ) -> None:
     subscriber(settings, "active@example.com")
     subscriber(settings, "pending@example.com", active=False)
@@ -99,6 +115,15 @@ def test_no_enumeration_new_pending_and_active_look_the_same(
         for r in [client.post("/subscribe", data={**FORM, "email": email})]
     }
     assert answers == {(303, "/thanks", b"")}
+    sent = {(r.email, r.kind) for r in _rows(engine)}
+    # New: a confirmation. Pending: its confirmation of this hour, not a second one.
+    # Active: nothing new beyond the welcome it already had.
+    assert sorted(sent) == [
+        ("active@example.com", MessageKind.welcome),
+        ("new@example.com", MessageKind.confirm),
+        ("pending@example.com", MessageKind.confirm),
+    ]
+    assert len(_rows(engine)) == 3
 
 
 def test_invalid_input_comes_back_with_messages_and_what_was_typed(
@@ -244,3 +269,90 @@ def test_any_input_gets_a_clear_answer(
         assert "<script" not in response.text.split("</main>")[0].split("<main")[1].lower()
     as_json = client.post("/subscribe", json=fields)
     assert as_json.status_code in (202, 413, 422)
+
+
+@pytest.mark.parametrize(
+    "name", ["Ann\r\nBcc: victim@example.com", "Ann\nX", "Ann\x00", "<img src=x>", "A" * 101]
+)
+def test_names_that_could_inject_are_refused(client: TestClient, engine: Engine, name: str) -> None:
+    form = client.post("/subscribe", data={**FORM, "name": name})
+    assert form.status_code == 422 and 'id="name-error"' in form.text
+    assert "<img" not in form.text
+    as_json = client.post("/subscribe", json={**FORM, "consent": True, "name": name})
+    assert as_json.status_code == 422 and set(as_json.json()["errors"]) == {"name"}
+    assert _rows(engine) == []
+
+
+def test_the_honeypot_over_json_is_accepted_and_stores_nothing(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post("/subscribe", json={**FORM, "consent": True, "website": "x"})
+    assert response.status_code == 202 and response.json() == {"status": "ok"}
+    assert _rows(engine) == []
+
+
+def test_an_unknown_time_zone_becomes_the_default(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data={**FORM, "timezone": "Mars/Olympus"})
+    client.post("/subscribe", data={**FORM, "email": "b@example.com", "timezone": "Asia/Tokyo"})
+    with session_scope(engine) as session:
+        zones = {e: z for e, z in session.execute(select(Subscriber.email, Subscriber.timezone))}
+    assert zones == {
+        "ann@example.com": settings.default_timezone,
+        "b@example.com": "Asia/Tokyo",
+    }
+
+
+def test_every_post_counts_towards_the_ip_limit_and_json_gets_json(client: TestClient) -> None:
+    codes = [client.post("/subscribe", data={"email": "nope"}).status_code for _ in range(10)]
+    assert codes == [422] * 10
+    limited = client.post("/subscribe", json={**FORM, "consent": True})
+    assert limited.status_code == 429 and "wait" in limited.json()["errors"]["form"]
+
+
+def test_oversized_bodies_without_a_length_and_as_json(client: TestClient, engine: Engine) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b"name=" + b"A" * 1000 + b"&"
+
+    streamed = client.post(
+        "/subscribe",
+        content=chunks(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert streamed.status_code == 413 and "too large" in streamed.text
+    assert streamed.headers["content-type"].startswith("text/plain")
+    assert "default-src 'self'" in streamed.headers["content-security-policy"]
+    as_json = client.post("/subscribe", json={**FORM, "name": "A" * 9000})
+    assert as_json.status_code == 413 and as_json.json() == {"error": "The request is too large."}
+    assert _rows(engine) == []
+
+
+def test_signing_up_again_after_the_link_expired_sends_a_fresh_one(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        sub.confirm_sent_at = utcnow() - timedelta(hours=settings.confirm_ttl_hours + 1)
+        session.add(sub)
+        # The old confirmation was queued in an earlier hour too.
+        for row in session.execute(select(OutboxMessage)).scalars():
+            row.dedupe_key = row.dedupe_key.replace("confirm:", "confirm:old-")
+            session.add(row)
+    token = _token(settings, engine, "confirm")
+    assert client.get(f"/confirm/{token}").status_code == 410
+    assert client.post("/subscribe", data=FORM).status_code == 303
+    assert [r.kind for r in _rows(engine)] == [MessageKind.confirm, MessageKind.confirm]
+    assert client.get(f"/confirm/{token}").status_code == 200
+
+
+def test_unsubscribing_before_confirming_kills_the_link(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    leave = _token(settings, engine, "unsubscribe")
+    assert client.post(f"/unsubscribe/{leave}").status_code == 200
+    assert [r.status for r in _rows(engine)] == [OutboxStatus.skipped]
+    assert client.get(f"/confirm/{_token(settings, engine, 'confirm')}").status_code == 404
