@@ -9,11 +9,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from playwright.sync_api import Browser
 from sqlalchemy import Engine, text
 from sqlmodel import SQLModel
 
 from drip.db import get_engine, upgrade
 from drip.settings import Settings, load_settings
+from tests.browser import chromium
 from tests.mailserver import MailServer, Recorder, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +72,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def engine(database_url: str) -> Engine:
     return get_engine(database_url)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Real headless Chromium (Debian's package, driven by Playwright), one per test module:
+    Playwright's sync API holds an event loop in this thread while it runs."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

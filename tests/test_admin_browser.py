@@ -3,77 +3,23 @@
 from __future__ import annotations
 
 import mailbox
-import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page
 from playwright.sync_api import Error as PlaywrightError
 from sqlalchemy import Engine
 
 from drip.db import read_scope
 from drip.models import Subscriber, SubscriberStatus
 from drip.settings import Settings
+from tests.browser import run_tick, serving
 from tests.conftest import make_settings
-from tests.factories import subscriber, tick
-from tests.mailserver import MailServer, free_port
+from tests.factories import subscriber
+from tests.mailserver import MailServer
 from tests.test_admin import PASSWORD, USER, admin_app
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def run_tick(settings: Settings) -> None:
-    """A scheduler pass, in its own thread: Playwright's sync API keeps an event loop
-    running in this one, and a pass needs its own."""
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(tick, settings).result(timeout=60)
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run `app` under uvicorn in a background thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

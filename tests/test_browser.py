@@ -14,15 +14,9 @@ from drip.db import get_engine, session_scope, upgrade
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.web.app import create_app
-from tests.browser import chromium, run_tick, serving
+from tests.browser import run_tick, serving
 from tests.conftest import make_settings
 from tests.mailserver import MailServer, Recorder
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 @pytest.fixture
