@@ -46,8 +46,15 @@ from drip.settings import Settings, load_settings
 from drip.signup import clean_name
 from drip.subscribers import activate, add_subscriber, queue_confirmation
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+def console() -> Console:
+    """Made per use, so the width (COLUMNS) and stdout are those of the running command."""
+    return Console(highlight=False)
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False)
+
 
 subscribers_app = typer.Typer(help="List, import and export subscribers.", no_args_is_help=True)
 
@@ -123,11 +130,11 @@ def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
         sys.stdout.flush()
     elif streaming:
         for e in rows:
-            console.print(_line(e), soft_wrap=True)
+            console().print(_line(e), soft_wrap=True)
     elif rows:
-        console.print(_table(rows))
+        console().print(_table(rows))
     else:
-        err.print("no log entries match")
+        err().print("no log entries match")
 
 
 def show_logs(
@@ -212,7 +219,7 @@ def list_command(
     with read_scope(engine) as session:
         rows = list_subscribers(session, flt)
     if not rows:
-        err.print("no subscribers match")
+        err().print("no subscribers match")
         return
     table = Table(pad_edge=False)
     for name in ("id", "email", "name", "status", "time zone", "since (UTC)", "source"):
@@ -227,7 +234,7 @@ def list_command(
             Text(s.created_at.strftime("%Y-%m-%d %H:%M")),
             Text(s.consent_source),
         )
-    console.print(table)
+    console().print(table)
 
 
 # -- drip subscribers import ------------------------------------------------------------
@@ -387,7 +394,7 @@ def import_command(
     was refused."""
     settings = load_settings()
     engine = _engine(settings)
-    with Progress(console=err, transient=True) as bar:
+    with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("importing", total=_count_lines(csv_file))
         try:
             report = import_subscribers(
@@ -400,18 +407,18 @@ def import_command(
             )
         except ImportFileError as exc:
             bar.stop()
-            err.print(f"drip: {csv_file}: {exc}", markup=False)
+            err().print(f"drip: {csv_file}: {exc}", markup=False)
             raise typer.Exit(2) from None
     for line, reason in report.bad:
-        err.print(f"line {line}: refused: {reason}", markup=False)
+        err().print(f"line {line}: refused: {reason}", markup=False)
     for line, address in report.skipped[:SKIPPED_SHOWN]:
-        err.print(f"line {line}: skipped: {address} is already a subscriber", markup=False)
+        err().print(f"line {line}: skipped: {address} is already a subscriber", markup=False)
     if len(report.skipped) > SKIPPED_SHOWN:
-        err.print(f"... and {len(report.skipped) - SKIPPED_SHOWN} more skipped")
+        err().print(f"... and {len(report.skipped) - SKIPPED_SHOWN} more skipped")
     what = "pending, confirmation emails queued" if confirm else "active"
     if not confirm:
         what += ", course not started" if no_course else ", course started"
-    console.print(
+    console().print(
         f"imported {report.imported} ({what}); skipped {len(report.skipped)} already "
         f"subscribed; refused {len(report.bad)}",
         markup=False,
@@ -470,7 +477,7 @@ def export_command(
     engine = _engine(load_settings())
     with read_scope(engine) as session:
         count = session.execute(select(func.count()).select_from(Subscriber)).scalar_one()
-    with Progress(console=err, transient=True) as bar:
+    with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("exporting", total=count)
         step = lambda n: bar.advance(task, n)  # noqa: E731
         if out is None:
@@ -479,4 +486,4 @@ def export_command(
             with out.open("w", encoding="utf-8", newline="") as handle:
                 total = export_subscribers(engine, handle, step)
     if out is not None:
-        err.print(f"exported {total} subscribers to {out}", markup=False)
+        err().print(f"exported {total} subscribers to {out}", markup=False)
