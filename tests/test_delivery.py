@@ -266,3 +266,16 @@ def test_smtp_login_uses_the_password_and_never_logs_it(
         assert "s3cret" not in (attempt.smtp_message or "") and "wrong-pass" not in (
             attempt.smtp_message or ""
         )
+
+
+def test_a_message_deferred_past_its_lifetime_fails_with_the_reason(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    recorder.on_data = lambda envelope: MAILBOX_BUSY
+    subscriber(settings, "ann@example.com")
+    tick(settings)
+    tick(settings, utcnow() + timedelta(days=settings.retry_lifetime_days, hours=1))
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.failed
+    assert row.last_smtp_message is not None and row.last_smtp_message.startswith("gave up after 2")
+    assert [a.status for a in attempts(engine)] == ["deferred", "failed"]
