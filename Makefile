@@ -23,13 +23,17 @@ run: $(STAMP)
 	$(BIN)/drip dev
 
 test: $(TEST_STAMP)
-	$(BIN)/ruff check drip tests scheduler.py
+	$(BIN)/ruff check drip tests bench scheduler.py
 	$(BIN)/python -m pytest -n 2 -m "not exclusive"
 	$(BIN)/python -m pytest -m exclusive
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check drip tests scheduler.py
-	$(BIN)/ruff format --check drip tests scheduler.py
+	$(BIN)/ruff check drip tests bench scheduler.py
+	$(BIN)/ruff format --check drip tests bench scheduler.py
+
+# Benchmarks, never part of the tests: `make bench` (a few minutes), `make bench ARGS=--quick`.
+bench: $(TEST_STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

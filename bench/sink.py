@@ -1,0 +1,73 @@
+"""A counting SMTP sink (aiosmtpd) in its own process, so it does not share a core's GIL
+with what is being measured. It accepts everything and keeps only a count."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Counter:
+    def __init__(self, count: Synchronized[int]) -> None:
+        self.count = count
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.count.get_lock():
+            self.count.value += 1
+        return "250 OK"
+
+
+def _serve(port: int, count: Synchronized[int], ready: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(_Counter(count), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    while True:
+        time.sleep(3600)
+
+
+@dataclass
+class Sink:
+    port: int
+    _count: Synchronized[int]
+
+    @property
+    def received(self) -> int:
+        return int(self._count.value)
+
+    def wait_for(self, total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.received < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the sink received {self.received} of {total} messages")
+            time.sleep(0.01)
+
+
+@contextmanager
+def sink() -> Iterator[Sink]:
+    context = multiprocessing.get_context("spawn")
+    count = context.Value("q", 0)
+    ready = context.Event()
+    port = free_port()
+    process = context.Process(target=_serve, args=(port, count, ready), daemon=True)
+    process.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the SMTP sink did not start")
+        yield Sink(port, count)
+    finally:
+        process.kill()
+        process.join()
