@@ -22,7 +22,6 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drip import signup
@@ -142,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
     facts = _course_facts(settings)
     per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
     per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
+    writer = signup.Writer(engine, settings)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
@@ -189,7 +189,7 @@ def create_app(settings: Settings) -> FastAPI:
         if checked.signup is not None:
             if not per_address.allow(checked.signup.email.lower()):
                 return _slow_down(request, wants_json)
-            await run_in_threadpool(signup.store, engine, settings, checked.signup, utcnow())
+            await writer.store(checked.signup)
         if wants_json:
             return JSONResponse({"status": "ok"}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
