@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
-from drip.message import PackMissing, read_pack
+from drip.message import PackMissing, check_pack
 from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
 from drip.settings import Settings, SettingsError
 
@@ -45,7 +45,7 @@ def problems(settings: Settings) -> list[str]:
     except CourseError as exc:
         found.extend(exc.problems)
     try:
-        read_pack(settings.info_pack)
+        check_pack(settings.info_pack)
     except PackMissing as exc:
         found.append(f"DRIP_INFO_PACK: {exc}")
     return found

@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
-from drip.message import Envelope, PackMissing, build_message, recipient_address, to_envelope
+from drip.message import Envelope, PackMissing, Unaddressable, compose
 from drip.models import (
     MessageKind,
     Newsletter,
@@ -239,17 +239,19 @@ class Delivery:
         context = self._context(row, subscriber)
         try:
             rendered = render_email(self.settings.emails_dir, row.template, context)
-            message = build_message(
+            return compose(
                 self.settings,
                 rendered,
-                to=recipient_address(row.email, subscriber.name),
+                email=row.email,
+                name=subscriber.name,
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
                 attach_pack=row.kind == MessageKind.welcome,
             )
-            return to_envelope(self.settings, message)
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
+        except (Unaddressable, ValueError) as exc:
+            return Result(OutboxStatus.failed, None, f"cannot build the message: {exc}")
         except PackMissing as exc:
             return retry_or_give_up(
                 self.settings, row, Outcome(Verdict.deferred, None, str(exc)), self.clock()

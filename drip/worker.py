@@ -18,7 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from drip.clock import utcnow
 from drip.course import load_course
 from drip.delivery import worker_name
-from drip.message import read_pack
+from drip.message import check_pack
 from drip.settings import Settings
 from drip.tick import run_pass
 
@@ -29,7 +29,7 @@ def preflight(settings: Settings) -> None:
     """Fail at start, not in front of a subscriber: secret, course, templates and pack."""
     settings.require_secret()
     load_course(settings.emails_dir)
-    read_pack(settings.info_pack)
+    check_pack(settings.info_pack)
 
 
 async def run_worker(

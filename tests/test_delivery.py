@@ -180,6 +180,21 @@ def test_broken_template_fails_the_message_with_its_line(
     assert recorder.messages == []
 
 
+def test_an_address_smtp_cannot_carry_fails_alone_and_the_rest_go_out(
+    settings: Settings, recorder: Recorder, engine: Engine
+) -> None:
+    """A non-ASCII mailbox name would need SMTPUTF8: that one message fails, saying so."""
+    subscriber(settings, "jörg@example.com", name="Jörg")
+    subscriber(settings, "ann@bücher.example", name="Ann")
+    report = tick(settings)
+    assert report.delivery.counts == {"failed": 1, "sent": 1}
+    failed = next(r for r in outbox(engine) if r.status == OutboxStatus.failed)
+    assert failed.email == "jörg@example.com"
+    assert failed.last_smtp_message and "SMTPUTF8" in failed.last_smtp_message
+    [message] = recorder.wait_for(1)
+    assert str(message["To"]) == "Ann <ann@xn--bcher-kva.example>"
+
+
 def test_two_workers_deliver_each_message_exactly_once(
     settings: Settings, recorder: Recorder, engine: Engine
 ) -> None:

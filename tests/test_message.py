@@ -11,7 +11,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from drip.message import build_message, recipient_address, to_envelope
+from drip.message import Unaddressable, compose
 from drip.render import Rendered
 from drip.settings import Settings, load_settings
 
@@ -31,16 +31,15 @@ def _settings(tmp_path: Path, **extra: object) -> Settings:
 
 
 def test_a_name_cannot_inject_headers() -> None:
-    to = recipient_address("ann@example.com", "Ann\r\nBcc: victim@example.com")
-    msg = build_message(
+    data = compose(
         load_settings(_env_file=None),
         RENDERED,
-        to=to,
+        email="ann@example.com",
+        name="Ann\r\nBcc: victim@example.com",
         message_id="<1@example.org>",
         unsubscribe_url=None,
         attach_pack=False,
-    )
-    data = msg.as_bytes(policy=email.policy.SMTP)
+    ).data
     assert b"\r\nBcc:" not in data
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert parsed["Bcc"] is None
@@ -49,15 +48,15 @@ def test_a_name_cannot_inject_headers() -> None:
 
 def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    msg = build_message(
+    envelope = compose(
         settings,
         RENDERED,
-        to=recipient_address("ann@example.com", "Ann"),
+        email="ann@example.com",
+        name="Ann",
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
     )
-    envelope = to_envelope(settings, msg)
     assert envelope.sender == "course@example.org" and envelope.recipient == "ann@example.com"
     parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
     types = [p.get_content_type() for p in parsed.walk()]
@@ -72,6 +71,53 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
         assert parsed[header], header
     assert parsed["List-Unsubscribe"] == "<https://course.example.org/unsubscribe/T>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path) -> None:
+    """What a mail client decodes is exactly what was rendered: QP bodies, RFC 2047 words."""
+    long_line = "Schmerz " * 40 + "= Ende"
+    text = f"Hallo Jörg,\n.\n{long_line}\ntrailing space \n\nℹ️ 🎉\n"
+    html = f"<p>Grüße, Jörg</p>\n<p>{long_line}</p>\n"
+    subject = "Lektion 1 von 8: Was Triggerpunkte sind – und warum sie schmerzen, erklärt"
+    envelope = compose(
+        _settings(tmp_path),
+        Rendered(subject=subject, html=html, text=text),
+        email="joerg@bücher.example",
+        name='Jörg "the hip" Müller-Lüdenscheidt, Physiotherapeut und Läufer',
+        message_id="<2@example.org>",
+        unsubscribe_url="https://course.example.org/unsubscribe/T",
+        attach_pack=True,
+    )
+    assert envelope.recipient == "joerg@xn--bcher-kva.example"
+    data = envelope.data
+    assert data.isascii() and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 78
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert not parsed.defects
+    assert parsed["Subject"] == subject
+    assert parsed["To"].addresses[0].display_name.startswith('Jörg "the hip" Müller')
+    assert parsed["To"].addresses[0].addr_spec == "joerg@xn--bcher-kva.example"
+    plain = parsed.get_body(("plain",))
+    rich = parsed.get_body(("html",))
+    assert plain is not None and rich is not None
+    # On the wire every line ends in CRLF (RFC 5322); the characters are the same.
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content().replace("\r\n", "\n") == html
+    pdf = next(p for p in parsed.iter_attachments() if p.get_content_type() == "application/pdf")
+    assert pdf.get_content() == (tmp_path / "pack.pdf").read_bytes()
+
+
+def test_a_non_ascii_mailbox_name_is_refused_with_the_reason() -> None:
+    with pytest.raises(Unaddressable, match="SMTPUTF8"):
+        compose(
+            load_settings(_env_file=None),
+            RENDERED,
+            email="jörg@example.com",
+            name="Jörg",
+            message_id="<3@example.org>",
+            unsubscribe_url=None,
+            attach_pack=False,
+        )
 
 
 @pytest.fixture
@@ -93,15 +139,15 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
     settings = _settings(
         tmp_path, dkim_domain="example.org", dkim_selector="drip", dkim_private_key=key
     )
-    msg = build_message(
+    data = compose(
         settings,
         RENDERED,
-        to=recipient_address("ann@example.com", "Ann"),
+        email="ann@example.com",
+        name="Ann",
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
-    )
-    data = to_envelope(settings, msg).data
+    ).data
     assert data.startswith(b"DKIM-Signature:")
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     signed = str(parsed["DKIM-Signature"]).replace(" ", "").replace("\r\n", "")

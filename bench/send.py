@@ -1,0 +1,213 @@
+"""Delivery against its ceiling: drip's real path beside a bare aiosmtplib loop.
+
+(a) the ceiling: the same messages, already built, sent by a bare aiosmtplib loop
+with the same concurrency and reused connections, no database; (b) drip's path:
+claim from the outbox, render, build, send, record, with the rate limit off. Both
+send to the same counting aiosmtpd sink in its own process, in the same run.
+Then 1, 2 and 4 `drip tick` processes drain one PostgreSQL outbox together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import aiosmtplib
+from sqlalchemy import func, insert, select
+
+from bench.databases import database
+from bench.report import Figure, at_least, info
+from bench.sink import Sink, sink
+from drip.clock import utcnow
+from drip.db import get_engine, session_scope
+from drip.delivery import Delivery
+from drip.message import Envelope
+from drip.models import CourseProgress, MessageKind, OutboxMessage, OutboxStatus, Subscriber
+from drip.outbox import NewMessage, dedupe_key, enqueue_many
+from drip.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = 4
+LESSON = "lesson-02-finding-trigger-points"
+SECRET = "bench-secret-key-0123456789abcdef"
+TARGET_RATIO = 0.9
+
+
+def bench_settings(url: str, port: int) -> Settings:
+    return Settings(
+        database_url=url,
+        smtp_port=port,
+        smtp_concurrency=CONCURRENCY,
+        send_rate=0,
+        secret_key=SECRET,
+        emails_dir=ROOT / "emails",
+        info_pack=ROOT / "emails" / "info-pack.pdf",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+def seed(url: str, count: int) -> None:
+    """`count` active subscribers one lesson into the course, each with the next lesson queued."""
+    engine = get_engine(url)
+    now = utcnow()
+    with session_scope(engine) as session:
+        session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"reader{n}@example.com",
+                    "email_key": f"reader{n}@example.com",
+                    "name": f"Reader {n}",
+                    "status": "active",
+                    "timezone": "Europe/Berlin",
+                    "created_at": now,
+                    "confirmed_at": now,
+                    "token_salt": f"{n:032x}",
+                    "confirm_token_hash": f"c{n:063x}",
+                    "unsubscribe_token_hash": f"u{n:063x}",
+                }
+                for n in range(count)
+            ],
+        )
+        ids = list(session.execute(select(Subscriber.id).order_by(Subscriber.id)).scalars())
+        session.execute(
+            insert(CourseProgress),
+            [
+                {"subscriber_id": i, "started_at": now, "lessons_sent": 2, "last_sent_at": now}
+                for i in ids
+            ],
+        )
+        enqueue_many(
+            session,
+            [
+                NewMessage(
+                    kind=MessageKind.lesson,
+                    template=LESSON,
+                    email=f"reader{n}@example.com",
+                    dedupe_key=dedupe_key(MessageKind.lesson, i, "finding-trigger-points"),
+                    due_at=now - timedelta(seconds=1),
+                    subscriber_id=i,
+                    context={
+                        "slug": "finding-trigger-points",
+                        "lesson_number": 2,
+                        "lesson_total": 8,
+                    },
+                )
+                for n, i in enumerate(ids)
+            ],
+            "bench.example.com",
+        )
+
+
+def sent(url: str) -> int:
+    with session_scope(get_engine(url)) as session:
+        query = select(func.count()).where(OutboxMessage.status == OutboxStatus.sent)
+        return int(session.execute(query).scalar_one())
+
+
+def envelopes(settings: Settings, count: int) -> list[Envelope]:
+    """The messages drip would send, built once by drip itself, for the bare loop."""
+    delivery = Delivery(settings, get_engine(settings.database_url), worker="bench", clock=utcnow)
+    claimed = delivery._claim(count)
+    built = [delivery._prepare(row, subscriber) for row, subscriber in claimed]
+    assert all(isinstance(e, Envelope) for e in built), "the bench lesson did not render"
+    return built  # type: ignore[return-value]
+
+
+async def bare_loop(port: int, messages: list[Envelope]) -> None:
+    queue: asyncio.Queue[Envelope] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+
+    async def slot() -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as smtp:
+            while not queue.empty():
+                e = queue.get_nowait()
+                await smtp.sendmail(e.sender, [e.recipient], e.data)
+
+    await asyncio.gather(*(slot() for _ in range(CONCURRENCY)))
+
+
+def ceiling(box: Sink, count: int) -> float:
+    """Messages per second of the bare loop (built untimed, from a throwaway SQLite outbox)."""
+    with database("sqlite") as url:
+        seed(url, count)
+        messages = envelopes(bench_settings(url, box.port), count)
+    before = box.received
+    began = time.perf_counter()
+    asyncio.run(bare_loop(box.port, messages))
+    elapsed = time.perf_counter() - began
+    box.wait_for(before + count, 30)
+    return count / elapsed
+
+
+def drip_path(box: Sink, kind: str, count: int) -> float:
+    """Messages per second of drip's delivery, in this process, claim to send log."""
+    with database(kind) as url:
+        seed(url, count)
+        settings = bench_settings(url, box.port)
+        delivery = Delivery(settings, get_engine(url), worker="bench", clock=utcnow)
+        began = time.perf_counter()
+        report = asyncio.run(delivery.run())
+        elapsed = time.perf_counter() - began
+        if report.total != count or sent(url) != count:
+            raise RuntimeError(f"drip sent {sent(url)} of {count}: {report.counts}")
+    return count / elapsed
+
+
+def workers(box: Sink, processes: int, count: int) -> float:
+    """Messages per second when `processes` real `drip tick` processes drain one outbox."""
+    with database("postgresql") as url:
+        seed(url, count)
+        env = {
+            **os.environ,
+            "DRIP_DATABASE_URL": url,
+            "DRIP_SMTP_PORT": str(box.port),
+            "DRIP_SMTP_CONCURRENCY": str(CONCURRENCY),
+            "DRIP_SEND_RATE": "0",
+            "DRIP_SECRET_KEY": SECRET,
+            "DRIP_EMAILS_DIR": str(ROOT / "emails"),
+        }
+        command = [sys.executable, "-m", "drip.cli", "tick"]
+        began = time.perf_counter()
+        running = [
+            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(processes)
+        ]
+        try:
+            for process in running:
+                if process.wait(timeout=600) != 0:
+                    raise RuntimeError(f"drip tick exited with {process.returncode}")
+        finally:
+            for process in running:
+                process.kill()
+        elapsed = time.perf_counter() - began
+        if sent(url) != count:
+            raise RuntimeError(f"{processes} workers sent {sent(url)} of {count}")
+    return count / elapsed
+
+
+def run(quick: bool) -> list[Figure]:
+    count = 2_000 if quick else 20_000
+    scaling = 2_000 if quick else 10_000
+    figures: list[Figure] = []
+    with sink() as box:
+        top = ceiling(box, count)
+        figures.append(info("send", f"(a) bare aiosmtplib, {count:,} msgs", top, "msg/s"))
+        for kind in ("sqlite", "postgresql"):
+            rate = drip_path(box, kind, count)
+            figures.append(info("send", f"(b) drip on {kind}, {count:,} msgs", rate, "msg/s"))
+            figures.append(at_least("send", f"ratio b/a on {kind}", rate / top, "", TARGET_RATIO))
+        single = None
+        for processes in (1, 2, 4):
+            rate = workers(box, processes, scaling)
+            single = single or rate
+            name = f"{processes} drip tick on postgresql, {scaling:,} msgs"
+            figures.append(info("send", name, rate, "msg/s"))
+            if processes > 1:
+                figures.append(info("send", f"{processes} workers vs 1", rate / single, "x"))
+    return figures
