@@ -9,8 +9,10 @@ queued before the previous one went out, and the pass only reads rows that are d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, update
@@ -25,7 +27,7 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.outbox import NewMessage, dedupe_key, enqueue
+from drip.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,22 @@ def start_course(
 
 
 def _queued_slugs(session: Session, subscriber_id: int) -> set[str]:
+    return _queued_slugs_of(session, [subscriber_id]).get(subscriber_id, set())
+
+
+def _queued_slugs_of(session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The lessons already queued for each of these subscribers, in one query."""
+    found: dict[int, set[str]] = {}
+    if not subscriber_ids:
+        return found
     rows = session.execute(
-        select(OutboxMessage.context)
-        .where(OutboxMessage.subscriber_id == subscriber_id)
+        select(OutboxMessage.subscriber_id, OutboxMessage.context)
+        .where(OutboxMessage.subscriber_id.in_(subscriber_ids))  # type: ignore[union-attr]
         .where(OutboxMessage.kind == MessageKind.lesson)
-    ).scalars()
-    return {str(ctx.get("slug")) for ctx in rows}
+    )
+    for subscriber_id, context in rows:
+        found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
+    return found
 
 
 def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
@@ -138,9 +150,14 @@ def after_send(
 def queue_due_lessons(
     session: Session, now: datetime, course: Course, msgid_domain: str, limit: int = 500
 ) -> int:
-    """Queue the next lesson of every subscriber whose lesson is due at `now`."""
+    """Queue the next lesson of every subscriber whose lesson is due at `now`, up to `limit`.
+
+    A batch costs a fixed number of statements whatever its size: read the due rows,
+    clear their due time, read their lesson history, queue the lessons, close the
+    courses that are done. A pass with 10k lessons due is 20 batches, not 20k round trips.
+    """
     stmt = (
-        select(CourseProgress, Subscriber)
+        select(CourseProgress.subscriber_id, Subscriber.email, Subscriber.status)
         .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
         .where(CourseProgress.next_due_at <= now)  # type: ignore[operator]
         .order_by(CourseProgress.next_due_at)
@@ -150,30 +167,44 @@ def queue_due_lessons(
         # Workers queuing side by side each take rows the others are not holding.
         stmt = stmt.with_for_update(skip_locked=True, of=CourseProgress)
     due = session.execute(stmt).all()
-    queued_count = 0
-    for progress, subscriber in due:
-        progress.next_due_at = None  # the next one is set when this lesson is sent
-        session.add(progress)
-        if subscriber.status != SubscriberStatus.active:
-            continue
-        lesson = next_lesson(course, _queued_slugs(session, subscriber.id))
+    if not due:
+        return 0
+    # The next due time is set when this lesson is sent.
+    _set_progress(session, [row.subscriber_id for row in due], next_due_at=None)
+    active = [row for row in due if row.status == SubscriberStatus.active]
+    history = _queued_slugs_of(session, [row.subscriber_id for row in active])
+    messages: list[NewMessage] = []
+    done: list[int] = []
+    for subscriber_id, email, _ in active:
+        lesson = next_lesson(course, history.get(subscriber_id, set()))
         if lesson is None:
-            progress.finished_at = progress.finished_at or now
+            done.append(subscriber_id)
             continue
-        queued_count += enqueue(
-            session,
+        messages.append(
             NewMessage(
                 kind=MessageKind.lesson,
                 template=lesson.template,
-                email=subscriber.email,
-                dedupe_key=dedupe_key(MessageKind.lesson, subscriber.id, lesson.slug),
+                email=email,
+                dedupe_key=dedupe_key(MessageKind.lesson, subscriber_id, lesson.slug),
                 due_at=now,
-                subscriber_id=subscriber.id,
+                subscriber_id=subscriber_id,
                 context={"slug": lesson.slug, **lesson_context(course, lesson)},
-            ),
-            msgid_domain,
+            )
         )
-    return queued_count
+    if done:
+        _set_progress(session, done, finished_at=now, only_unfinished=True)
+    return enqueue_many(session, messages, msgid_domain)
+
+
+def _set_progress(
+    session: Session, subscriber_ids: Sequence[int], *, only_unfinished: bool = False, **values: Any
+) -> None:
+    stmt = update(CourseProgress).where(
+        CourseProgress.subscriber_id.in_(subscriber_ids)  # type: ignore[attr-defined]
+    )
+    if only_unfinished:
+        stmt = stmt.where(CourseProgress.finished_at.is_(None))  # type: ignore[union-attr]
+    session.execute(stmt.values(**values).execution_options(synchronize_session=False))
 
 
 def stop_course(session: Session, subscriber_id: int) -> None:
