@@ -33,6 +33,9 @@ lint: $(TEST_STAMP)
 
 # Benchmarks, never part of the tests: `make bench` (a few minutes), `make bench ARGS=--quick`.
 bench: $(TEST_STAMP)
+	@command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$S apt-get install -y -qq wrk || { $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }; \
+	} >/dev/null 2>&1 || echo "wrk could not be installed: bench signup falls back to httpx"
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
