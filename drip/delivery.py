@@ -45,7 +45,8 @@ from drip.subscribers import leave
 from drip.tokens import make_token
 
 Clock = Callable[[], datetime]
-Claimed = tuple[OutboxMessage, Subscriber | None]
+#: A claimed row with its message ready to send, or the reason it must not be sent.
+Claimed = tuple[OutboxMessage, Envelope | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
@@ -151,9 +152,8 @@ class Delivery:
             await connection.close()
 
     async def _deliver(
-        self, connection: Connection, row: OutboxMessage, subscriber: Subscriber | None
+        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Result
     ) -> None:
-        prepared = await asyncio.to_thread(self._prepare, row, subscriber)
         if isinstance(prepared, Envelope):
             await self.limiter.acquire()
             if self.stop.is_set() or self._lease_short(row):
@@ -213,7 +213,11 @@ class Delivery:
     # -- database work, run in a thread -------------------------------------------
 
     def _claim(self, limit: int) -> list[Claimed]:
-        """Lease due rows and read their subscribers (and newsletters) in one go."""
+        """Lease due rows, read their subscribers (and newsletters) in one go, and render them.
+
+        One thread hand-off per batch, not per message; the batch is a few messages
+        per connection, so each is still rendered moments before it is sent.
+        """
         lease = timedelta(seconds=self.settings.lease_seconds)
         rows = claim(self.engine, self.worker, self.clock(), limit, lease)
         if not rows:
@@ -225,7 +229,7 @@ class Delivery:
             subscribers = {s.id: s for s in found.scalars()}
             for letter_id in {r.newsletter_id for r in rows} - {None} - self._newsletters.keys():
                 self._load_newsletter(session, letter_id)  # type: ignore[arg-type]
-        return [(r, subscribers.get(r.subscriber_id)) for r in rows]
+        return [(r, self._prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
 
     def _prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
         """Render and build the message, or say why it must not be sent."""
@@ -287,26 +291,35 @@ class Delivery:
         }
 
     def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
-        """Record attempts and everything that follows from them, in one transaction."""
+        """Record attempts and everything that follows from them, in one transaction.
+
+        A sent course email schedules the next lesson; a bounce suppresses the address.
+        """
         now = self.clock()
         with session_scope(self.engine) as session:
-            for row, result in results:
-                if record(session, row, result, self.worker) and row.subscriber_id is not None:
-                    self._follow_up(session, row, result, now)
+            moved = record(session, results, self.worker)
+            followed = [
+                (r, res) for r, res in results if r.id in moved and r.subscriber_id is not None
+            ]
+            course_sent = [
+                r.subscriber_id
+                for r, res in followed
+                if res.status == OutboxStatus.sent
+                and r.kind in (MessageKind.welcome, MessageKind.lesson)
+            ]
+            if course_sent and self.course is not None:
+                after_send(session, course_sent, now, self.course, self.pace)  # type: ignore[arg-type]
+            for row, result in followed:
+                if result.status == OutboxStatus.bounced:
+                    self._suppress(session, row, result, now)
         for row, result in results:
             self._in_hand.discard(row.id)  # type: ignore[arg-type]
             self.report.add(result.status)
 
-    def _follow_up(
+    def _suppress(
         self, session: Session, row: OutboxMessage, result: Result, now: datetime
     ) -> None:
-        """A sent course email schedules the next lesson; a bounce suppresses the address."""
-        assert row.subscriber_id is not None
-        course_mail = row.kind in (MessageKind.welcome, MessageKind.lesson)
-        if result.status == OutboxStatus.sent and course_mail and self.course is not None:
-            after_send(session, row.subscriber_id, now, self.course, self.pace)
-        elif result.status == OutboxStatus.bounced:
-            subscriber = session.get(Subscriber, row.subscriber_id)
-            if subscriber is not None:
-                reason = f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
-                leave(session, subscriber, SubscriberStatus.bounced, now, reason)
+        subscriber = session.get(Subscriber, row.subscriber_id)
+        if subscriber is not None:
+            reason = f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
+            leave(session, subscriber, SubscriberStatus.bounced, now, reason)

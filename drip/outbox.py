@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -123,46 +123,66 @@ class Result:
     smtp_message: str | None = None
     retry_at: datetime | None = None
 
+    @property
+    def log_text(self) -> str | None:
+        return (self.smtp_message or "")[:1000] or None
 
-def record(session: Session, message: OutboxMessage, result: Result, worker: str) -> bool:
-    """Write the attempt and the row's new state together.
 
-    Only the worker that holds the lease may move the row on; False when the lease
-    was lost (it expired and another worker took the row), in which case only the
-    attempt is logged.
+def record(
+    session: Session, results: Sequence[tuple[OutboxMessage, Result]], worker: str
+) -> set[int]:
+    """Write the attempts and the rows' new states together, in a few statements.
+
+    Only the worker that holds a row's lease may move it on. Returns the ids it
+    moved; a row missing there had lost its lease (it expired and another worker
+    took it), and only its attempt is logged.
     """
+    if not results:
+        return set()
     now = utcnow()
-    text = (result.smtp_message or "")[:1000] or None
-    session.add(
-        DeliveryAttempt(
-            outbox_id=message.id,  # type: ignore[arg-type]
-            at=now,
-            status=result.status,
-            smtp_code=result.smtp_code,
-            smtp_message=text,
-            worker=worker,
+    session.execute(
+        insert(DeliveryAttempt),
+        [
+            {
+                "outbox_id": message.id,
+                "at": now,
+                "status": result.status,
+                "smtp_code": result.smtp_code,
+                "smtp_message": result.log_text,
+                "worker": worker,
+            }
+            for message, result in results
+        ],
+    )
+    # Rows with the same outcome (a run of 250s, say) move in one statement.
+    by_result: dict[Result, list[int]] = {}
+    for message, result in results:
+        by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
+    moved: set[int] = set()
+    for result, ids in by_result.items():
+        values: dict[str, Any] = {
+            "status": result.status,
+            "last_smtp_code": result.smtp_code,
+            "last_smtp_message": result.log_text,
+            "lease_until": None,
+            "leased_by": None,
+            "updated_at": now,
+            "next_attempt_at": result.retry_at if result.status == OutboxStatus.deferred else None,
+        }
+        if result.status == OutboxStatus.sent:
+            values["sent_at"] = now
+        moved.update(
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids))
+                .where(OutboxMessage.leased_by == worker)
+                .where(OutboxMessage.status == OutboxStatus.sending)
+                .values(**values)
+                .returning(OutboxMessage.id)
+                .execution_options(synchronize_session=False)
+            ).scalars()
         )
-    )
-    values: dict[str, Any] = {
-        "status": result.status,
-        "last_smtp_code": result.smtp_code,
-        "last_smtp_message": text,
-        "lease_until": None,
-        "leased_by": None,
-        "updated_at": now,
-        "next_attempt_at": result.retry_at if result.status == OutboxStatus.deferred else None,
-    }
-    if result.status == OutboxStatus.sent:
-        values["sent_at"] = now
-    moved = session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message.id)
-        .where(OutboxMessage.leased_by == worker)
-        .where(OutboxMessage.status == OutboxStatus.sending)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return moved.rowcount == 1  # type: ignore[attr-defined]
+    return moved
 
 
 def release(engine: Engine, worker: str, ids: Iterable[int]) -> int:

@@ -99,10 +99,6 @@ def start_course(
     )
 
 
-def _queued_slugs(session: Session, subscriber_id: int) -> set[str]:
-    return _queued_slugs_of(session, [subscriber_id]).get(subscriber_id, set())
-
-
 def _queued_slugs_of(session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
     """The lessons already queued for each of these subscribers, in one query."""
     found: dict[int, set[str]] = {}
@@ -124,27 +120,34 @@ def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
 
 
 def after_send(
-    session: Session, subscriber_id: int, sent_at: datetime, course: Course, pace: Pace
+    session: Session, subscriber_ids: Sequence[int], sent_at: datetime, course: Course, pace: Pace
 ) -> None:
-    """A welcome or lesson went out: schedule the next lesson, or mark the course finished."""
-    progress = session.get(CourseProgress, subscriber_id)
-    subscriber = session.get(Subscriber, subscriber_id)
-    if progress is None or subscriber is None:
-        return
-    queued = _queued_slugs(session, subscriber_id)
-    progress.lessons_sent = len(queued)
-    progress.last_sent_at = sent_at
-    lesson = next_lesson(course, queued)
-    if lesson is None or subscriber.status != SubscriberStatus.active:
-        progress.next_due_at = None
-        progress.finished_at = sent_at if lesson is None else progress.finished_at
-    else:
-        base = progress.started_at if not queued else sent_at
-        due = max(base + pace.delay(lesson.delay_days), sent_at)
-        if pace.uses_window:
-            due = into_window(due, subscriber.timezone, course)
-        progress.next_due_at = due
-    session.add(progress)
+    """Welcomes or lessons went out: schedule each one's next lesson, or finish the course.
+
+    Reads every subscriber's progress and history in two queries, as delivery
+    records a whole batch of sends in one transaction.
+    """
+    found = session.execute(
+        select(CourseProgress, Subscriber)
+        .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
+        .where(CourseProgress.subscriber_id.in_(subscriber_ids))  # type: ignore[attr-defined]
+    ).all()
+    history = _queued_slugs_of(session, [progress.subscriber_id for progress, _ in found])
+    for progress, subscriber in found:
+        queued = history.get(progress.subscriber_id, set())
+        progress.lessons_sent = len(queued)
+        progress.last_sent_at = sent_at
+        lesson = next_lesson(course, queued)
+        if lesson is None or subscriber.status != SubscriberStatus.active:
+            progress.next_due_at = None
+            progress.finished_at = sent_at if lesson is None else progress.finished_at
+        else:
+            base = progress.started_at if not queued else sent_at
+            due = max(base + pace.delay(lesson.delay_days), sent_at)
+            if pace.uses_window:
+                due = into_window(due, subscriber.timezone, course)
+            progress.next_due_at = due
+        session.add(progress)
 
 
 def queue_due_lessons(

@@ -76,8 +76,9 @@ def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
     [first] = claim(engine, "w1", now, 1, LEASE)
     [second] = claim(engine, "w2", now + LEASE * 2, 1, LEASE)
     with session_scope(engine) as session:
-        assert record(session, first, Result(OutboxStatus.sent, 250, "OK"), "w1") is False
-        assert record(session, second, Result(OutboxStatus.sent, 250, "OK"), "w2") is True
+        assert record(session, [(first, Result(OutboxStatus.sent, 250, "OK"))], "w1") == set()
+        sent = [(second, Result(OutboxStatus.sent, 250, "OK"))]
+        assert record(session, sent, "w2") == {second.id}
     with session_scope(engine) as session:
         row = session.execute(select(OutboxMessage)).scalar_one()
         attempts = session.execute(select(DeliveryAttempt)).scalars().all()
@@ -92,9 +93,40 @@ def test_deferred_rows_come_back_at_their_retry_time(engine: Engine) -> None:
     [row] = claim(engine, "w1", now, 1, LEASE)
     retry = now + timedelta(minutes=10)
     with session_scope(engine) as session:
-        record(session, row, Result(OutboxStatus.deferred, 451, "try later", retry), "w1")
+        record(session, [(row, Result(OutboxStatus.deferred, 451, "try later", retry))], "w1")
     assert claim(engine, "w1", now + timedelta(minutes=9), 1, LEASE) == []
     assert len(claim(engine, "w1", retry, 1, LEASE)) == 1
+
+
+def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
+    """One call records a mixed batch; each row gets its own outcome and log row."""
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(n) for n in range(1, 5)], "example.com")
+    now = utcnow()
+    rows = claim(engine, "w1", now, 4, LEASE)
+    retry = now + timedelta(minutes=10)
+    outcomes = [
+        Result(OutboxStatus.sent, 250, "OK"),
+        Result(OutboxStatus.sent, 250, "OK"),
+        Result(OutboxStatus.deferred, 451, "try later", retry),
+        Result(OutboxStatus.bounced, 550, "no such user " + "x" * 2000),
+    ]
+    with session_scope(engine) as session:
+        moved = record(session, list(zip(rows, outcomes, strict=True)), "w1")
+    assert moved == {r.id for r in rows}
+    with session_scope(engine) as session:
+        found = {r.id: r for r in session.execute(select(OutboxMessage)).scalars()}
+        attempts = session.execute(select(DeliveryAttempt)).scalars().all()
+    for row, outcome in zip(rows, outcomes, strict=True):
+        stored = found[row.id]
+        assert (stored.status, stored.last_smtp_code) == (outcome.status, outcome.smtp_code)
+        assert stored.leased_by is None and stored.lease_until is None
+        assert (stored.sent_at is not None) == (outcome.status == OutboxStatus.sent)
+    assert found[rows[2].id].next_attempt_at == retry
+    assert len(found[rows[3].id].last_smtp_message or "") == 1000
+    assert sorted((a.outbox_id, a.status) for a in attempts) == sorted(
+        (r.id, o.status) for r, o in zip(rows, outcomes, strict=True)
+    )
 
 
 def test_release_hands_rows_back_untouched(engine: Engine) -> None:
