@@ -52,6 +52,8 @@ CONTRACT_FIELDS = (
     "message_id",
 )
 MAX_LIMIT = 1000
+#: The largest row id (ids are 32-bit integers on PostgreSQL): a bigger one names no row.
+MAX_ID = 2**31 - 1
 #: How far back (in ids) `follow` looks again, for rows committed out of id order.
 FOLLOW_LOOKBACK = 200
 
@@ -66,12 +68,18 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """ISO-8601 (no offset means UTC), or a span back from now such as 30m, 2h, 7d."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        span = timedelta(**{_UNITS[match[2]]: int(match[1])})
-        return (now or utcnow()) - span
-    return parse_instant(text.strip())
+    """ISO-8601 (no offset means UTC), or a span back from now such as 30m, 2h, 7d.
+
+    ValueError for anything else, including times that do not fit a datetime
+    (99999999d, or year 1 at +01:00, which is still year 0 in UTC)."""
+    try:
+        match = _RELATIVE.match(text.strip())
+        if match:
+            span = timedelta(**{_UNITS[match[2]]: int(match[1])})
+            return (now or utcnow()) - span
+        return parse_instant(text.strip())
+    except OverflowError:
+        raise ValueError(f"out of range: {text!r}") from None
 
 
 def iso(value: datetime) -> str:
@@ -120,7 +128,9 @@ class LogEntry:
 def parse_key(key: str) -> tuple[str, int]:
     """("a", 12) from "a12"; ValueError for anything else."""
     source, digits = key[:1], key[1:]
-    if source not in _RANK or not digits.isdigit() or len(digits) > 18:
+    if source not in _RANK or not digits.isascii() or not digits.isdigit() or len(digits) > 10:
+        raise ValueError(f"not a log entry id: {key!r}")
+    if int(digits) > MAX_ID:
         raise ValueError(f"not a log entry id: {key!r}")
     return source, int(digits)
 
@@ -151,6 +161,8 @@ class LogFilter:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
         if self.since is not None and self.since.tzinfo is None:
             raise ValueError("since must carry a time zone")
+        if email is not None and "\x00" in email:  # PostgreSQL text cannot hold NUL
+            raise ValueError("email must not contain a NUL character")
         if self.before_id is not None:
             parse_key(self.before_id)
 
@@ -494,14 +506,23 @@ class SubscriberFilter:
             raise ValueError(f"status must be one of {', '.join(statuses)}")
         if not 1 <= self.limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+        if self.email_prefix is not None and "\x00" in self.email_prefix:
+            raise ValueError("the address must not contain a NUL character")
+        if self.before_id is not None and not -MAX_ID <= self.before_id <= MAX_ID + 1:
+            raise ValueError(f"before must be a subscriber id, at most {MAX_ID}")
 
 
 def _prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
     """A range on the unique email_key index, then an exact prefix test."""
     key = email_key(prefix)
-    upper = key[:-1] + chr(ord(key[-1]) + 1)
     column = Subscriber.email_key
-    return [column >= key, column < upper, column.startswith(key, autoescape=True)]
+    clauses = [column >= key, column.startswith(key, autoescape=True)]
+    following = ord(key[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: skip past them
+        following = 0xE000
+    if following <= 0x10FFFF:  # past the last code point there is no upper bound
+        clauses.append(column < key[:-1] + chr(following))
+    return clauses
 
 
 def list_subscribers(session: Session, flt: SubscriberFilter) -> list[Subscriber]:
@@ -511,7 +532,7 @@ def list_subscribers(session: Session, flt: SubscriberFilter) -> list[Subscriber
         stmt = stmt.where(Subscriber.status == flt.status)
     if flt.email_prefix:
         stmt = stmt.where(*_prefix_clauses(flt.email_prefix))
-    if flt.before_id is not None:
+    if flt.before_id is not None and flt.before_id <= MAX_ID:  # above it: every id is below
         stmt = stmt.where(Subscriber.id < flt.before_id)  # type: ignore[operator]
     stmt = stmt.order_by(Subscriber.id.desc()).limit(flt.limit)  # type: ignore[union-attr]
     return list(session.execute(stmt).scalars())

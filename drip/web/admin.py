@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -47,6 +49,7 @@ from drip.models import (
 from drip.sendlog import (
     KINDS,
     LOG_STATUSES,
+    MAX_ID,
     RETRYABLE,
     Dashboard,
     LogFilter,
@@ -70,6 +73,9 @@ REALM = 'Basic realm="drip admin"'
 PAGE = 50
 OUTBOX_SHOWN = 200
 WORKER_SILENCE = timedelta(minutes=5)
+#: Row ids in paths and queries: anything beyond what the database can hold is refused
+#: (422) before a query is built, rather than failing inside the driver.
+RowId = Annotated[int, PathParam(ge=-MAX_ID, le=MAX_ID)]
 
 #: Fixed texts for ?done=...: the page never echoes text from the query string.
 DONE = {
@@ -109,7 +115,10 @@ class AdminGuard:
 
     Each wrong password from an address waits `step` seconds more than the last (up
     to `max_delay`), forgiven after `forget_after` seconds of quiet; the wait is an
-    asyncio sleep, so other requests are served meanwhile.
+    asyncio sleep, so other requests are served meanwhile. An address's credentials
+    are checked one request at a time, the wait included, so guesses sent in parallel
+    queue behind it instead of outrunning it; past `max_waiting` queued requests an
+    address gets 429 without a check.
     """
 
     def __init__(self, settings: Settings, step: float = 1.0, max_delay: float = 10.0) -> None:
@@ -120,6 +129,9 @@ class AdminGuard:
         self.max_delay = max_delay
         self.forget_after = 900.0
         self.failures: dict[str, tuple[int, float]] = {}
+        self.max_waiting = 4
+        #: Per address: its lock and how many requests hold or wait for it (gone at 0).
+        self._gates: dict[str, tuple[asyncio.Lock, int]] = {}
         self._csrf_key = secrets.token_bytes(32)
 
     @property
@@ -165,15 +177,45 @@ class AdminGuard:
         if not self.is_open:
             return PlainTextResponse(CLOSED, status_code=503)
         header = request.headers.get("authorization")
-        if self.credentials_ok(header):
-            return None
-        if header:  # a wrong password, not a browser's first bare request
-            await asyncio.sleep(self._delay(request.client.host if request.client else "?"))
+        if not header:  # a browser's first bare request: ask, without a wait
+            return self._unauthorized()
+        address = request.client.host if request.client else "?"
+        lock, waiting = self._gates.get(address) or (asyncio.Lock(), 0)
+        if waiting >= self.max_waiting:
+            return PlainTextResponse(
+                "429: too many login attempts at once from here; wait and try again",
+                status_code=429,
+                headers={"Retry-After": str(int(self.max_delay))},
+            )
+        self._gates[address] = (lock, waiting + 1)
+        try:
+            async with lock:
+                if self.credentials_ok(header):
+                    return None
+                await asyncio.sleep(self._delay(address))
+        finally:
+            held, count = self._gates[address]
+            if count > 1:
+                self._gates[address] = (held, count - 1)
+            else:
+                del self._gates[address]
+        return self._unauthorized()
+
+    def _unauthorized(self) -> Response:
         return PlainTextResponse(
             "401: the drip admin needs its user name and password",
             status_code=401,
             headers={"WWW-Authenticate": REALM},
         )
+
+
+def _invalid(exc: RequestValidationError) -> Response:
+    """A parameter FastAPI could not read: named with the rule it broke, never echoed."""
+    lines = [
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()
+    ]
+    return PlainTextResponse("422: " + "; ".join(lines), status_code=422)
 
 
 def _secure(response: Response) -> Response:
@@ -193,7 +235,10 @@ def _route_class(guard: AdminGuard) -> type[APIRoute]:
                 refusal = await guard.check(request)
                 if refusal is not None:
                     return _secure(refusal)
-                return _secure(await handler(request))
+                try:
+                    return _secure(await handler(request))
+                except RequestValidationError as exc:
+                    return _secure(_invalid(exc))
 
             return guarded
 
@@ -390,7 +435,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             except ValueError as exc:
                 error = str(exc)
         older = None
-        if len(rows) == limit:
+        if rows and len(rows) == limit:  # a full page: there may be older entries
             older = _page_link("/admin/log", form | {"before": rows[-1].key, "limit": limit})
         return render(
             request,
@@ -407,7 +452,10 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
 
     @router.get("/subscribers", response_class=HTMLResponse)
     def subscribers(
-        request: Request, q: str = "", status: str = "", before: int | None = None
+        request: Request,
+        q: str = "",
+        status: str = "",
+        before: Annotated[int | None, Query(ge=-MAX_ID, le=MAX_ID + 1)] = None,
     ) -> HTMLResponse:
         error, rows = None, []
         try:
@@ -434,7 +482,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         )
 
     @router.get("/subscribers/{subscriber_id}", response_class=HTMLResponse)
-    def subscriber(request: Request, subscriber_id: int) -> HTMLResponse:
+    def subscriber(request: Request, subscriber_id: RowId) -> HTMLResponse:
         with read_scope(engine) as session:
             found = session.get(Subscriber, subscriber_id)
             items = timeline(session, subscriber_id) if found else []
@@ -455,7 +503,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
 
     @router.post("/subscribers/{subscriber_id}/unsubscribe", response_model=None)
     def unsubscribe(
-        request: Request, subscriber_id: int, csrf: Annotated[str, Form()] = ""
+        request: Request, subscriber_id: RowId, csrf: Annotated[str, Form()] = ""
     ) -> Response:
         if not guard.csrf_ok(csrf):
             return refused_csrf(request)
@@ -469,7 +517,9 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
 
     @router.post("/subscribers/{subscriber_id}/export", response_model=None)
-    def export(request: Request, subscriber_id: int, csrf: Annotated[str, Form()] = "") -> Response:
+    def export(
+        request: Request, subscriber_id: RowId, csrf: Annotated[str, Form()] = ""
+    ) -> Response:
         if not guard.csrf_ok(csrf):
             return refused_csrf(request)
         with read_scope(engine) as session:
@@ -487,7 +537,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
     @router.post("/subscribers/{subscriber_id}/delete", response_model=None)
     def delete(
         request: Request,
-        subscriber_id: int,
+        subscriber_id: RowId,
         csrf: Annotated[str, Form()] = "",
         sure: Annotated[str, Form()] = "",
     ) -> Response:
@@ -503,7 +553,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=deleted", 303)
 
     @router.post("/messages/{message_id}/retry", response_model=None)
-    def retry(request: Request, message_id: int, csrf: Annotated[str, Form()] = "") -> Response:
+    def retry(request: Request, message_id: RowId, csrf: Annotated[str, Form()] = "") -> Response:
         if not guard.csrf_ok(csrf):
             return refused_csrf(request)
         with session_scope(engine) as session:
