@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import mailbox
@@ -11,6 +12,7 @@ import warnings
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine, select
@@ -104,6 +106,46 @@ def test_each_failure_waits_longer(admin_settings: Settings) -> None:
     garbage = anonymous.get("/admin", headers={"Authorization": "Basic !!not-base64"})
     assert garbage.status_code == 401
     assert anonymous.get("/admin", headers=_basic(USER, PASSWORD)).status_code == 200
+
+
+async def _guesses(app: FastAPI, passwords: list[str]) -> list[tuple[int, float]]:
+    """Send the passwords at once from one address, each 10 ms after the one before."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
+
+        async def attempt(n: int, password: str) -> tuple[int, float]:
+            await asyncio.sleep(n * 0.01)
+            started = time.monotonic()
+            response = await client.get("/admin", headers=_basic(USER, password))
+            return response.status_code, time.monotonic() - started
+
+        return await asyncio.gather(*(attempt(n, p) for n, p in enumerate(passwords)))
+
+
+async def test_parallel_guesses_queue_behind_the_delay(admin_settings: Settings) -> None:
+    """Guesses sent at once are checked one after another, each after the wait of the
+    one before: the right password, sent last, is let in only after those waits (0.1 +
+    0.2 + 0.3 s), so parallel connections cannot outrun the delay."""
+    app = FastAPI()
+    app.include_router(build_admin_router(admin_settings, failure_delay=0.1))
+    results = await _guesses(app, ["guess-1", "guess-2", "guess-3", PASSWORD])
+    assert [code for code, _ in results] == [401, 401, 401, 200]
+    assert results[3][1] >= 0.5, results
+
+
+async def test_a_flood_of_guesses_from_one_address_is_turned_away_unchecked(
+    admin_settings: Settings,
+) -> None:
+    """Past four requests waiting from one address, the rest get 429 at once, checked
+    not at all: the right password among them is refused too."""
+    app = FastAPI()
+    app.include_router(build_admin_router(admin_settings, failure_delay=0.1))
+    results = await _guesses(app, [f"guess-{n}" for n in range(4)] + [PASSWORD] * 4)
+    codes = [code for code, _ in results]
+    assert codes == [401] * 4 + [429] * 4, results
+    assert all(waited < 0.2 for code, waited in results if code == 429), results
+    # Once the queue has drained, the right password gets in (after the delay earned).
+    assert (await _guesses(app, [PASSWORD]))[0][0] == 200
 
 
 def test_pages_carry_security_headers(client: TestClient) -> None:
