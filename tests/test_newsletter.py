@@ -127,3 +127,57 @@ def test_cli_dry_run_counts_and_queues_nothing(
     assert result.exit_code == 0, result.output
     assert "for 12 subscribers" in result.output
     assert _queued(engine) == 12
+
+
+def test_queued_rows_are_the_outbox_rows_enqueue_would_write(
+    settings: Settings, engine: Engine, letter_file: Path
+) -> None:
+    from drip.outbox import NewMessage, dedupe_key, enqueue_many
+
+    subs = many_active(engine, 30)
+    letter = newsletter.parse(letter_file)
+    with session_scope(engine) as session:
+        row = Newsletter(digest=letter.digest, subject=letter.subject, body_markdown=letter.body)
+        session.add(row)
+        session.flush()
+        letter_id = row.id
+        assert letter_id is not None
+        # One subscriber already has it (queued by an earlier run): skipped, not counted.
+        first = subs[0]
+        assert first.id is not None
+        enqueue_many(
+            session,
+            [
+                NewMessage(
+                    kind=MessageKind.newsletter,
+                    template="newsletter",
+                    email=first.email,
+                    dedupe_key=dedupe_key(MessageKind.newsletter, first.id, letter_id),
+                    due_at=row.created_at,
+                    subscriber_id=first.id,
+                    newsletter_id=letter_id,
+                )
+            ],
+            settings.sender_address.domain,
+        )
+    assert newsletter.queue(settings, engine, letter) == (29, 30)
+    with session_scope(engine) as session:
+        rows = list(
+            session.execute(
+                select(OutboxMessage)
+                .where(OutboxMessage.kind == MessageKind.newsletter)
+                .order_by(OutboxMessage.subscriber_id)
+            ).scalars()
+        )
+    assert [r.subscriber_id for r in rows] == [s.id for s in subs]
+    for sub, out in zip(subs, rows, strict=True):
+        assert sub.id is not None
+        assert out.dedupe_key == dedupe_key(MessageKind.newsletter, sub.id, letter_id)
+        assert out.email == sub.email and out.newsletter_id == letter_id
+        assert out.template == "newsletter" and out.context == {}
+        assert out.status == "queued" and out.attempts == 0
+        assert out.next_attempt_at == out.due_at and out.due_at.tzinfo is not None
+        assert out.message_id.startswith("<") and out.message_id.endswith(
+            f"@{settings.sender_address.domain}>"
+        )
+    assert len({r.message_id for r in rows}) == 30
