@@ -1,10 +1,24 @@
--- wrk script for bench/signup.py: `wrk -s signup.lua URL -- MODE PREFIX`.
+-- wrk script for bench/signup.py: `wrk -s signup.lua URL -- MODE PREFIX [RATE]`.
 --
 -- MODE "signup" posts the form with a unique address per request; "health" gets /healthz.
+-- RATE (requests a second on each connection) paces the load instead of sending the
+-- next request as soon as the last is answered.
 -- Run with as many threads as connections: each thread then has exactly one
 -- connection, so request() and response() alternate and the one request still in
 -- flight when wrk stops is known by its address (the bench checks whether it was stored).
 -- done() prints one JSON line the bench reads.
+
+local ffi = require("ffi")
+ffi.cdef([[
+  typedef struct { long tv_sec; long tv_usec; } drip_timeval;
+  int gettimeofday(drip_timeval *tv, void *tz);
+]])
+local tv = ffi.new("drip_timeval")
+
+local function now_ms()
+  ffi.C.gettimeofday(tv, nil)
+  return tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
+end
 
 local threads = {}
 local next_id = 1
@@ -23,6 +37,13 @@ function init(args)
   other = 0
   last_other = 0
   inflight = ""
+  local rate = tonumber(args[3] or "0")
+  interval = rate > 0 and (1000 / rate) or 0
+  next_at = nil
+  math.randomseed(id * 7919 + os.time())
+  if interval == 0 then
+    delay = nil -- unpaced: wrk then sends the next request without a timer
+  end
   headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 end
 
@@ -37,6 +58,21 @@ function request()
   local body = "email=" .. local_part .. "%40bench.example.com"
     .. "&name=Bench+Reader&consent=yes&website=&timezone=Europe%2FLondon"
   return wrk.format("POST", "/subscribe", headers, body)
+end
+
+-- Paced: each connection sends on a fixed schedule, starting at a random offset; a
+-- request that falls behind goes at once (the schedule is kept, not pushed back).
+function delay()
+  if interval == 0 then
+    return 0
+  end
+  local now = now_ms()
+  if next_at == nil then
+    next_at = now + math.random() * interval
+  end
+  local wait = next_at - now
+  next_at = next_at + interval
+  return wait > 0 and wait or 0
 end
 
 function response(status, _headers, _body)
