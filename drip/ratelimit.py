@@ -21,6 +21,8 @@ BUCKET = "smtp"
 #: Longest pause a throttling reply may impose; anything longer was set by a clock far ahead.
 MAX_PAUSE = timedelta(hours=1)
 UNLIMITED_CHUNK = 50
+#: A refill time further ahead than this was written by a clock travelling in time.
+FAR_AHEAD = timedelta(minutes=1)
 
 
 def _row(session: Session, now: datetime) -> SendBudget:
@@ -48,13 +50,15 @@ def take(engine: Engine, rate: float, wanted: int, now: datetime) -> tuple[int, 
             return 0, (row.paused_until - now).total_seconds()
         if rate <= 0:
             return wanted, 0.0
-        if row.refilled_at > now:  # written by `drip tick --now` in the future: start afresh
+        if row.refilled_at > now + FAR_AHEAD:  # written by `drip tick --now` in the future
             row.refilled_at, row.tokens = now, capacity
-        elapsed = (now - row.refilled_at).total_seconds()
+        # `now` was read before this transaction waited for the row's lock, so another
+        # worker may have refilled a moment later: that is no time elapsed, not a reset.
+        elapsed = max((now - row.refilled_at).total_seconds(), 0.0)
         tokens = min(capacity, row.tokens + elapsed * rate)
         granted = min(wanted, int(tokens))
         row.tokens = tokens - granted
-        row.refilled_at = now
+        row.refilled_at = max(now, row.refilled_at)
         session.add(row)
     wait = 0.0 if granted else (1.0 - tokens) / rate
     return granted, wait

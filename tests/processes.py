@@ -55,7 +55,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         "DRIP_INFO_PACK": str(settings.info_pack),
         "DRIP_WORKER_INTERVAL": "0.2",
         "DRIP_LEASE_SECONDS": "3",
-        "DRIP_SEND_RATE": "0",
+        "DRIP_SEND_RATE": str(settings.send_rate),
     }
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -27,6 +27,21 @@ def test_workers_share_one_budget(engine: Engine) -> None:
     assert sum(granted) == 5
 
 
+def test_a_worker_whose_clock_reading_is_a_moment_old_gets_no_fresh_bucket(
+    engine: Engine,
+) -> None:
+    """A worker reads its clock, then waits for the row's lock while another refills it:
+    its `now` is behind the row's. That must count as no time passed, not as a reset."""
+    start = utcnow()
+    take(engine, 100, 1000, start)
+    assert take(engine, 100, 1000, start + timedelta(seconds=1))[0] == 100  # emptied
+    assert take(engine, 100, 1000, start + timedelta(milliseconds=990))[0] == 0
+    assert take(engine, 100, 1000, start + timedelta(seconds=1.1))[0] == 10
+    # A clock far ahead (`drip tick --now` in the future) still starts afresh.
+    assert take(engine, 100, 1000, start + timedelta(days=3))[0] == 100
+    assert take(engine, 100, 1000, start + timedelta(seconds=2))[0] == 100
+
+
 def test_a_pause_holds_everyone(engine: Engine) -> None:
     start = utcnow()
     pause(engine, start + timedelta(seconds=30), "421 slow down", start)
