@@ -50,6 +50,9 @@ Claimed = tuple[OutboxMessage, Envelope | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
+#: Rows claimed per connection at a time: fewer claim round trips (the claim's latency
+#: was what held PostgreSQL back), yet each row is read and rendered seconds before it goes.
+CLAIM_PER_SLOT = 8
 
 
 def worker_name() -> str:
@@ -121,7 +124,8 @@ class Delivery:
 
     async def run(self) -> DeliveryReport:
         slots = self.settings.smtp_concurrency
-        queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=slots * 2)
+        # One batch waits in the queue while the next is claimed and rendered.
+        queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=slots * CLAIM_PER_SLOT)
         try:
             # A failure in one task cancels the others, so nothing waits on a dead queue.
             async with asyncio.TaskGroup() as tasks:
@@ -134,7 +138,7 @@ class Delivery:
 
     async def _produce(self, queue: asyncio.Queue[Claimed | None], slots: int) -> None:
         while not self.stop.is_set():
-            batch = await asyncio.to_thread(self._claim, slots * 2)
+            batch = await asyncio.to_thread(self._claim, slots * CLAIM_PER_SLOT)
             if not batch:
                 break
             for item in batch:
