@@ -214,5 +214,5 @@ def measure(sizes: list[int], window: float) -> list[Figure]:
 
 def run(quick: bool) -> list[Figure]:
     if quick:
-        return measure([10_000, 100_000], window=3)
+        return measure([10_000, 50_000], window=3)
     return measure([10_000, 100_000, 1_000_000], window=15)
