@@ -78,7 +78,7 @@ def _deliver(engine: Engine, result: Result, email: str | None = None) -> list[O
     with session_scope(engine) as session:
         for row in done:
             retry_now = Result(result.status, result.smtp_code, result.smtp_message, utcnow())
-            record(session, row, retry_now, "w1")
+            record(session, [(row, retry_now)], "w1")
     release(engine, "w1", [r.id for r in rows if r not in done and r.id is not None])
     return done
 
@@ -300,7 +300,7 @@ def test_retry_requeues_failed_or_bounced_but_never_a_row_in_flight(
     with session_scope(engine) as session:
         row = session.get(OutboxMessage, bounced.id)
         assert row is not None and row.status == OutboxStatus.sending and row.leased_by == "w2"
-        record(session, claimed, OK, "w2")
+        record(session, [(claimed, OK)], "w2")
     with session_scope(engine) as session:
         assert retry_message(session, bounced.id, utcnow()) is False  # sent: untouched
     statuses = [e.status for e in _log(engine)]
