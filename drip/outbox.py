@@ -91,12 +91,17 @@ def claim(
     lease_until = now + lease
     due = and_(OutboxMessage.next_attempt_at <= now)
     pick = select(OutboxMessage.id).where(due).order_by(OutboxMessage.next_attempt_at).limit(limit)
-    if not is_sqlite(engine):
-        # Rows another worker is claiming right now are skipped, not waited for.
-        pick = pick.with_for_update(skip_locked=True)
+    if is_sqlite(engine):
+        chosen = OutboxMessage.id.in_(pick.scalar_subquery())
+    else:
+        # Rows another worker is claiming right now are skipped, not waited for. The pick
+        # is a MATERIALIZED CTE: as a plain subquery, a nested-loop plan may run it again
+        # for each row, each time skipping the rows just updated, and claim every due row.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen = OutboxMessage.id.in_(select(picked.c.id))
     stmt = (
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(pick.scalar_subquery()))
+        .where(chosen)
         .where(due)
         .values(
             status=OutboxStatus.sending,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text, update
 
 from drip.clock import utcnow
-from drip.db import session_scope
+from drip.db import get_engine, session_scope
 from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
 from drip.outbox import (
     NewMessage,
@@ -20,6 +20,7 @@ from drip.outbox import (
     record,
     release,
 )
+from tests.conftest import truncate_pg
 
 LEASE = timedelta(minutes=5)
 
@@ -158,3 +159,21 @@ def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
         t.join()
     every = [i for ids in got.values() for i in ids]
     assert len(every) == 300 and len(set(every)) == 300
+
+
+def test_a_claim_takes_its_limit_even_when_the_planner_expects_nothing_due(
+    pg_url: str,
+) -> None:
+    """PostgreSQL, statistics taken while nothing was due (a quiet outbox full of sent
+    rows), then a burst arrives: the claim must still lease `limit` rows, not all of them."""
+    engine = get_engine(pg_url)
+    truncate_pg(engine)
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(n) for n in range(20_000)], "example.com")
+        session.execute(update(OutboxMessage).values(status="sent", next_attempt_at=None))
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE outbox"))
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(n) for n in range(20_000, 20_500)], "example.com")
+    assert len(claim(engine, "w1", utcnow(), 8, LEASE)) == 8
+    assert _count(engine, OutboxMessage.status == OutboxStatus.sending) == 8
