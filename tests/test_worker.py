@@ -82,7 +82,9 @@ def test_a_worker_killed_ten_times_mid_send_loses_nothing(
             return max(deadline - time.monotonic(), 0.1)
 
         marks: list[int] = []  # messages received when each kill had taken effect
-        for target in kill_points(rng, TOTAL, KILLS, gap=150):
+        for point in kill_points(rng, TOTAL, KILLS, gap=150):
+            # Never a kill before the new worker has sent something of its own.
+            target = max(point, marks[-1] + 50 if marks else 0)
             worker = start_worker(settings, log)
             try:
                 running_until(worker, lambda: len(sink.ids) >= target, left(), log)  # noqa: B023
@@ -132,16 +134,17 @@ def test_a_worker_killed_ten_times_mid_send_loses_nothing(
 def running_until(
     worker: subprocess.Popen[bytes], predicate: Callable[[], bool], timeout: float, log: Path
 ) -> None:
-    """Wait for `predicate` while the worker runs; a worker that dies fails the test at once."""
-
-    def done() -> bool:
+    """Wait for `predicate` while the worker runs; a worker that dies fails the test at once.
+    Polled every 10 ms, so a kill lands close to its count however fast delivery gets."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
         if worker.poll() is not None:
             raise AssertionError(
                 f"the worker exited ({worker.returncode}): {log.read_text()[-2000:]}"
             )
-        return predicate()
-
-    wait_until(done, timeout, "the worker")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; the worker's log ends: {log.read_text()[-2000:]}")
+        time.sleep(0.01)
 
 
 def sent_in_log(engine: Engine) -> Counter[str]:
