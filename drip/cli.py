@@ -102,12 +102,12 @@ def dev(
             f"DRIP_SMTP_PORT: the mail catcher cannot listen on "
             f"{settings.smtp_host}:{settings.smtp_port} ({exc})"
         ) from None
-    password = settings.admin_password.get_secret_value() if settings.admin_password else ""
+    # Show the password only when drip made it up; one the operator set stays unprinted.
+    made = overrides.get("admin_password")
+    login = f"password {made}" if made else "the password in DRIP_ADMIN_PASSWORD"
     console.print(f"[bold]drip dev[/] is running.\n  Sign up:  {settings.base_url}/")
     console.print(f"  Caught mail: {settings.base_url}/admin/outbox")
-    console.print(
-        f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, password {password})"
-    )
+    console.print(f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, {login})")
     console.print(f"  Mail catcher on {settings.smtp_host}:{settings.smtp_port}; Ctrl-C stops.")
 
     async def main() -> None:
@@ -169,7 +169,7 @@ def tick(
     _ready(settings)
     try:
         when: datetime | None = parse_instant(now) if now else None
-    except ValueError:
+    except (ValueError, OverflowError):
         raise typer.BadParameter(f"not an ISO-8601 time: {now!r}", param_hint="--now") from None
     report = asyncio.run(run_pass(settings, when))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.delivery.counts.items()))

@@ -91,8 +91,10 @@ def test_tick_delivers_at_the_given_time(
     assert result.returncode == 0, result.stderr
     assert "1 sent" in result.stdout
     assert len(recorder.wait_for(1)) == 1
-    result = drip("tick", "--now", "yesterday", env=_env(settings))
-    assert result.returncode == 2 and "--now" in result.stderr
+    for bad in ("yesterday", "0001-01-01T00:00:00+01:00"):  # the second is before year 1 in UTC
+        result = drip("tick", "--now", bad, env=_env(settings))
+        assert result.returncode == 2 and "--now" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
     assert [r.status for r in outbox(engine)] == ["sent"]
 
 

@@ -228,10 +228,6 @@ def test_a_bad_setting_is_named_without_showing_a_secret(
     assert "canary-short" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drip/cli.py dev() prints DRIP_ADMIN_PASSWORD even when the operator set it",
-)
 def test_drip_dev_prints_only_a_password_it_made(tmp_path: Path) -> None:
     """`drip dev` shows the admin password it generates (the contract), never one the
     operator set, nor the secret key or the SMTP password."""
