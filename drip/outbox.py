@@ -147,7 +147,7 @@ def record(
         return set()
     now = utcnow()
     session.execute(
-        insert(DeliveryAttempt),
+        insert(DeliveryAttempt.__table__),
         [
             {
                 "outbox_id": message.id,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from drip.clock import utcnow
@@ -124,30 +124,50 @@ def after_send(
 ) -> None:
     """Welcomes or lessons went out: schedule each one's next lesson, or finish the course.
 
-    Reads every subscriber's progress and history in two queries, as delivery
-    records a whole batch of sends in one transaction.
+    Delivery records a whole batch of sends in one transaction, so this reads the
+    batch's progress and history in two queries and writes it back in one statement.
     """
+    progress = CourseProgress.__table__.c
     found = session.execute(
-        select(CourseProgress, Subscriber)
-        .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
-        .where(CourseProgress.subscriber_id.in_(subscriber_ids))  # type: ignore[attr-defined]
+        select(progress.subscriber_id, progress.started_at, progress.finished_at)
+        .add_columns(Subscriber.status, Subscriber.timezone)
+        .join(Subscriber, Subscriber.id == progress.subscriber_id)
+        .where(progress.subscriber_id.in_(subscriber_ids))
     ).all()
-    history = _queued_slugs_of(session, [progress.subscriber_id for progress, _ in found])
-    for progress, subscriber in found:
-        queued = history.get(progress.subscriber_id, set())
-        progress.lessons_sent = len(queued)
-        progress.last_sent_at = sent_at
+    history = _queued_slugs_of(session, [row.subscriber_id for row in found])
+    changes = []
+    for row in found:
+        queued = history.get(row.subscriber_id, set())
         lesson = next_lesson(course, queued)
-        if lesson is None or subscriber.status != SubscriberStatus.active:
-            progress.next_due_at = None
-            progress.finished_at = sent_at if lesson is None else progress.finished_at
-        else:
-            base = progress.started_at if not queued else sent_at
+        due, finished = None, row.finished_at
+        if lesson is None:
+            finished = sent_at
+        elif row.status == SubscriberStatus.active:
+            base = row.started_at if not queued else sent_at
             due = max(base + pace.delay(lesson.delay_days), sent_at)
             if pace.uses_window:
-                due = into_window(due, subscriber.timezone, course)
-            progress.next_due_at = due
-        session.add(progress)
+                due = into_window(due, row.timezone, course)
+        changes.append(
+            {
+                "p_id": row.subscriber_id,
+                "p_lessons": len(queued),
+                "p_last": sent_at,
+                "p_due": due,
+                "p_finished": finished,
+            }
+        )
+    if changes:
+        session.execute(
+            update(CourseProgress.__table__)
+            .where(progress.subscriber_id == bindparam("p_id"))
+            .values(
+                lessons_sent=bindparam("p_lessons"),
+                last_sent_at=bindparam("p_last"),
+                next_due_at=bindparam("p_due"),
+                finished_at=bindparam("p_finished"),
+            ),
+            changes,
+        )
 
 
 def queue_due_lessons(
