@@ -195,8 +195,8 @@ def workers(box: Sink, processes: int, count: int) -> float:
 
 
 def run(quick: bool) -> list[Figure]:
-    count = 2_000 if quick else 20_000
-    scaling = 2_000 if quick else 10_000
+    count = 2_000 if quick else 10_000
+    scaling = 2_000 if quick else 5_000
     figures: list[Figure] = []
     with sink() as box:
         top = ceiling(box, count)
