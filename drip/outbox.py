@@ -165,6 +165,7 @@ def record(
     for message, result in results:
         by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
     moved: set[int] = set()
+    table = OutboxMessage.__table__
     for result, ids in by_result.items():
         values: dict[str, Any] = {
             "status": result.status,
@@ -179,13 +180,12 @@ def record(
             values["sent_at"] = now
         moved.update(
             session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids))
-                .where(OutboxMessage.leased_by == worker)
-                .where(OutboxMessage.status == OutboxStatus.sending)
+                update(table)
+                .where(table.c.id.in_(ids))
+                .where(table.c.leased_by == worker)
+                .where(table.c.status == OutboxStatus.sending)
                 .values(**values)
-                .returning(OutboxMessage.id)
-                .execution_options(synchronize_session=False)
+                .returning(table.c.id)
             ).scalars()
         )
     return moved
