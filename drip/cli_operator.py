@@ -34,16 +34,15 @@ from drip.sendlog import (
     LOG_STATUSES,
     LogEntry,
     LogFilter,
-    SubscriberFilter,
     entries,
     follow,
     follow_start,
     iso,
-    list_subscribers,
     parse_since,
 )
 from drip.settings import Settings, load_settings
 from drip.signup import clean_name
+from drip.subscriber_view import SubscriberFilter, list_subscribers
 from drip.subscribers import activate, add_subscriber, queue_confirmation
 
 

@@ -3,8 +3,9 @@
 Every route goes through `_AdminRoute`, which checks HTTP Basic credentials before
 FastAPI reads a single parameter and puts security headers on every answer, so no
 page can forget either. Actions are POST forms carrying a CSRF token (an HMAC of the
-admin user under a key made at start), and the routes stay thin: the queries and
-the changes live in drip.sendlog and drip.subscribers.
+admin user under a key made at start), and the routes stay thin: the queries live in
+drip.dashboard, drip.sendlog and drip.subscriber_view, the changes in
+drip.operator_actions and drip.subscribers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
 from drip.clock import utcnow
+from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.models import (
     FINAL_STATUSES,
@@ -46,25 +48,16 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.sendlog import (
-    KINDS,
-    LOG_STATUSES,
-    MAX_ID,
+from drip.operator_actions import (
     RETRYABLE,
-    Dashboard,
-    LogFilter,
-    SubscriberFilter,
     anonymous_address,
-    dashboard,
-    entries,
     forget_subscriber,
-    list_subscribers,
-    parse_since,
     retry_message,
     subscriber_data,
-    timeline,
 )
+from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_since
 from drip.settings import Settings
+from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline
 from drip.subscribers import leave
 
 TEMPLATES = Path(__file__).with_name("templates")

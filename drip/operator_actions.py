@@ -1,0 +1,185 @@
+"""What the operator does from /admin: retry a message, export or erase a subscriber's data.
+
+Here rather than in the routes, so each change is one function on a session that tests
+call directly. Erasing keeps the rows, anonymised, so the dashboard's counts stay put.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlmodel import Session
+
+from drip.models import (
+    CourseProgress,
+    DeliveryAttempt,
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from drip.sendlog import iso
+from drip.subscriber_view import timeline
+from drip.subscribers import leave
+from drip.tokens import new_salt
+
+RETRYABLE = (OutboxStatus.failed, OutboxStatus.bounced)
+
+
+def retry_message(session: Session, outbox_id: int, now: datetime) -> bool:
+    """Queue a failed or bounced message again; False if it is in any other state.
+
+    The status test is in the UPDATE itself, so a row a worker holds (`sending`) or
+    has since sent is never touched. A subscriber suppressed by a bounce is let back
+    in (their status follows the message's kind), or the retry would only be skipped;
+    one who unsubscribed or complained stays out.
+    """
+    o = OutboxMessage
+    row = session.get(o, outbox_id)
+    if row is None:
+        return False
+    moved = session.execute(
+        update(o)
+        .where(o.id == outbox_id, o.status.in_(RETRYABLE))
+        .values(
+            status=OutboxStatus.queued,
+            next_attempt_at=now,
+            lease_until=None,
+            leased_by=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
+    if subscriber is not None and subscriber.status == SubscriberStatus.bounced:
+        confirm = row.kind == MessageKind.confirm
+        subscriber.status = SubscriberStatus.pending if confirm else SubscriberStatus.active
+        session.add(subscriber)
+    return True
+
+
+def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | None:
+    """Everything drip holds about one person (GDPR access), JSON-ready; tokens excluded."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+
+    def when(value: datetime | None) -> str | None:
+        return iso(value) if value else None
+
+    progress = session.get(CourseProgress, subscriber_id)
+    return {
+        "subscriber": {
+            "id": subscriber.id,
+            "email": subscriber.email,
+            "name": subscriber.name,
+            "status": str(subscriber.status),
+            "timezone": subscriber.timezone,
+            "created_at": when(subscriber.created_at),
+            "consent_at": when(subscriber.consent_at),
+            "consent_source": subscriber.consent_source,
+            "consent_ip": subscriber.consent_ip,
+            "confirmed_at": when(subscriber.confirmed_at),
+            "unsubscribed_at": when(subscriber.unsubscribed_at),
+        },
+        "course": None
+        if progress is None
+        else {
+            "started_at": when(progress.started_at),
+            "lessons_sent": progress.lessons_sent,
+            "last_sent_at": when(progress.last_sent_at),
+            "next_due_at": when(progress.next_due_at),
+            "finished_at": when(progress.finished_at),
+        },
+        "messages": [
+            {
+                "kind": str(item.message.kind),
+                "template": item.message.template,
+                "email": item.message.email,
+                "status": str(item.message.status),
+                "created_at": when(item.message.created_at),
+                "sent_at": when(item.message.sent_at),
+                "message_id": item.message.message_id,
+                "attempts": [
+                    {
+                        "at": when(a.at),
+                        "status": str(a.status),
+                        "smtp_code": a.smtp_code,
+                        "smtp_message": a.smtp_message,
+                    }
+                    for a in item.attempts
+                ],
+            }
+            for item in timeline(session, subscriber_id, limit=100_000)
+        ],
+    }
+
+
+def anonymous_address(subscriber_id: int) -> str:
+    return f"deleted-{subscriber_id}@invalid"
+
+
+def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bool:
+    """Erase a person's data (GDPR) and keep the anonymous counts.
+
+    Nothing more is sent (queued mail becomes `skipped`); the address, name, IP and
+    tokens are replaced by values that lead nowhere, in the subscriber row, in every
+    outbox row and inside SMTP replies that quoted the address. The rows themselves
+    stay, so sent/bounced counts and course statistics do not change.
+    """
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return False
+    keep_out = subscriber.status in (SubscriberStatus.pending, SubscriberStatus.active)
+    status = SubscriberStatus.unsubscribed if keep_out else subscriber.status
+    leave(session, subscriber, status, now, "the subscriber's data was deleted")
+    old = {subscriber.email, subscriber.email_key}
+    anon = anonymous_address(subscriber_id)
+    subscriber.email = subscriber.email_key = anon
+    subscriber.name = ""
+    subscriber.consent_ip = None
+    subscriber.consent_source = "deleted"
+    subscriber.timezone = "UTC"
+    subscriber.token_salt = new_salt()
+    # Random hashes: no token, old or new, can match them.
+    subscriber.confirm_token_hash = secrets.token_hex(32)
+    subscriber.unsubscribe_token_hash = secrets.token_hex(32)
+    session.add(subscriber)
+
+    o = OutboxMessage
+    mine = or_(o.subscriber_id == subscriber_id, o.email.in_(old))
+    ids = list(session.execute(select(o.id).where(mine)).scalars())
+    if not ids:
+        return True
+    session.execute(
+        update(o)
+        .where(o.id.in_(ids))
+        .values(email=anon)
+        .execution_options(synchronize_session=False)
+    )
+    pattern = re.compile("|".join(re.escape(a) for a in sorted(old)), re.IGNORECASE)
+    replies = session.execute(
+        select(o.id, o.last_smtp_message).where(o.id.in_(ids), o.last_smtp_message.is_not(None))  # type: ignore[union-attr]
+    ).all()
+    for ident, text in replies:
+        if pattern.search(text):
+            session.execute(
+                update(o).where(o.id == ident).values(last_smtp_message=pattern.sub(anon, text))
+            )
+    a = DeliveryAttempt
+    logged = session.execute(
+        select(a.id, a.smtp_message).where(a.outbox_id.in_(ids), a.smtp_message.is_not(None))  # type: ignore[union-attr]
+    ).all()
+    for ident, text in logged:
+        if pattern.search(text):
+            session.execute(
+                update(a).where(a.id == ident).values(smtp_message=pattern.sub(anon, text))
+            )
+    return True
