@@ -1,8 +1,8 @@
 """Operator commands: `drip logs` and `drip subscribers list / import / export`.
 
-Thin over drip.sendlog and drip.subscribers, so the CLI and /admin answer the same
-questions the same way. drip/cli.py mounts `logs` and `subscribers_app`; its `main`
-turns SettingsError and DatabaseError into one plain line.
+Thin over drip.sendlog, drip.subscriber_view and drip.subscribers, so the CLI and
+/admin answer the same questions the same way. drip/cli.py mounts `logs` and
+`subscribers_app`; its `main` turns SettingsError and DatabaseError into one plain line.
 """
 
 from __future__ import annotations
