@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [send tick signup newsletter]`: run the benchmarks, print the table.
 
 Each benchmark module has `run(quick: bool) -> list[Figure]`. The full run takes a few
-minutes on two cores; --quick scales every workload down to about a minute in all.
+minutes on two cores; --quick scales every workload down, under two minutes in all.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small workloads, about a minute")
+    parser.add_argument("--quick", action="store_true", help="small workloads, under two minutes")
     parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(BENCHES)}")
     args = parser.parse_args()
     names = args.names or list(BENCHES)
