@@ -1,11 +1,12 @@
 """Deliver the outbox: claim due rows, render, send over SMTP, record each attempt.
 
-The one path every email takes. A row is claimed with a lease, rendered at send
-time (so an unsubscribe or a fixed template counts until the last moment), sent
-on one of DRIP_SMTP_CONCURRENCY reused connections, and its outcome and send-log
-row are committed before that connection sends again (the connections share one
-group commit). A crash between the 250 and that commit is the only way to send
-twice, and it can only affect the one message in flight on each connection.
+The one path every email takes. A row is claimed with a lease and rendered then,
+seconds before it is sent, not when it was queued (so an unsubscribe or a fixed
+template counts until the claim). It is sent on one of DRIP_SMTP_CONCURRENCY
+reused connections, and its outcome and send-log row are committed before that
+connection sends again (the connections share one group commit). A crash between
+the 250 and that commit is the only way to send twice, and it can only affect the
+one message in flight on each connection.
 """
 
 from __future__ import annotations
