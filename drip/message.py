@@ -11,7 +11,6 @@ refused if they hold a line break, so a name or subject can never inject a heade
 from __future__ import annotations
 
 import binascii
-import secrets
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import format_datetime, formataddr
@@ -106,8 +105,9 @@ def _text_part(subtype: str, text: str) -> str:
 
 
 def _multipart(subtype: str, parts: list[str]) -> str:
-    # "=_" cannot occur in quoted-printable or base64 text, so no body can hold the boundary.
-    boundary = f"=_drip_{secrets.token_hex(8)}"
+    # "=_" cannot occur in quoted-printable or base64 text, so no body can hold the
+    # boundary, and it needs no randomness; the subtype keeps nested parts apart.
+    boundary = f"=_drip_{subtype}"
     body = "".join(f"--{boundary}{CRLF}{part}{CRLF}" for part in parts)
     return (
         f'Content-Type: multipart/{subtype}; boundary="{boundary}"{CRLF}{CRLF}'
