@@ -25,10 +25,10 @@ from bench.report import Figure, at_least, info
 from bench.sink import Sink, sink
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
-from drip.delivery import Delivery
-from drip.message import Envelope
 from drip.models import CourseProgress, MessageKind, OutboxMessage, OutboxStatus, Subscriber
-from drip.outbox import NewMessage, dedupe_key, enqueue_many
+from drip.sending.delivery import Delivery
+from drip.sending.message import Envelope
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

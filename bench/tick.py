@@ -2,10 +2,10 @@
 
 For each size the database holds that many active subscribers on the course (see
 bench/population.py), the list grown in place from one size to the next:
-- nothing due: the median of several real passes (`drip.tick.run_pass`: the queue
+- nothing due: the median of several real passes (`drip.sending.tick.run_pass`: the queue
   step, the delivery claim that finds nothing, the heartbeat). Target < 50 ms at 1M:
   a pass must cost what is due, not what the list holds.
-- 1% due: the pass's queue step (`drip.tick.queue_due`, which queues every due
+- 1% due: the pass's queue step (`drip.sending.tick.queue_due`, which queues every due
   lesson) and the first delivery claim after it, then the lessons are taken back so
   the next size starts from the same state. Delivering them is bench/send.py's subject.
 1M runs on PostgreSQL, the backend for that scale; SQLite up to 100k.
@@ -25,9 +25,9 @@ from bench.report import Figure, info, under
 from drip.clock import utcnow
 from drip.course import load_course
 from drip.db import get_engine
-from drip.outbox import claim, release
+from drip.sending.outbox import claim, release
+from drip.sending.tick import queue_due, run_pass
 from drip.settings import Settings, load_settings
-from drip.tick import queue_due, run_pass
 
 BENCH = "tick"
 EMAILS = Path(__file__).resolve().parent.parent / "emails"

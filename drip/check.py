@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
-from drip.message import PackMissing, check_pack
 from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
+from drip.sending.message import PackMissing, check_pack
 from drip.settings import Settings, SettingsError
 
 REQUIRED_EMAILS = ("confirm", "welcome", "newsletter")

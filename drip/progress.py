@@ -27,7 +27,7 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from sqlmodel import Session
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import SubscriberStatus
-from drip.outbox import enqueue_many
+from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
     Newcomer,

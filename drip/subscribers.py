@@ -19,8 +19,8 @@ from sqlmodel import Session
 from drip.clock import utcnow
 from drip.course import load_course
 from drip.models import MessageKind, Subscriber, SubscriberStatus
-from drip.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
 from drip.progress import start_course, stop_course
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
 from drip.settings import Settings
 from drip.tokens import hash_token, new_salt, token_hashes
 

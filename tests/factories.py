@@ -11,9 +11,9 @@ from sqlmodel import Session
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
 from drip.models import DeliveryAttempt, OutboxMessage, Subscriber, SubscriberStatus
+from drip.sending.tick import PassReport, run_pass
 from drip.settings import Settings
 from drip.subscribers import activate, add_subscriber, queue_confirmation
-from drip.tick import PassReport, run_pass
 
 
 def subscriber(

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from drip.clock import utcnow
 from drip.db import read_scope, session_scope
 from drip.models import OutboxMessage, OutboxStatus
-from drip.outbox import Result, claim, record, release
+from drip.sending.outbox import Result, claim, record, release
 from drip.sendlog import LogEntry, LogFilter, entries
 from tests import mailserver
 from tests.mailserver import Recorder

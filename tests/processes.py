@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage
-from drip.outbox import NewMessage, enqueue_many
+from drip.sending.outbox import NewMessage, enqueue_many
 from drip.settings import Settings
 from tests.factories import many_active
 

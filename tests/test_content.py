@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drip.cli_content import pack_app, preview
+from drip.cli.content import pack_app, preview
 from drip.course import load_course
 from drip.render import SAMPLE_CONTEXT, Rendered, render_email, template_names
 
@@ -246,7 +246,7 @@ def test_newsletter_wraps_operator_content_and_keeps_the_subject_plain() -> None
 
 
 def _cli() -> typer.Typer:
-    """The two content commands mounted the way drip/cli.py mounts them."""
+    """The two content commands mounted the way drip/cli/__init__.py mounts them."""
     app = typer.Typer()
     app.add_typer(pack_app, name="pack")
     app.command("preview")(preview)

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import OutboxStatus, SendBudget, Subscriber, SubscriberStatus
+from drip.sending.tick import run_pass
 from drip.settings import Settings
-from drip.tick import run_pass
 from tests.conftest import EMAILS, make_settings
 from tests.factories import attempts, outbox, subscriber, tick
 from tests.mailserver import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import dkim
 import pytest
 
-from drip.message import Unaddressable, compose
 from drip.render import Rendered
+from drip.sending.message import Unaddressable, compose
 from drip.settings import Settings, load_settings
 
 RENDERED = Rendered(subject="Lesson 1 of 8: Trigger points", html="<p>Hi</p>", text="Hi\n")

@@ -132,7 +132,7 @@ def test_cli_dry_run_counts_and_queues_nothing(
 def test_queued_rows_are_the_outbox_rows_enqueue_would_write(
     settings: Settings, engine: Engine, letter_file: Path
 ) -> None:
-    from drip.outbox import NewMessage, dedupe_key, enqueue_many
+    from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 
     subs = many_active(engine, 30)
     letter = newsletter.parse(letter_file)

@@ -18,7 +18,7 @@ from drip.models import (
     SubscriberStatus,
 )
 from drip.operator_actions import forget_subscriber, retry_message, subscriber_data
-from drip.outbox import claim, record
+from drip.sending.outbox import claim, record
 from drip.settings import Settings
 from tests.factories import outbox, subscriber, tick
 from tests.mailserver import Recorder

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select, text, update
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
 from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
-from drip.outbox import (
+from drip.sending.outbox import (
     NewMessage,
     Result,
     claim,

@@ -11,7 +11,7 @@ import typer
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
-from drip.cli_content import pack_app
+from drip.cli.content import pack_app
 from drip.pack import PackError, build_pack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_bad_source_is_refused_with_a_reason(tmp_path: Path, text: str, message:
 def _cli() -> typer.Typer:
     app = typer.Typer()
     app.add_typer(pack_app, name="pack")
-    app.command("noop")(lambda: None)  # a second command, as in drip/cli.py
+    app.command("noop")(lambda: None)  # a second command, as in drip/cli/__init__.py
     return app
 
 

@@ -10,8 +10,8 @@ from drip.clock import utcnow
 from drip.course import load_course
 from drip.db import session_scope
 from drip.models import CourseProgress, MessageKind, OutboxMessage, Subscriber, SubscriberStatus
-from drip.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.progress import queue_due_lessons
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
 from tests.conftest import EMAILS
 from tests.factories import many_active, outbox

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from drip.clock import utcnow
-from drip.ratelimit import pause, take
+from drip.sending.ratelimit import pause, take
 
 
 def test_the_bucket_refills_at_the_rate(engine: Engine) -> None:

@@ -184,7 +184,7 @@ def test_two_workers_deliver_the_course_without_a_duplicate(
     import asyncio
     import threading
 
-    from drip.tick import run_pass
+    from drip.sending.tick import run_pass
 
     course = load_course(settings.emails_dir)
     readers = 30

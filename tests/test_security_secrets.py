@@ -153,7 +153,7 @@ def test_no_command_page_or_log_shows_a_secret(
     finally:
         stop(worker)
     outputs["drip worker"] = worker_log.read_text()
-    assert "drip.worker" in outputs["drip worker"]  # its log lines are in there
+    assert "drip.sending.worker" in outputs["drip worker"]  # its log lines are in there
 
     logs = run(env, tmp_path, "logs", "--json")
     outputs["drip logs --json"] = logs.stdout + logs.stderr

@@ -11,7 +11,7 @@ from drip import sendlog
 from drip.clock import utcnow
 from drip.db import read_scope, session_scope
 from drip.models import MessageKind
-from drip.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
 from drip.sendlog import CONTRACT_FIELDS, LogFilter, follow, follow_start
 from drip.settings import Settings
 from tests.factories import subscriber

@@ -16,7 +16,7 @@ from drip import signup
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
-from drip.outbox import enqueue
+from drip.sending.outbox import enqueue
 from drip.settings import Settings
 from drip.subscribers import (
     activate,

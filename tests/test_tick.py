@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
-from drip import tick
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import CourseProgress, MessageKind, OutboxMessage
+from drip.sending import tick
 from drip.settings import Settings
 from tests.factories import many_active
 

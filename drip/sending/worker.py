@@ -17,12 +17,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drip.clock import utcnow
 from drip.course import load_course
-from drip.delivery import worker_name
-from drip.message import check_pack
+from drip.sending.delivery import worker_name
+from drip.sending.message import check_pack
+from drip.sending.tick import run_pass
 from drip.settings import Settings
-from drip.tick import run_pass
 
-log = logging.getLogger("drip.worker")
+log = logging.getLogger("drip.sending.worker")
 
 
 def preflight(settings: Settings) -> None:

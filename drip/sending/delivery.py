@@ -27,7 +27,6 @@ from sqlmodel import Session
 
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
-from drip.message import Envelope, PackMissing, Unaddressable, compose
 from drip.models import (
     MessageKind,
     Newsletter,
@@ -36,11 +35,12 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.outbox import Result, claim, record, release
 from drip.progress import Pace, after_send
-from drip.ratelimit import Limiter
 from drip.render import RenderError, render_email
-from drip.sender import Connection, Outcome, Verdict
+from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
+from drip.sending.outbox import Result, claim, record, release
+from drip.sending.ratelimit import Limiter
+from drip.sending.sender import Connection, Outcome, Verdict
 from drip.settings import Settings
 from drip.subscribers import leave
 from drip.tokens import make_token

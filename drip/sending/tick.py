@@ -17,9 +17,9 @@ from sqlmodel import Session
 from drip.clock import utcnow
 from drip.course import load_course
 from drip.db import get_engine, session_scope
-from drip.delivery import Clock, Delivery, DeliveryReport, worker_name
 from drip.models import CourseProgress, WorkerHeartbeat
 from drip.progress import queue_due_lessons
+from drip.sending.delivery import Clock, Delivery, DeliveryReport, worker_name
 from drip.settings import Settings
 
 QUEUE_BATCH = 500

@@ -15,11 +15,13 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
+from drip.cli.content import pack_app, preview
+from drip.cli.operator import logs, subscribers_app
 from drip.clock import parse_instant
 from drip.course import CourseError
 from drip.db import DatabaseError, ensure_schema, get_engine, upgrade
-from drip.message import PackMissing
 from drip.newsletter import NewsletterError
+from drip.sending.message import PackMissing
 from drip.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -75,8 +77,8 @@ def dev(
     import uvicorn
 
     from drip.catcher import start_catcher
+    from drip.sending.worker import preflight, run_worker
     from drip.web.app import create_app
-    from drip.worker import preflight, run_worker
 
     base = load_settings()
     overrides: dict[str, Any] = {}
@@ -146,7 +148,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 @app.command()
 def worker() -> None:
     """The scheduler only: a pass every DRIP_WORKER_INTERVAL seconds until SIGTERM."""
-    from drip.worker import preflight, run_worker
+    from drip.sending.worker import preflight, run_worker
 
     settings = load_settings()
     _ready(settings)
@@ -162,7 +164,7 @@ def tick(
     ] = None,
 ) -> None:
     """One scheduler pass, then exit: queue what is due at --now and deliver the outbox."""
-    from drip.tick import run_pass
+    from drip.sending.tick import run_pass
 
     settings = load_settings()
     settings.require_secret()
@@ -235,27 +237,10 @@ def newsletter_send(
     )
 
 
-def _optional_commands() -> None:
-    """Commands whose modules land separately; each is wired here once it exists."""
-    try:
-        from drip.cli_content import pack_app, preview
-
-        app.add_typer(pack_app, name="pack", help="The information pack PDF.")
-        app.command("preview")(preview)
-    except ImportError:
-        pass
-    try:
-        from drip.cli_operator import logs, subscribers_app
-
-        app.command("logs")(logs)
-        app.add_typer(
-            subscribers_app, name="subscribers", help="List, import and export subscribers."
-        )
-    except ImportError:
-        pass
-
-
-_optional_commands()
+app.add_typer(pack_app, name="pack", help="The information pack PDF.")
+app.command("preview")(preview)
+app.command("logs")(logs)
+app.add_typer(subscribers_app, name="subscribers", help="List, import and export subscribers.")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import aiosmtplib
 
-from drip.message import Envelope
+from drip.sending.message import Envelope
 from drip.settings import Settings
 
 IDLE_RECONNECT_SECONDS = 60.0
