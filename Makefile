@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-packages
+
+# What the tests talk to, from Debian's packages: `command=package` (a command or a path).
+TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,11 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/drip dev
 
-test: $(TEST_STAMP)
+system-packages:
+	@scripts/system-packages.sh $(TEST_PACKAGES)
+	@scripts/postgres.sh
+
+test: $(TEST_STAMP) system-packages
 	$(BIN)/ruff check drip tests bench scheduler.py
 	$(BIN)/python -m pytest -n 2 -m "not exclusive"
 	$(BIN)/python -m pytest -m exclusive
