@@ -3,7 +3,12 @@
 SQLite allows one writer at a time. WAL lets readers carry on beside it, the busy
 timeout makes a writer wait instead of failing, and every transaction starts with
 BEGIN IMMEDIATE: a deferred read that later upgrades to a write fails with
-SQLITE_BUSY whatever the timeout (see shared/DESIGN.md).
+SQLITE_BUSY whatever the timeout.
+
+This module is also the one place where the two databases differ in SQL: a
+conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
+BEGIN IMMEDIATE already holds the write lock) and picking rows other transactions are
+not holding. Other modules call these helpers and never ask which database it is.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlmodel import Session
+from sqlalchemy.sql.dml import Insert
+from sqlmodel import Session, SQLModel
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
@@ -27,8 +34,64 @@ class DatabaseError(Exception):
     """The database cannot be used; the message says why in plain words."""
 
 
-def is_sqlite(engine: Engine) -> bool:
+#: Where a helper needs the database: a session, a connection or the engine.
+Bind = Session | Connection | Engine
+
+
+def _is_sqlite(bind: Bind) -> bool:
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
     return engine.dialect.name == "sqlite"
+
+
+def _table(model: type[SQLModel] | Table) -> Table:
+    table = model if isinstance(model, Table) else model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def insert_ignoring(
+    bind: Bind, model: type[SQLModel] | Table, key: list[str] | None = None
+) -> Insert:
+    """A Core INSERT that skips rows whose unique `key` columns already exist
+    (ON CONFLICT DO NOTHING; any unique constraint when `key` is None)."""
+    dialect_insert = sqlite.insert if _is_sqlite(bind) else postgresql.insert
+    return dialect_insert(_table(model)).on_conflict_do_nothing(index_elements=key)
+
+
+def for_update(
+    bind: Bind, stmt: Select[Any], *, skip_locked: bool = False, of: Any = None
+) -> Select[Any]:
+    """`stmt` locking the rows it reads until the transaction ends, where that takes
+    a row lock: PostgreSQL. On SQLite, BEGIN IMMEDIATE already holds the one write lock.
+
+    `skip_locked`: rows another transaction holds are left out, not waited for.
+    """
+    if _is_sqlite(bind):
+        return stmt
+    return stmt.with_for_update(skip_locked=skip_locked, of=of)
+
+
+def unlocked(bind: Bind, pick: Select[Any]) -> Any:
+    """The rows of `pick` (one column) that no other transaction is holding, locked for
+    this one, as something to test a column against: `column.in_(unlocked(...))`.
+
+    On PostgreSQL the pick is a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED: as a
+    plain subquery, a nested-loop plan may run it again for each row, each time
+    skipping the rows just updated, and so take every row. SQLite serialises writers.
+    """
+    if _is_sqlite(bind):
+        return pick.scalar_subquery()
+    picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+    return select(*picked.c)
+
+
+def lock(session: Session, row: SQLModel) -> None:
+    """Read `row` again, locked until the transaction ends: a second transaction doing
+    the same waits, then sees what the first wrote (SQLite: BEGIN IMMEDIATE already did)."""
+    if not _is_sqlite(session):
+        session.refresh(row, with_for_update=True)
+    else:
+        session.refresh(row)
 
 
 def _tune_sqlite(engine: Engine) -> None:

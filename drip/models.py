@@ -65,10 +65,14 @@ class OutboxStatus(StrEnum):
     skipped = "skipped"
 
 
-#: Statuses a message never leaves.
+#: Statuses a message never leaves (but for an operator's retry of a RETRYABLE one).
 FINAL_STATUSES = frozenset(
     {OutboxStatus.sent, OutboxStatus.failed, OutboxStatus.bounced, OutboxStatus.skipped}
 )
+#: Statuses a worker may still act on: waiting for their first or next attempt.
+PENDING_STATUSES = (OutboxStatus.queued, OutboxStatus.deferred)
+#: Statuses an operator may queue again.
+RETRYABLE_STATUSES = (OutboxStatus.failed, OutboxStatus.bounced)
 
 
 class Subscriber(SQLModel, table=True):

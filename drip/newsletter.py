@@ -16,11 +16,10 @@ from email.utils import make_msgid
 from pathlib import Path
 
 from sqlalchemy import JSON, Engine, String, cast, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from drip.clock import utcnow
-from drip.db import session_scope
+from drip.db import insert_ignoring, session_scope
 from drip.models import (
     MessageKind,
     Newsletter,
@@ -31,6 +30,7 @@ from drip.models import (
     UTCDateTime,
 )
 from drip.render import SAMPLE_CONTEXT, Rendered, render_email
+from drip.sending.outbox import dedupe_key_sql
 from drip.settings import Settings
 
 #: Subscribers per transaction: big enough that round trips do not count, small enough
@@ -169,7 +169,7 @@ def _enqueue_range(
     left = make_msgid(domain=domain)[1:].rsplit("@", 1)[0]
     subscriber_id = cast(Subscriber.id, String)
     rows = select(
-        literal(f"{MessageKind.newsletter}:{newsletter_id}:subscriber:") + subscriber_id,
+        dedupe_key_sql(MessageKind.newsletter, Subscriber.id, newsletter_id),
         literal(str(MessageKind.newsletter)),
         literal("newsletter"),
         Subscriber.id,
@@ -204,8 +204,6 @@ def _enqueue_range(
         "created_at",
         "updated_at",
     ]
-    dialect = session.get_bind().dialect.name
-    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(OutboxMessage)
-    stmt = insert.from_select(columns, rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    stmt = insert_ignoring(session, OutboxMessage, ["dedupe_key"]).from_select(columns, rows)
     # Counted from RETURNING: the driver's rowcount for INSERT ... SELECT is not reliable here.
     return len(session.execute(stmt.returning(OutboxMessage.id)).all())

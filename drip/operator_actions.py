@@ -19,43 +19,24 @@ from drip.models import (
     DeliveryAttempt,
     MessageKind,
     OutboxMessage,
-    OutboxStatus,
     Subscriber,
     SubscriberStatus,
 )
+from drip.sending.outbox import retry
 from drip.sendlog import iso
 from drip.subscriber_view import timeline
 from drip.subscribers import leave
 from drip.tokens import new_salt
 
-RETRYABLE = (OutboxStatus.failed, OutboxStatus.bounced)
-
 
 def retry_message(session: Session, outbox_id: int, now: datetime) -> bool:
-    """Queue a failed or bounced message again; False if it is in any other state.
-
-    The status test is in the UPDATE itself, so a row a worker holds (`sending`) or
-    has since sent is never touched. A subscriber suppressed by a bounce is let back
-    in (their status follows the message's kind), or the retry would only be skipped;
-    one who unsubscribed or complained stays out.
+    """Queue a failed or bounced message again (`outbox.retry`); False if it is in any
+    other state. A subscriber suppressed by a bounce is let back in (their status
+    follows the message's kind), or the retry would only be skipped; one who
+    unsubscribed or complained stays out.
     """
-    o = OutboxMessage
-    row = session.get(o, outbox_id)
-    if row is None:
-        return False
-    moved = session.execute(
-        update(o)
-        .where(o.id == outbox_id, o.status.in_(RETRYABLE))
-        .values(
-            status=OutboxStatus.queued,
-            next_attempt_at=now,
-            lease_until=None,
-            leased_by=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    row = session.get(OutboxMessage, outbox_id)
+    if row is None or not retry(session, outbox_id, now):
         return False
     subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     if subscriber is not None and subscriber.status == SubscriberStatus.bounced:

@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from drip.clock import utcnow
 from drip.course import Course, Lesson
+from drip.db import for_update
 from drip.models import (
     CourseProgress,
     MessageKind,
@@ -186,10 +187,8 @@ def queue_due_lessons(
         .order_by(CourseProgress.next_due_at)
         .limit(limit)
     )
-    if session.get_bind().dialect.name != "sqlite":
-        # Workers queuing side by side each take rows the others are not holding.
-        stmt = stmt.with_for_update(skip_locked=True, of=CourseProgress)
-    due = session.execute(stmt).all()
+    # Workers queuing side by side each take rows the others are not holding.
+    due = session.execute(for_update(session, stmt, skip_locked=True, of=CourseProgress)).all()
     if not due:
         return 0
     # The next due time is set when this lesson is sent.

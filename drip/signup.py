@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from drip.clock import utcnow
-from drip.db import session_scope
+from drip.db import lock, session_scope
 from drip.models import SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
@@ -299,10 +299,9 @@ def confirm(
     subscriber = find_by_token(session, token, "confirm")
     if subscriber is None:
         return Confirmation.unknown
-    # Two clicks at once (or a mail scanner racing the reader): on PostgreSQL the row
-    # lock makes the second wait and then see "active"; SQLite's BEGIN IMMEDIATE
-    # already serialises writers, and its dialect drops FOR UPDATE.
-    session.refresh(subscriber, with_for_update=True)
+    # Two clicks at once (or a mail scanner racing the reader): the second waits for
+    # the first, then sees "active".
+    lock(session, subscriber)
     if subscriber.status == SubscriberStatus.active:
         return Confirmation.already
     if subscriber.status != SubscriberStatus.pending:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from drip.clock import utcnow
 from drip.course import load_course
+from drip.db import insert_ignoring
 from drip.models import MessageKind, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
@@ -119,12 +119,8 @@ def insert_new(
                 "unsubscribe_token_hash": unsubscribe_hash,
             }
         )
-    dialect = session.get_bind().dialect.name
     table = Subscriber.__table__  # Core, not the ORM's bulk path: less work per row
-    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
-    stmt = insert.on_conflict_do_nothing(index_elements=["email_key"]).returning(
-        table.c.id, table.c.email_key
-    )
+    stmt = insert_ignoring(session, table, ["email_key"]).returning(table.c.id, table.c.email_key)
     return {key: id_ for id_, key in session.execute(stmt, rows).all()}
 
 

@@ -14,16 +14,19 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Engine, String, and_, cast, insert, literal, select, update
 from sqlmodel import Session
 
 from drip.clock import utcnow
-from drip.db import is_sqlite, session_scope
-from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
-
-#: Statuses a worker may still act on.
-PENDING = (OutboxStatus.queued, OutboxStatus.deferred)
+from drip.db import insert_ignoring, session_scope, unlocked
+from drip.models import (
+    PENDING_STATUSES,
+    RETRYABLE_STATUSES,
+    DeliveryAttempt,
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,26 @@ class NewMessage:
     context: dict[str, Any] | None = None
 
 
-def dedupe_key(kind: MessageKind | str, subscriber_id: int, item: str | int | None = None) -> str:
+#: A row no worker holds: what claiming sets, every other move clears.
+LEASE_CLEARED: dict[str, Any] = {"lease_until": None, "leased_by": None}
+
+
+def _dedupe_prefix(kind: MessageKind | str, item: str | int | None) -> str:
     middle = f"{kind}:{item}" if item is not None else str(kind)
-    return f"{middle}:subscriber:{subscriber_id}"
+    return f"{middle}:subscriber:"
 
 
-def _insert(session: Session) -> Any:
-    """A Core insert on the table: the ORM's bulk-insert path costs more and adds nothing here."""
-    dialect = session.get_bind().dialect.name
-    return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(OutboxMessage.__table__)
+def dedupe_key(kind: MessageKind | str, subscriber_id: int, item: str | int | None = None) -> str:
+    """The one email of this kind (and item: lesson, newsletter, hour) for a subscriber,
+    e.g. "lesson:intro:subscriber:42"."""
+    return f"{_dedupe_prefix(kind, item)}{subscriber_id}"
+
+
+def dedupe_key_sql(
+    kind: MessageKind | str, subscriber_id: ColumnElement[Any], item: str | int | None = None
+) -> ColumnElement[str]:
+    """`dedupe_key` as SQL, for a subscriber id column of an INSERT ... SELECT."""
+    return literal(_dedupe_prefix(kind, item)) + cast(subscriber_id, String)
 
 
 def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain: str) -> int:
@@ -74,7 +88,8 @@ def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain:
         }
         for m in messages
     ]
-    stmt = _insert(session).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    # A Core insert on the table: the ORM's bulk-insert path costs more and adds nothing here.
+    stmt = insert_ignoring(session, OutboxMessage, ["dedupe_key"])
     result = session.execute(stmt.returning(OutboxMessage.__table__.c.id), rows)
     return len(result.all())
 
@@ -91,17 +106,10 @@ def claim(
     lease_until = now + lease
     due = and_(OutboxMessage.next_attempt_at <= now)
     pick = select(OutboxMessage.id).where(due).order_by(OutboxMessage.next_attempt_at).limit(limit)
-    if is_sqlite(engine):
-        chosen = OutboxMessage.id.in_(pick.scalar_subquery())
-    else:
-        # Rows another worker is claiming right now are skipped, not waited for. The pick
-        # is a MATERIALIZED CTE: as a plain subquery, a nested-loop plan may run it again
-        # for each row, each time skipping the rows just updated, and claim every due row.
-        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        chosen = OutboxMessage.id.in_(select(picked.c.id))
+    # Rows another worker is claiming right now are skipped, not waited for.
     stmt = (
         update(OutboxMessage)
-        .where(chosen)
+        .where(OutboxMessage.id.in_(unlocked(engine, pick)))
         .where(due)
         .values(
             status=OutboxStatus.sending,
@@ -171,8 +179,7 @@ def record(
             "status": result.status,
             "last_smtp_code": result.smtp_code,
             "last_smtp_message": result.log_text,
-            "lease_until": None,
-            "leased_by": None,
+            **LEASE_CLEARED,
             "updated_at": now,
             "next_attempt_at": result.retry_at if result.status == OutboxStatus.deferred else None,
         }
@@ -206,8 +213,7 @@ def release(engine: Engine, worker: str, ids: Iterable[int]) -> int:
             .values(
                 status=OutboxStatus.queued,
                 next_attempt_at=now,
-                lease_until=None,
-                leased_by=None,
+                **LEASE_CLEARED,
                 attempts=OutboxMessage.attempts - 1,
                 updated_at=now,
             )
@@ -223,7 +229,7 @@ def skip_for_subscriber(session: Session, subscriber_id: int, reason: str) -> in
         session.execute(
             select(OutboxMessage.id)
             .where(OutboxMessage.subscriber_id == subscriber_id)
-            .where(OutboxMessage.status.in_(PENDING))
+            .where(OutboxMessage.status.in_(PENDING_STATUSES))
         ).scalars()
     )
     if not ids:
@@ -244,3 +250,18 @@ def skip_for_subscriber(session: Session, subscriber_id: int, reason: str) -> in
         for i in ids
     )
     return len(ids)
+
+
+def retry(session: Session, outbox_id: int, now: datetime) -> bool:
+    """Queue a failed or bounced message again; False if it is in any other state.
+
+    The status test is in the UPDATE itself, so a row a worker holds (`sending`) or
+    has since sent is never touched.
+    """
+    moved = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.status.in_(RETRYABLE_STATUSES))
+        .values(status=OutboxStatus.queued, next_attempt_at=now, **LEASE_CLEARED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from drip.db import session_scope
+from drip.db import for_update, insert_ignoring, session_scope
 from drip.models import SendBudget
 
 BUCKET = "smtp"
@@ -27,15 +26,12 @@ FAR_AHEAD = timedelta(minutes=1)
 
 def _row(session: Session, now: datetime) -> SendBudget:
     """The bucket row, locked for this transaction; created once, race-free."""
-    dialect = session.get_bind().dialect.name
-    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(SendBudget)
     session.execute(
-        insert.values(name=BUCKET, tokens=0.0, refilled_at=now).on_conflict_do_nothing()
+        insert_ignoring(session, SendBudget).values(name=BUCKET, tokens=0.0, refilled_at=now)
     )
-    stmt = select(SendBudget).where(SendBudget.name == BUCKET)
-    if dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already holds the write lock
-        stmt = stmt.with_for_update()
-    return session.execute(stmt).scalar_one()
+    return session.execute(
+        for_update(session, select(SendBudget).where(SendBudget.name == BUCKET))
+    ).scalar_one()
 
 
 def take(engine: Engine, rate: float, wanted: int, now: datetime) -> tuple[int, float]:

@@ -43,13 +43,13 @@ from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.models import (
     FINAL_STATUSES,
+    RETRYABLE_STATUSES,
     CourseProgress,
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
 )
 from drip.operator_actions import (
-    RETRYABLE,
     anonymous_address,
     forget_subscriber,
     retry_message,
@@ -440,7 +440,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             older=older,
             kinds=KINDS,
             statuses=LOG_STATUSES,
-            retryable={str(s) for s in RETRYABLE},
+            retryable={str(s) for s in RETRYABLE_STATUSES},
         )
 
     @router.get("/subscribers", response_class=HTMLResponse)
@@ -488,7 +488,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             sub=found,
             items=items,
             progress=progress,
-            retryable={str(s) for s in RETRYABLE},
+            retryable={str(s) for s in RETRYABLE_STATUSES},
             final={str(s) for s in FINAL_STATUSES},
             can_leave=found.status in (SubscriberStatus.pending, SubscriberStatus.active),
             deleted=found.email == anonymous_address(subscriber_id),
