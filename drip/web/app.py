@@ -302,7 +302,7 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:
     if wants_json:
         try:
             data = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
             return None
         if not isinstance(data, dict):
             return None
