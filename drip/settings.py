@@ -6,6 +6,7 @@ plain line that names the variable instead of a traceback deep in a send.
 
 from __future__ import annotations
 
+import ipaddress
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
@@ -15,6 +16,23 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated IPs or CIDRs; ValueError names a bad entry."""
+    networks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{entry!r} is not an IP address or a CIDR such as 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
 
 
 class SettingsError(Exception):
@@ -43,6 +61,8 @@ class Settings(BaseSettings):
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_private_key: Path | None = None
+    #: Proxies whose X-Forwarded-For is believed (drip.web.proxies); nobody's by default.
+    trusted_proxies: str = ""
     info_pack: Path = Path("emails/info-pack.pdf")
 
     # drip's own knobs, each with a default that suits a small course.
@@ -84,6 +104,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
     @field_validator("default_timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
@@ -98,6 +124,10 @@ class Settings(BaseSettings):
         name, addr = parseaddr(self.sender)
         user, _, domain = addr.rpartition("@")
         return Address(display_name=name, username=user, domain=domain)
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def cors_origin_list(self) -> list[str]:

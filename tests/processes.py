@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import Engine, select
 
 from drip.clock import utcnow
@@ -17,6 +20,7 @@ from drip.models import MessageKind, OutboxMessage
 from drip.sending.outbox import NewMessage, enqueue_many
 from drip.settings import Settings
 from tests.factories import many_active
+from tests.mailserver import free_port
 
 
 def queue_lessons(engine: Engine, count: int) -> set[str]:
@@ -70,3 +74,48 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
+    """A real `drip serve` process on a free loopback port; yields its base URL.
+
+    Its settings are those given, plus `env` (DRIP_* variables) on top.
+    """
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SMTP_PORT": str(settings.smtp_port),
+        "DRIP_SECRET_KEY": settings.require_secret(),
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_INFO_PACK": str(settings.info_pack),
+        "DRIP_CATCHER_DIR": str(settings.catcher_dir),
+        **env,
+    }
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drip.cli", "serve", "--port", str(port)],
+            env=environment,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is None and _answers(f"{base}/healthz"), 30, "drip serve")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

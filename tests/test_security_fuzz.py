@@ -439,3 +439,46 @@ def test_a_closed_admin_answers_every_route_with_the_closed_line(
                 response = client.request(method, url, headers=headers)
                 assert (response.status_code, response.text) == (503, CLOSED), url
                 assert_secure(response)
+
+
+#: Bodies that once broke, or could break, a parser: each with the type it claims.
+HOSTILE_BODIES: tuple[tuple[str, bytes], ...] = (
+    ("application/json", b"[" * 1000 + b"]" * 1000),  # RecursionError in json
+    ("application/json", b'{"a":' * 1000 + b"1" + b"}" * 1000),
+    ("application/json", b"[" * 3000),
+    ("application/json", b'{"email": ' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    ("application/json", b"1" * 5000),  # past int's digit limit
+    ("application/json", b'{"email": 1e999, "name": NaN, "consent": Infinity}'),
+    ("application/json", b'{"email": {"$ne": 1}, "name": [1], "consent": {}}'),
+    ("application/json", b"\xff\xfe\x00"),
+    ("application/json; charset=utf-16", '{"email": "a@b.c"}'.encode("utf-16")),
+    ("application/json", b'"' + b"\\ud800" * 100 + b'"'),
+    ("application/x-www-form-urlencoded", b"email=%ff%fe&name=%&consent=%zz&=&&&"),
+    ("application/x-www-form-urlencoded", b"a=" + b"&a=" * 2000),
+    ("multipart/form-data", b"--x\r\n"),  # no boundary
+    ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\n"),
+    ("multipart/form-data; boundary=x", b"garbage without a boundary"),
+    ("multipart/form-data; boundary=" + "x" * 300, b"--"),
+    ("text/plain", b"\x00" * 100),
+    ("application/json", b""),
+    ("", b"[[[[[["),
+)
+
+
+def test_no_body_gets_a_5xx_on_any_post_route(world: World) -> None:
+    """Every POST route, with and without the login, given each hostile body: a 4xx or
+    a page, never a 5xx (a JSON body nested a thousand deep raised RecursionError)."""
+    tried = 0
+    for route in routes(world.app):
+        if "POST" not in route.methods:
+            continue
+        for url in fill(route, world.samples):
+            for headers in ({}, AUTH):
+                for content_type, body in HOSTILE_BODIES:
+                    response = world.client.post(
+                        url, content=body, headers=headers | {"content-type": content_type}
+                    )
+                    tried += 1
+                    assert response.status_code < 500, (url, content_type, body[:40])
+                    assert_secure(response)
+    assert tried > 100

@@ -115,7 +115,13 @@ def dev(
     async def main() -> None:
         stop = asyncio.Event()
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="warning",
+                proxy_headers=False,
+            )
         )
         worker = asyncio.create_task(run_worker(settings, stop, handle_signals=False))
         try:
@@ -142,7 +148,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     settings = load_settings()
     settings.require_secret()
     _ready(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+    # X-Forwarded-For is read by drip itself, and only from DRIP_TRUSTED_PROXIES; uvicorn's
+    # own reading would believe it from any loopback peer.
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False)
 
 
 @app.command()

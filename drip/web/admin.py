@@ -59,6 +59,7 @@ from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_
 from drip.settings import Settings
 from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline
 from drip.subscribers import leave
+from drip.web.proxies import client_key
 
 TEMPLATES = Path(__file__).with_name("templates")
 CLOSED = "admin is closed: set DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD"
@@ -172,7 +173,7 @@ class AdminGuard:
         header = request.headers.get("authorization")
         if not header:  # a browser's first bare request: ask, without a wait
             return self._unauthorized()
-        address = request.client.host if request.client else "?"
+        address = client_key(request)
         lock, waiting = self._gates.get(address) or (asyncio.Lock(), 0)
         if waiting >= self.max_waiting:
             return PlainTextResponse(

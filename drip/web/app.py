@@ -34,6 +34,7 @@ from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
+from drip.web.proxies import ClientAddress, client_ip, client_key
 
 HERE = Path(__file__).parent
 MAX_BODY = 8 * 1024
@@ -150,8 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
     """The whole web app for these settings; no module-level state, so tests build many.
 
     Rate limits are in-memory sliding windows of this process (see SlidingWindow).
-    Behind a reverse proxy, run uvicorn with --proxy-headers (its default trusts
-    127.0.0.1) so the client address, not the proxy's, is what gets limited.
+    Behind a reverse proxy, list it in DRIP_TRUSTED_PROXIES so the client's address,
+    not the proxy's, is what gets limited and recorded (drip.web.proxies).
     """
     engine = get_engine(settings.database_url)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -168,6 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
         allow_headers=["content-type"],
     )
     app.add_middleware(Guard)
+    app.add_middleware(ClientAddress, trusted=settings.trusted_proxy_networks)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(build_admin_router(settings))
 
@@ -180,9 +182,6 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> HTMLResponse:
         return page(request, "page.html", status, heading=heading, paragraphs=paragraphs, link=None)
 
-    def ip_of(request: Request) -> str:
-        return request.client.host if request.client else "unknown"
-
     @app.get("/", response_class=HTMLResponse)
     def form(request: Request) -> HTMLResponse:
         values = {"email": "", "name": "", "consent": False, "timezone": ""}
@@ -193,7 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
         wants_json = request.headers.get("content-type", "").startswith("application/json")
         # Every post counts against the client's IP (bots, typos and honeypot hits too);
         # a valid one also against the email address it names.
-        if not per_ip.allow(ip_of(request)):
+        if not per_ip.allow(client_key(request)):
             return _slow_down(request, wants_json)
         fields = await _fields(request, wants_json)
         if fields is None:
@@ -234,7 +233,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/confirm/{token}", response_class=HTMLResponse)
     def confirm(request: Request, token: str) -> HTMLResponse:
         with session_scope(engine) as session:
-            outcome = signup.confirm(session, settings, token[:100], utcnow(), ip_of(request))
+            outcome = signup.confirm(session, settings, token[:100], utcnow(), client_ip(request))
         if outcome == signup.Confirmation.confirmed:
             return message(
                 request,
@@ -303,7 +302,7 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:
     if wants_json:
         try:
             data = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
             return None
         if not isinstance(data, dict):
             return None
