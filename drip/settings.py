@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     dkim_selector: str | None = None
     dkim_private_key: Path | None = None
     info_pack: Path = Path("emails/info-pack.pdf")
+    pack_delivery: Literal["attach", "link"] = "attach"
 
     # drip's own knobs, each with a default that suits a small course.
     emails_dir: Path = Path("emails")
