@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
+from drip.deliverability import setting_problems
 from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
 from drip.sending.message import PackMissing, check_pack
 from drip.settings import Settings, SettingsError
@@ -17,6 +18,7 @@ def problems(settings: Settings) -> list[str]:
         settings.require_secret()
     except SettingsError as exc:
         found.append(str(exc))
+    found.extend(setting_problems(settings))
     if (
         settings.dkim_enabled
         and settings.dkim_private_key

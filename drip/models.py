@@ -213,3 +213,41 @@ class WorkerHeartbeat(SQLModel, table=True):
     last_pass_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     queued: int = 0
     delivered: int = 0
+
+
+class PackDownload(SQLModel, table=True):
+    """One GET of the information pack through a signed link (DRIP_PACK_DELIVERY=link)."""
+
+    __tablename__ = "pack_download"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int | None = Field(
+        default=None, foreign_key="subscriber.id", ondelete="SET NULL", index=True
+    )
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """A signed webhook's one-time value (Mailgun's token), kept while its timestamp is
+    fresh, so the same signed request cannot be replayed."""
+
+    __tablename__ = "webhook_receipt"
+
+    key: str = Field(primary_key=True, max_length=200)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class SendingHold(SQLModel, table=True):
+    """Newsletter sending paused by sender health (bounce or complaint rate over its limit).
+
+    One row per kind of mail held (today only "newsletter"). `resumed_at` is the
+    operator's resume: the rates are then judged only on events after it, so the same
+    old bounces do not pause sending again at once.
+    """
+
+    __tablename__ = "sending_hold"
+
+    name: str = Field(primary_key=True, max_length=32)
+    paused_at: datetime | None = _when()
+    reason: str | None = Field(default=None, max_length=1000)
+    resumed_at: datetime | None = _when()

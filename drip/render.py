@@ -24,6 +24,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "base_url": "http://127.0.0.1:8000",
     "unsubscribe_url": "http://127.0.0.1:8000/unsubscribe/SAMPLE-TOKEN",
     "confirm_url": "http://127.0.0.1:8000/confirm/SAMPLE-TOKEN",
+    #: Set on the welcome with DRIP_PACK_DELIVERY=link; None: the pack is attached.
+    "pack_url": None,
     "lesson_number": 1,
     "lesson_total": 8,
     "course_title": "Trigger Point Relief",

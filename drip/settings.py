@@ -10,6 +10,7 @@ import ipaddress
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     #: Proxies whose X-Forwarded-For is believed (drip.web.proxies); nobody's by default.
     trusted_proxies: str = ""
     info_pack: Path = Path("emails/info-pack.pdf")
+    pack_delivery: Literal["attach", "link"] = "attach"
 
     # drip's own knobs, each with a default that suits a small course.
     emails_dir: Path = Path("emails")
@@ -81,6 +83,8 @@ class Settings(BaseSettings):
     catcher_dir: Path = Path(".drip/mail")
     minutes_per_day: float | None = Field(None, gt=0)
     throttle_seconds: float = Field(60.0, ge=0)
+    #: The DNS server `drip check --dns` asks, as HOST or HOST:PORT; the system's when unset.
+    dns_server: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -119,6 +123,18 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
+    @field_validator("dns_server")
+    @classmethod
+    def _dns_server(cls, value: str | None) -> str | None:
+        if value:
+            _host_port(value, 53)
+        return value or None
+
+    @property
+    def dns_server_address(self) -> tuple[str, int]:
+        assert self.dns_server
+        return _host_port(self.dns_server, 53)
+
     @cached_property
     def sender_address(self) -> Address:
         name, addr = parseaddr(self.sender)
@@ -144,6 +160,24 @@ class Settings(BaseSettings):
                 "set it to a long random string (drip dev makes one for you)"
             )
         return self.secret_key.get_secret_value()
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    """'1.2.3.4', '1.2.3.4:53', '[::1]:53' or '::1' as an IP address and a port."""
+    host, port = value.strip(), str(default_port)
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    try:
+        ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError("must be an IP address, optionally with :PORT") from None
+    if not 1 <= number <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, number
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -190,17 +190,29 @@ def tick(
 
 
 @app.command()
-def check() -> None:
-    """Validate settings, database, templates, course and attachment."""
+def check(
+    dns: Annotated[
+        bool,
+        typer.Option("--dns", help="also look up the sender domain's SPF, DKIM and DMARC records"),
+    ] = False,
+) -> None:
+    """Validate settings, deliverability, database, templates, course and attachment."""
     from drip.check import problems
+    from drip.deliverability import dns_problems
 
     settings = load_settings()
     found = problems(settings)
+    if dns:
+        report = dns_problems(settings)
+        for line in report.found:
+            print(f"✓ {line}")
+        found.extend(report.problems)
     for line in found:
         print(f"✗ {line}", file=sys.stderr)
     if found:
         raise typer.Exit(1)
-    console.print("[green]✓[/] settings, database, templates, course and information pack are fine")
+    what = "settings, database, templates, course and information pack"
+    console.print(f"[green]✓[/] {what}{' and DNS records' if dns else ''} are fine")
 
 
 @db_app.command("upgrade")

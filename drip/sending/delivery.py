@@ -35,6 +35,7 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
+from drip.pack_link import pack_url
 from drip.progress import Pace, after_send
 from drip.render import RenderError, render_email
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
@@ -255,7 +256,8 @@ class Delivery:
                 name=subscriber.name,
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
-                attach_pack=row.kind == MessageKind.welcome,
+                attach_pack=row.kind == MessageKind.welcome
+                and self.settings.pack_delivery == "attach",
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
@@ -274,10 +276,14 @@ class Delivery:
             "email": subscriber.email,
             "base_url": base,
             "course_title": self.course.title if self.course else "",
+            "pack_url": None,
             "unsubscribe_url": None
             if row.kind == MessageKind.confirm
             else f"{base}/unsubscribe/{unsubscribe}",
         }
+        if row.kind == MessageKind.welcome and self.settings.pack_delivery == "link":
+            assert subscriber.id is not None
+            context["pack_url"] = pack_url(base, self.secret, subscriber.id, subscriber.token_salt)
         if row.kind == MessageKind.confirm:
             confirm = make_token(self.secret, subscriber.token_salt, "confirm")
             context["confirm_url"] = f"{base}/confirm/{confirm}"

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (
+    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
@@ -28,10 +29,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from drip import signup
+from drip import pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
+from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
@@ -160,6 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
     per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
     per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
     writer = signup.Writer(engine, settings)
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     app.add_middleware(
@@ -282,6 +285,30 @@ def create_app(settings: Settings) -> FastAPI:
             request,
             "You're unsubscribed",
             "No more lessons or newsletters will be sent to you. Thank you for reading.",
+        )
+
+    @app.get("/pack/{token}", response_model=None)
+    def pack(request: Request, token: str) -> Response:
+        """The information pack, to the holder of a signed link (DRIP_PACK_DELIVERY=link)."""
+        if not secret:  # no key, no valid signature: never HMAC under an empty key
+            return _not_found(request)
+        with session_scope(engine) as session:
+            found = pack_link.subscriber_for(session, secret, token[:100])
+            if found is None or found.id is None:
+                return _not_found(request)
+            if not settings.info_pack.is_file():
+                return message(
+                    request,
+                    "The pack is not available just now",
+                    "Please try again later.",
+                    status=503,
+                )
+            pack_link.record_download(session, found.id, utcnow())
+        return FileResponse(
+            settings.info_pack,
+            media_type="application/pdf",
+            filename=PACK_FILENAME,
+            headers={"cache-control": "private, no-store"},
         )
 
     @app.get("/healthz")
