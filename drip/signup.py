@@ -92,16 +92,21 @@ def clean_email(raw: str) -> str:
         ) from None
 
 
-def clean_timezone(raw: str, default: str) -> str:
-    """The browser's zone if the zone database knows it, else the operator's default."""
-    name = raw.strip()[:64]
-    if not name or name.startswith(("/", ".")) or ".." in name:
-        return default
+def known_timezone(raw: str) -> str | None:
+    """The zone named, if the zone database knows it; None for anything else."""
+    name = raw.strip()
+    if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        return None
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        return default
+        return None
     return name
+
+
+def clean_timezone(raw: str, default: str) -> str:
+    """The browser's zone if the zone database knows it, else the operator's default."""
+    return known_timezone(raw.strip()[:64]) or default
 
 
 def check(

@@ -131,7 +131,7 @@ def test_import_reports_bad_lines_imports_the_rest_and_never_duplicates(
     )
     first = drip("subscribers", "import", str(people))
     assert first.exit_code == 1  # some rows were refused; the others are in
-    for line in (3, 4, 5, 11):  # a record spanning lines is named by its last
+    for line in (3, 4, 5, 10):  # a record spanning lines is named by its first
         assert f"line {line}: refused" in first.stderr
     assert "line 6: skipped: ANN@example.com" in first.stderr
     assert "imported 3" in first.stdout and "refused 4" in first.stdout

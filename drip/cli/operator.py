@@ -1,34 +1,26 @@
 """Operator commands: `drip logs` and `drip subscribers list / import / export`.
 
-Thin over drip.sendlog, drip.subscriber_view and drip.subscribers, so the CLI and
+Thin over drip.sendlog, drip.subscriber_view and drip.subscriber_csv, so the CLI and
 /admin answer the same questions the same way. drip/cli.py mounts `logs` and
 `subscribers_app`; its `main` turns SettingsError and DatabaseError into one plain line.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, TextIO
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated
 
 import typer
-from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 
-from drip.clock import utcnow
-from drip.db import ensure_schema, get_engine, read_scope, session_scope
-from drip.models import Subscriber
+from drip.db import ensure_schema, get_engine, read_scope
 from drip.sendlog import (
     KINDS,
     LOG_STATUSES,
@@ -41,9 +33,14 @@ from drip.sendlog import (
     parse_since,
 )
 from drip.settings import Settings, load_settings
-from drip.signup import clean_name
+from drip.subscriber_csv import (
+    ImportFileError,
+    count_records,
+    count_subscribers,
+    export_subscribers,
+    import_subscribers,
+)
 from drip.subscriber_view import SubscriberFilter, list_subscribers
-from drip.subscribers import activate, add_subscriber, queue_confirmation
 
 
 def console() -> Console:
@@ -57,17 +54,6 @@ def err() -> Console:
 
 subscribers_app = typer.Typer(help="List, import and export subscribers.", no_args_is_help=True)
 
-IMPORT_BATCH = 500
-EXPORT_BATCH = 1000
-EXPORT_FIELDS = (
-    "email",
-    "name",
-    "status",
-    "timezone",
-    "created_at",
-    "consent_at",
-    "consent_source",
-)
 #: Skipped (already present) addresses listed one by one; beyond this only counted.
 SKIPPED_SHOWN = 20
 STATUS_STYLE = {
@@ -239,142 +225,12 @@ def list_command(
 # -- drip subscribers import ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
-    line: int
-    email: str
-    name: str
-    timezone: str | None
-
-
-@dataclass
-class ImportReport:
-    imported: int = 0
-    #: (line, address) already subscribed (or twice in the file): left as they were.
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-    #: (line, reason) refused.
-    bad: list[tuple[int, str]] = field(default_factory=list)
-
-
-class ImportFileError(Exception):
-    """The file as a whole cannot be imported (no email column, not UTF-8...)."""
-
-
-def check_row(line: int, record: dict[str, str | None]) -> Row | str:
-    """A clean row, or the reason it is refused."""
-    raw_email = (record.get("email") or "").strip()
-    if not raw_email:
-        return "no email address"
-    try:
-        address = validate_email(raw_email, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        return f"{raw_email!r}: {exc}"
-    try:
-        name = clean_name(record.get("name") or "")  # the signup form's rules
-    except ValueError as exc:
-        return f"name: {exc}"
-    tz = (record.get("timezone") or "").strip() or None
-    if tz is not None:
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            return f"unknown time zone {tz!r}"
-    return Row(line, address, name, tz)
-
-
-def read_rows(handle: TextIO) -> Iterator[Row | tuple[int, str]]:
-    """Rows of a CSV with an `email` column, each checked; (line, reason) for a bad one."""
-    reader = csv.DictReader(handle)
-    header = [(h or "").strip().lower() for h in reader.fieldnames or []]
-    if "email" not in header:
-        raise ImportFileError("the first line must be a header with an `email` column")
-    reader.fieldnames = header
-    try:
-        for record in reader:
-            line = reader.line_num
-            if None in record:  # more cells than the header has names
-                yield (line, "more cells than the header has columns")
-                continue
-            checked = check_row(line, record)
-            yield checked if isinstance(checked, Row) else (line, checked)
-    except csv.Error as exc:
-        raise ImportFileError(f"line {reader.line_num}: not valid CSV ({exc})") from None
-
-
-def import_subscribers(
-    settings: Settings,
-    engine: Engine,
-    path: Path,
-    *,
-    confirm: bool = False,
-    start_course: bool = True,
-    progress: Callable[[int], None] | None = None,
-) -> ImportReport:
-    """Import a CSV; each batch of rows is one transaction, each row a savepoint, so a
-    row that collides with a signup at the same moment is skipped, not the batch."""
-    settings.require_secret()
-    source = f"import:{path.name}"[:64]
-    report = ImportReport()
-    batch: list[Row] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        now = utcnow()
-        with session_scope(engine) as session:
-            for row in batch:
-                try:
-                    with session.begin_nested():
-                        sub, created = add_subscriber(
-                            session,
-                            settings,
-                            email=row.email,
-                            name=row.name,
-                            timezone=row.timezone,
-                            source=source,
-                        )
-                        if not created:
-                            report.skipped.append((row.line, row.email))
-                            continue
-                        if confirm:
-                            queue_confirmation(session, settings, sub, now)
-                        else:
-                            activate(session, settings, sub, now, start=start_course)
-                        report.imported += 1
-                except IntegrityError:
-                    report.skipped.append((row.line, row.email))
-        if progress:
-            progress(len(batch))
-        batch.clear()
-
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            for item in read_rows(handle):
-                if isinstance(item, Row):
-                    batch.append(item)
-                    if len(batch) >= IMPORT_BATCH:
-                        flush()
-                else:
-                    report.bad.append(item)
-                    if progress:
-                        progress(1)
-            flush()
-    except UnicodeDecodeError:
-        raise ImportFileError("not UTF-8 text; save the CSV as UTF-8") from None
-    return report
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as handle:
-        return max(sum(1 for _ in handle) - 1, 0)
-
-
 @subscribers_app.command("import")
 def import_command(
     csv_file: Annotated[
         Path,
         typer.Argument(
-            help="CSV with a header: email, and optionally name, timezone",
+            help="CSV with a header: email, and optionally name, timezone (, ; or tab between)",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -394,7 +250,7 @@ def import_command(
     settings = load_settings()
     engine = _engine(settings)
     with Progress(console=err(), transient=True) as bar:
-        task = bar.add_task("importing", total=_count_lines(csv_file))
+        task = bar.add_task("importing", total=count_records(csv_file))
         try:
             report = import_subscribers(
                 settings,
@@ -429,42 +285,6 @@ def import_command(
 # -- drip subscribers export ------------------------------------------------------------
 
 
-def export_subscribers(
-    engine: Engine, out: TextIO, progress: Callable[[int], None] | None = None
-) -> int:
-    """Write every subscriber as CSV, oldest first, reading one batch at a time."""
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_FIELDS)
-    last, total = 0, 0
-    while True:
-        with read_scope(engine) as session:
-            rows = list(
-                session.execute(
-                    select(Subscriber)
-                    .where(Subscriber.id > last)  # type: ignore[operator]
-                    .order_by(Subscriber.id)
-                    .limit(EXPORT_BATCH)
-                ).scalars()
-            )
-        if not rows:
-            return total
-        for s in rows:
-            writer.writerow(
-                [
-                    s.email,
-                    s.name,
-                    str(s.status),
-                    s.timezone,
-                    iso(s.created_at),
-                    iso(s.consent_at) if s.consent_at else "",
-                    s.consent_source,
-                ]
-            )
-        last, total = rows[-1].id or last, total + len(rows)
-        if progress:
-            progress(len(rows))
-
-
 @subscribers_app.command("export")
 def export_command(
     out: Annotated[
@@ -474,8 +294,7 @@ def export_command(
     """Every subscriber as CSV: email, name, status, timezone, created_at, consent_at,
     consent_source."""
     engine = _engine(load_settings())
-    with read_scope(engine) as session:
-        count = session.execute(select(func.count()).select_from(Subscriber)).scalar_one()
+    count = count_subscribers(engine)
     with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("exporting", total=count)
         step = lambda n: bar.advance(task, n)  # noqa: E731
