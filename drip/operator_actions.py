@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from drip.models import (
     CourseProgress,
@@ -90,12 +90,12 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
                 "message_id": item.message.message_id,
                 "attempts": [
                     {
-                        "at": when(a.at),
-                        "status": str(a.status),
-                        "smtp_code": a.smtp_code,
-                        "smtp_message": a.smtp_message,
+                        "at": when(attempt.at),
+                        "status": str(attempt.status),
+                        "smtp_code": attempt.smtp_code,
+                        "smtp_message": attempt.smtp_message,
                     }
-                    for a in item.attempts
+                    for attempt in item.attempts
                 ],
             }
             for item in timeline(session, subscriber_id, limit=100_000)
@@ -134,33 +134,39 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber.unsubscribe_token_hash = secrets.token_hex(32)
     session.add(subscriber)
 
-    o = OutboxMessage
-    mine = or_(o.subscriber_id == subscriber_id, o.email.in_(old))
-    ids = list(session.execute(select(o.id).where(mine)).scalars())
+    mine = or_(col(OutboxMessage.subscriber_id) == subscriber_id, col(OutboxMessage.email).in_(old))
+    ids = list(session.execute(select(col(OutboxMessage.id)).where(mine)).scalars())
     if not ids:
         return True
     session.execute(
-        update(o)
-        .where(o.id.in_(ids))
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id).in_(ids))
         .values(email=anon)
         .execution_options(synchronize_session=False)
     )
-    pattern = re.compile("|".join(re.escape(a) for a in sorted(old)), re.IGNORECASE)
+    pattern = re.compile("|".join(re.escape(address) for address in sorted(old)), re.IGNORECASE)
     replies = session.execute(
-        select(o.id, o.last_smtp_message).where(o.id.in_(ids), o.last_smtp_message.is_not(None))  # type: ignore[union-attr]
+        select(col(OutboxMessage.id), col(OutboxMessage.last_smtp_message)).where(
+            col(OutboxMessage.id).in_(ids), col(OutboxMessage.last_smtp_message).is_not(None)
+        )
     ).all()
     for ident, text in replies:
         if pattern.search(text):
             session.execute(
-                update(o).where(o.id == ident).values(last_smtp_message=pattern.sub(anon, text))
+                update(OutboxMessage)
+                .where(col(OutboxMessage.id) == ident)
+                .values(last_smtp_message=pattern.sub(anon, text))
             )
-    a = DeliveryAttempt
     logged = session.execute(
-        select(a.id, a.smtp_message).where(a.outbox_id.in_(ids), a.smtp_message.is_not(None))  # type: ignore[union-attr]
+        select(col(DeliveryAttempt.id), col(DeliveryAttempt.smtp_message)).where(
+            col(DeliveryAttempt.outbox_id).in_(ids), col(DeliveryAttempt.smtp_message).is_not(None)
+        )
     ).all()
     for ident, text in logged:
         if pattern.search(text):
             session.execute(
-                update(a).where(a.id == ident).values(smtp_message=pattern.sub(anon, text))
+                update(DeliveryAttempt)
+                .where(col(DeliveryAttempt.id) == ident)
+                .values(smtp_message=pattern.sub(anon, text))
             )
     return True

@@ -18,6 +18,8 @@ from typing import Any
 import css_inline
 import jinja2
 
+from drip.errors import DripError
+
 SAMPLE_CONTEXT: dict[str, Any] = {
     "name": "Sam",
     "email": "sam@example.com",
@@ -57,7 +59,7 @@ SAMPLE_CONTEXT: dict[str, Any] = {
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
-class RenderError(Exception):
+class RenderError(DripError):
     """A template could not be rendered; the message names the template and line."""
 
 

@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from drip.errors import DripError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,7 +38,7 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-class SettingsError(Exception):
+class SettingsError(DripError):
     """A setting is missing or wrong; the message names it in plain words."""
 
 

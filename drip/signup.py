@@ -14,7 +14,7 @@ import threading
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,8 +26,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from drip.clock import utcnow
+from drip.clock import Clock, utcnow
 from drip.db import lock, session_scope
+from drip.errors import DripError
 from drip.models import SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
@@ -143,6 +144,7 @@ def subscribe(
         name=signup.name,
         timezone=signup.timezone,
         source=source,
+        now=now,
     )
     if created or subscriber.status == SubscriberStatus.pending:
         queue_confirmation(session, settings, subscriber, now)
@@ -171,7 +173,7 @@ def store(engine: Engine, settings: Settings, signup: Signup, now: datetime) -> 
                 raise
 
 
-class _NotAllQueued(Exception):
+class _NotAllQueued(DripError):
     """A new subscriber's confirmation key was already taken: redo the batch one by one."""
 
 
@@ -198,9 +200,9 @@ def subscribe_many(
         else:
             first[key] = item
     people = [Newcomer(s.email, s.name, s.timezone) for s in first.values()]
-    created = insert_new(session, settings, people, source=source, confirm_sent_at=now)
+    created = insert_new(session, settings, people, source=source, now=now, confirm_sent_at=now)
     messages = [confirmation(id_, first[key].email, now) for key, id_ in created.items()]
-    if enqueue_many(session, messages, settings.sender_address.domain) != len(messages):
+    if enqueue_many(session, messages, settings.sender_address.domain, now) != len(messages):
         raise _NotAllQueued
     for key, item in first.items():
         if key not in created:
@@ -237,9 +239,15 @@ class Writer:
     """
 
     def __init__(
-        self, engine: Engine, settings: Settings, batch: int = 128, idle: float = 10.0
+        self,
+        engine: Engine,
+        settings: Settings,
+        batch: int = 128,
+        idle: float = 10.0,
+        clock: Clock = utcnow,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         self.settings = settings
         self.batch = batch
         self.idle = idle
@@ -281,7 +289,7 @@ class Writer:
 
     def _write(self, batch: list[tuple[Signup, Future[None]]]) -> None:
         try:
-            store_many(self.engine, self.settings, [item for item, _ in batch], utcnow())
+            store_many(self.engine, self.settings, [item for item, _ in batch], self.clock())
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in batch:
                 future.set_exception(exc)
@@ -341,14 +349,17 @@ class SlidingWindow:
     own count, so the effective limit multiplies by their number.
     """
 
-    def __init__(self, limit: int, seconds: float) -> None:
+    def __init__(
+        self, limit: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.seconds = seconds
+        self.clock = clock
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             hits = self._hits.setdefault(key, deque())
             while hits and now - hits[0] > self.seconds:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage
-from drip.sending.outbox import NewMessage, enqueue_many
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
 from tests.factories import many_active
 from tests.mailserver import free_port
@@ -33,7 +33,7 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
                     kind=MessageKind.lesson,
                     template="lesson-01-what-trigger-points-are",
                     email=s.email,
-                    dedupe_key=f"lesson:what-trigger-points-are:subscriber:{s.id}",
+                    dedupe_key=dedupe_key(MessageKind.lesson, s.id, "what-trigger-points-are"),
                     due_at=utcnow(),
                     subscriber_id=s.id,
                     context={
@@ -45,6 +45,7 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
                 for s in subs
             ],
             "localhost",
+            utcnow(),
         )
         return set(session.execute(select(OutboxMessage.message_id)).scalars())
 

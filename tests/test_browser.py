@@ -109,7 +109,9 @@ def test_unsubscribe_with_one_button(
 
     base, settings, engine = site
     with session_scope(engine) as session:
-        sub, _ = add_subscriber(session, settings, email="leaving@example.com", source="test")
+        sub, _ = add_subscriber(
+            session, settings, email="leaving@example.com", source="test", now=utcnow()
+        )
         activate(session, settings, sub, utcnow())
         token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
     page.goto(f"{base}/unsubscribe/{token}")

@@ -15,7 +15,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drip.cli.content import pack_app, preview
 from drip.course import load_course
 from drip.render import SAMPLE_CONTEXT, Rendered, render_email, template_names
 
@@ -246,10 +245,9 @@ def test_newsletter_wraps_operator_content_and_keeps_the_subject_plain() -> None
 
 
 def _cli() -> typer.Typer:
-    """The two content commands mounted the way drip/cli/__init__.py mounts them."""
-    app = typer.Typer()
-    app.add_typer(pack_app, name="pack")
-    app.command("preview")(preview)
+    """The `drip` command itself, which mounts the content commands."""
+    from drip.cli import app
+
     return app
 
 
@@ -275,7 +273,7 @@ def test_preview_writes_html_for_a_browser(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_preview_of_an_unknown_email_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(_cli(), ["preview", "no-such-email"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no-such-email" in result.stderr

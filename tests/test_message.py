@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dkim
@@ -15,6 +16,7 @@ from drip.render import Rendered
 from drip.sending.message import Unaddressable, compose
 from drip.settings import Settings, load_settings
 
+NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 RENDERED = Rendered(subject="Lesson 1 of 8: Trigger points", html="<p>Hi</p>", text="Hi\n")
 
 
@@ -39,6 +41,7 @@ def test_a_name_cannot_inject_headers() -> None:
         message_id="<1@example.org>",
         unsubscribe_url=None,
         attach_pack=False,
+        now=NOW,
     ).data
     assert b"\r\nBcc:" not in data
     parsed = email.message_from_bytes(data, policy=email.policy.default)
@@ -56,6 +59,7 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     )
     assert envelope.sender == "course@example.org" and envelope.recipient == "ann@example.com"
     parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
@@ -69,6 +73,7 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
     ]
     for header in ("From", "To", "Subject", "Date", "Message-ID"):
         assert parsed[header], header
+    assert parsed["Date"].datetime == NOW
     assert parsed["List-Unsubscribe"] == "<https://course.example.org/unsubscribe/T>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
@@ -87,6 +92,7 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
         message_id="<2@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     )
     assert envelope.recipient == "joerg@xn--bcher-kva.example"
     data = envelope.data
@@ -117,6 +123,7 @@ def test_a_non_ascii_mailbox_name_is_refused_with_the_reason() -> None:
             message_id="<3@example.org>",
             unsubscribe_url=None,
             attach_pack=False,
+            now=NOW,
         )
 
 
@@ -147,6 +154,7 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     ).data
     assert data.startswith(b"DKIM-Signature:")
     parsed = email.message_from_bytes(data, policy=email.policy.default)

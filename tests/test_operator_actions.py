@@ -48,7 +48,7 @@ def test_retry_requeues_failed_or_bounced_but_never_a_row_in_flight(
     with session_scope(engine) as session:
         row = session.get(OutboxMessage, bounced.id)
         assert row is not None and row.status == OutboxStatus.sending and row.leased_by == "w2"
-        record(session, [(claimed, OK)], "w2")
+        record(session, [(claimed, OK)], "w2", utcnow())
     with session_scope(engine) as session:
         assert retry_message(session, bounced.id, utcnow()) is False  # sent: untouched
     statuses = [e.status for e in read_log(engine)]

@@ -42,7 +42,7 @@ def _on_course(engine: Engine, count: int, lessons_had: list[int]) -> list[int]:
             for n, (sub_id, had) in enumerate(zip(ids, lessons_had, strict=True))
             for lesson in course.lessons[:had]
         ]
-        enqueue_many(session, history, "localhost")
+        enqueue_many(session, history, "localhost", utcnow())
     return ids
 
 

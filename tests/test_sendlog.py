@@ -31,7 +31,7 @@ def _message(n: int, kind: MessageKind = MessageKind.lesson, sub: int | None = N
 
 def _queue(engine: Engine, *messages: NewMessage) -> None:
     with session_scope(engine) as session:
-        enqueue_many(session, list(messages), "example.com")
+        enqueue_many(session, list(messages), "example.com", utcnow())
 
 
 def test_log_joins_attempts_and_queued_rows_newest_first(engine: Engine) -> None:
@@ -162,6 +162,6 @@ def test_follow_reads_a_burst_in_windows_and_moves_on_past_rows_it_filters_out(
 def test_enqueue_helper_is_idempotent(engine: Engine) -> None:
     """The log never shows a message twice because it was queued twice."""
     with session_scope(engine) as session:
-        assert enqueue(session, _message(1), "example.com")
-        assert not enqueue(session, _message(1), "example.com")
+        assert enqueue(session, _message(1), "example.com", utcnow())
+        assert not enqueue(session, _message(1), "example.com", utcnow())
     assert len(read_log(engine)) == 1

@@ -54,7 +54,9 @@ def _known_addresses(settings: Settings, engine: Engine) -> None:
             ("gone@example.com", "unsubscribed"),
             ("bounced@example.com", "bounced"),
         ]:
-            sub, _ = add_subscriber(session, settings, email=email, name="Old", source="test")
+            sub, _ = add_subscriber(
+                session, settings, email=email, name="Old", source="test", now=utcnow()
+            )
             if state == "pending":
                 queue_confirmation(session, settings, sub, now)
             elif state == "active":
@@ -187,7 +189,7 @@ def test_a_batch_that_cannot_queue_a_confirmation_falls_back_to_one_at_a_time(
     now = utcnow()
     stale = confirmation(1, "someone@example.com", now)
     with session_scope(engine) as session:
-        enqueue(session, replace(stale, subscriber_id=None), "example.com")
+        enqueue(session, replace(stale, subscriber_id=None), "example.com", now)
     signup.store_many(engine, settings, [_signup("ann@example.com")], now)
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber)).scalar_one()

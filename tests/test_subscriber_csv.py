@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from drip.clock import utcnow
 from drip.db import read_scope
 from drip.models import Subscriber
 from drip.settings import Settings
@@ -66,7 +67,7 @@ def test_rows_are_checked_by_the_signup_rules() -> None:
 def test_a_semicolon_file_imports(settings: Settings, engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "excel.csv"
     path.write_text("\ufeffemail;name\nann@example.com;Ann\n", encoding="utf-8")
-    report = import_subscribers(settings, engine, path)
+    report = import_subscribers(settings, engine, path, now=utcnow())
     assert report.imported == 1 and not report.bad
     with read_scope(engine) as session:
         assert session.execute(select(Subscriber.name)).scalars().all() == ["Ann"]

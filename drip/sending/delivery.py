@@ -15,7 +15,6 @@ import asyncio
 import os
 import random
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -23,8 +22,10 @@ from typing import Any
 
 import markdown
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col
 
+from drip.clock import Clock
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
 from drip.models import (
@@ -46,7 +47,6 @@ from drip.settings import Settings
 from drip.subscribers import leave
 from drip.tokens import make_token
 
-Clock = Callable[[], datetime]
 #: A claimed row with its message ready to send, or the reason it must not be sent.
 Claimed = tuple[OutboxMessage, Envelope | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
@@ -135,7 +135,9 @@ class Delivery:
                 for _ in range(slots):
                     tasks.create_task(self._consume(queue))
         finally:
-            await asyncio.to_thread(release, self.engine, self.worker, list(self._in_hand))
+            await asyncio.to_thread(
+                release, self.engine, self.worker, list(self._in_hand), self.clock()
+            )
         return self.report
 
     async def _produce(self, queue: asyncio.Queue[Claimed | None], slots: int) -> None:
@@ -179,7 +181,9 @@ class Delivery:
 
         Whoever finds no commit under way commits everything pending, so the slots
         share one transaction yet each waits for its own result to be durable. That
-        keeps the crash window to the one message per connection.
+        keeps the crash window to the one message per connection. A database error is
+        every waiting slot's error; anything else fails this slot's task, and the task
+        group cancels the others.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, result, done))
@@ -190,7 +194,7 @@ class Delivery:
                     batch, self._pending = self._pending, []
                     try:
                         await asyncio.to_thread(self._finish, [(r, res) for r, res, _ in batch])
-                    except Exception as exc:
+                    except SQLAlchemyError as exc:
                         for *_, future in batch:
                             future.set_exception(exc)
                     else:
@@ -231,7 +235,7 @@ class Delivery:
         self._in_hand.update(r.id for r in rows if r.id is not None)
         wanted = {r.subscriber_id for r in rows if r.subscriber_id is not None}
         with read_scope(self.engine) as session:
-            found = session.execute(select(Subscriber).where(Subscriber.id.in_(wanted)))  # type: ignore[union-attr]
+            found = session.execute(select(Subscriber).where(col(Subscriber.id).in_(wanted)))
             subscribers = {s.id: s for s in found.scalars()}
             for letter_id in {r.newsletter_id for r in rows} - {None} - self._newsletters.keys():
                 self._load_newsletter(session, letter_id)  # type: ignore[arg-type]
@@ -258,6 +262,7 @@ class Delivery:
                 unsubscribe_url=context["unsubscribe_url"],
                 attach_pack=row.kind == MessageKind.welcome
                 and self.settings.pack_delivery == "attach",
+                now=self.clock(),
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
@@ -308,7 +313,7 @@ class Delivery:
         """
         now = self.clock()
         with session_scope(self.engine) as session:
-            moved = record(session, results, self.worker)
+            moved = record(session, results, self.worker, now)
             followed = [
                 (r, res) for r, res in results if r.id in moved and r.subscriber_id is not None
             ]
@@ -324,7 +329,7 @@ class Delivery:
                 if result.status == OutboxStatus.bounced:
                     self._suppress(session, row, result, now)
         for row, result in results:
-            self._in_hand.discard(row.id)  # type: ignore[arg-type]
+            self._in_hand.discard(row.id)
             self.report.add(result.status)
 
     def _suppress(

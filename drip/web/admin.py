@@ -354,7 +354,7 @@ def _body(message: EmailMessage, subtype: str) -> str | None:
     if part is None:
         return None
     try:
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
     except (LookupError, ValueError):
         return None
 
@@ -416,7 +416,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         form = {"email": email, "kind": kind, "status": status, "since": since}
         error, rows = None, []
         try:
-            when = parse_since(since) if since.strip() else None
+            when = parse_since(since, utcnow()) if since.strip() else None
         except ValueError:
             error = f"since: not an ISO-8601 time or a span such as 2h: {since!r}"
         if error is None:

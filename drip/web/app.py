@@ -200,7 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
         fields = await _fields(request, wants_json)
         if fields is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
-        checked = signup.check(settings=settings, **fields)  # type: ignore[arg-type]
+        checked = signup.check(settings=settings, **fields)
         if checked.errors:
             if wants_json:
                 return JSONResponse({"errors": checked.errors}, status_code=422)
