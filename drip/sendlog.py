@@ -347,7 +347,7 @@ def _numbered(session: Session, entries: list[LogEntry]) -> list[LogEntry]:
             )
             .where(col(attempt.id).in_(ids))
             .group_by(col(attempt.id))
-        ).tuples()
+        )
     }
     return [
         replace(e, attempts=int(counts.get(e.attempt_id, 0))) if e.attempt_id else e
