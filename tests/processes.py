@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
 from tests.factories import many_active
 from tests.mailserver import free_port
+from tests.waiting import wait_until
 
 
 def queue_lessons(engine: Engine, count: int) -> set[str]:
@@ -66,15 +66,6 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "drip.cli", "worker"], env=env, stdout=out, stderr=out
         )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _answers(url: str) -> bool:

@@ -61,7 +61,8 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
         attach_pack=True,
         now=NOW,
     )
-    assert envelope.sender == "course@example.org" and envelope.recipient == "ann@example.com"
+    assert envelope.sender == "course@example.org"
+    assert envelope.recipient == "ann@example.com"
     parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
     types = [p.get_content_type() for p in parsed.walk()]
     assert types == [
@@ -96,7 +97,9 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
     )
     assert envelope.recipient == "joerg@xn--bcher-kva.example"
     data = envelope.data
-    assert data.isascii() and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    assert data.isascii()
+    assert b"\r\n" in data
+    assert b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 78
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert not parsed.defects
@@ -105,7 +108,8 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
     assert parsed["To"].addresses[0].addr_spec == "joerg@xn--bcher-kva.example"
     plain = parsed.get_body(("plain",))
     rich = parsed.get_body(("html",))
-    assert plain is not None and rich is not None
+    assert plain is not None
+    assert rich is not None
     # On the wire every line ends in CRLF (RFC 5322); the characters are the same.
     assert plain.get_content().replace("\r\n", "\n") == text
     assert rich.get_content().replace("\r\n", "\n") == html

@@ -55,7 +55,8 @@ def test_the_same_email_is_queued_once(engine: Engine) -> None:
     assert _count(engine) == 2
     with session_scope(engine) as session:
         ids = session.execute(select(OutboxMessage.message_id)).scalars().all()
-    assert len(set(ids)) == 2 and all(i.endswith("@example.com>") for i in ids)
+    assert len(set(ids)) == 2
+    assert all(i.endswith("@example.com>") for i in ids)
 
 
 def test_claim_takes_only_due_rows_and_leases_them(engine: Engine) -> None:
@@ -66,13 +67,15 @@ def test_claim_takes_only_due_rows_and_leases_them(engine: Engine) -> None:
     now = utcnow()
     rows = claim(engine, "w1", now, 10, LEASE)
     assert [r.email for r in rows] == ["reader1@example.com"]
-    assert rows[0].status == OutboxStatus.sending and rows[0].leased_by == "w1"
+    assert rows[0].status == OutboxStatus.sending
+    assert rows[0].leased_by == "w1"
     assert rows[0].attempts == 1
     assert claim(engine, "w2", now, 10, LEASE) == []
     # The lease of a dead worker runs out and the row is claimed again.
     again = claim(engine, "w2", now + LEASE + timedelta(seconds=1), 10, LEASE)
     assert {r.email for r in again} == {"reader1@example.com"}
-    assert again[0].attempts == 2 and again[0].leased_by == "w2"
+    assert again[0].attempts == 2
+    assert again[0].leased_by == "w2"
 
 
 def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
@@ -91,7 +94,9 @@ def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
     with session_scope(engine) as session:
         row = session.execute(select(OutboxMessage)).scalar_one()
         attempts = session.execute(select(DeliveryAttempt)).scalars().all()
-    assert row.status == OutboxStatus.sent and row.next_attempt_at is None and row.sent_at
+    assert row.status == OutboxStatus.sent
+    assert row.next_attempt_at is None
+    assert row.sent_at
     assert [a.worker for a in attempts] == ["w1", "w2"]
 
 
@@ -131,7 +136,8 @@ def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
     for row, outcome in zip(rows, outcomes, strict=True):
         stored = found[row.id]
         assert (stored.status, stored.last_smtp_code) == (outcome.status, outcome.smtp_code)
-        assert stored.leased_by is None and stored.lease_until is None
+        assert stored.leased_by is None
+        assert stored.lease_until is None
         assert (stored.sent_at is not None) == (outcome.status == OutboxStatus.sent)
     assert found[rows[2].id].next_attempt_at == retry
     assert len(found[rows[3].id].last_smtp_message or "") == 1000
@@ -147,7 +153,8 @@ def test_release_hands_rows_back_untouched(engine: Engine) -> None:
     rows = claim(engine, "w1", now, 10, LEASE)
     assert release(engine, "w1", [r.id for r in rows if r.id], utcnow()) == 2
     again = claim(engine, "w2", utcnow(), 10, LEASE)
-    assert len(again) == 2 and all(r.attempts == 1 for r in again)
+    assert len(again) == 2
+    assert all(r.attempts == 1 for r in again)
 
 
 def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
@@ -168,7 +175,8 @@ def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
     for t in threads:
         t.join()
     every = [i for ids in got.values() for i in ids]
-    assert len(every) == 300 and len(set(every)) == 300
+    assert len(every) == 300
+    assert len(set(every)) == 300
 
 
 def test_a_claim_takes_its_limit_even_when_the_planner_expects_nothing_due(

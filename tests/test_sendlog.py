@@ -50,12 +50,19 @@ def test_log_joins_attempts_and_queued_rows_newest_first(engine: Engine) -> None
     times = [e.at for e in log]
     assert times == sorted(times, reverse=True)
     sent = log[1]
-    assert sent.attempts == 2 and log[2].attempts == 1 and log[0].attempts == 0
-    assert sent.smtp_code == 250 and sent.template == "lesson-01" and sent.kind == "lesson"
-    assert sent.message_id.startswith("<") and sent.message_id.endswith("@example.com>")
+    assert sent.attempts == 2
+    assert log[2].attempts == 1
+    assert log[0].attempts == 0
+    assert sent.smtp_code == 250
+    assert sent.template == "lesson-01"
+    assert sent.kind == "lesson"
+    assert sent.message_id.startswith("<")
+    assert sent.message_id.endswith("@example.com>")
     line = sent.contract()
     assert tuple(line) == CONTRACT_FIELDS
-    assert line["at"].endswith("Z") and line["status"] == "sent" and line["attempts"] == 2
+    assert line["at"].endswith("Z")
+    assert line["status"] == "sent"
+    assert line["attempts"] == 2
 
 
 def test_filters_by_email_kind_status_and_time(engine: Engine) -> None:

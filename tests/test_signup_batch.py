@@ -26,12 +26,12 @@ from drip.subscribers import (
     queue_confirmation,
 )
 from drip.tokens import make_token
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return make_settings(database_url, 1025, tmp_path)  # nothing is sent here
+def settings(database_url: str, make_settings: SettingsFactory) -> Settings:
+    return make_settings(database_url, 1025)  # nothing is sent here
 
 
 def _signup(email: str, name: str = "Ann") -> signup.Signup:
@@ -124,8 +124,10 @@ def test_links_of_a_batched_signup_work(settings: Settings, engine: Engine) -> N
         sub = session.execute(
             select(Subscriber).where(Subscriber.email == "bo@example.com")
         ).scalar_one()
-        assert sub.status == SubscriberStatus.pending and sub.confirm_sent_at == now
-        assert sub.consent_source == "web" and sub.timezone == "Europe/Paris"
+        assert sub.status == SubscriberStatus.pending
+        assert sub.confirm_sent_at == now
+        assert sub.consent_source == "web"
+        assert sub.timezone == "Europe/Paris"
         secret = settings.require_secret()
         token = make_token(secret, sub.token_salt, "confirm")
         assert signup.confirm(session, settings, token, now, "192.0.2.1") == "confirmed"
@@ -143,7 +145,8 @@ def test_the_writer_stores_every_signup_posted_at_once(settings: Settings, engin
         for future in futures:
             future.result(timeout=60)
     subs, rows = _state(engine)
-    assert len(subs) == 60 and len(rows) == 60
+    assert len(subs) == 60
+    assert len(rows) == 60
     assert {kind for _, kind, *_ in rows} == {MessageKind.confirm}
 
 

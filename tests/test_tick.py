@@ -47,7 +47,8 @@ def test_the_queue_step_takes_every_due_lesson_batch_after_batch(
     _due(engine, 30)
     assert tick.queue_due(settings, engine, utcnow()) == 30
     lessons = _lessons(engine)
-    assert len(lessons) == 30 and len(set(lessons)) == 30
+    assert len(lessons) == 30
+    assert len(set(lessons)) == 30
     assert tick.queue_due(settings, engine, utcnow()) == 0
 
 
