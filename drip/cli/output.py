@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -47,7 +46,7 @@ def fail(message: str) -> NoReturn:
 class Commands(TyperGroup):
     """drip's command group: a DripError from any command, however deep, is `fail`."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except DripError as exc:
