@@ -20,6 +20,7 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from drip.errors import DripError
 from drip.settings import Settings
 
 #: Seconds for one lookup, retries included.
@@ -87,7 +88,7 @@ def resolver(settings: Settings) -> dns.resolver.Resolver:
     return made
 
 
-class LookupFailed(Exception):
+class LookupFailed(DripError):
     """The DNS server did not answer; nothing is known about the record."""
 
 

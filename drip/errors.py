@@ -14,7 +14,8 @@ own words. Anything else that escapes is a bug in drip.
     ├── PackMissing         the built pack cannot be attached             (drip.sending.message)
     ├── Unaddressable       an address a message cannot carry             (drip.sending.message)
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
-    └── ImportFileError     a subscriber CSV file as a whole              (drip.cli.operator)
+    ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
+    └── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
 
 Each class lives beside the code that raises it; this module holds the base and
 the map. Delivery turns RenderError, PackMissing and Unaddressable into a message's

@@ -26,6 +26,7 @@ from drip.subscribers import (
     queue_confirmation,
 )
 from drip.tokens import make_token
+from drip.web.signup_writer import Writer
 from tests.conftest import SettingsFactory
 
 
@@ -136,7 +137,7 @@ def test_links_of_a_batched_signup_work(settings: Settings, engine: Engine) -> N
 
 
 def test_the_writer_stores_every_signup_posted_at_once(settings: Settings, engine: Engine) -> None:
-    writer = signup.Writer(engine, settings, batch=8, idle=0.05)
+    writer = Writer(engine, settings, batch=8, idle=0.05)
     with ThreadPoolExecutor(8) as pool:
         futures = [
             pool.submit(lambda n: writer.submit(_signup(f"p{n}@example.com")).result(30), n)
@@ -151,7 +152,7 @@ def test_the_writer_stores_every_signup_posted_at_once(settings: Settings, engin
 
 
 def test_the_writer_stops_when_idle_and_starts_again(settings: Settings, engine: Engine) -> None:
-    writer = signup.Writer(engine, settings, idle=0.05)
+    writer = Writer(engine, settings, idle=0.05)
     writer.submit(_signup("a@example.com")).result(30)
     threads = {t for t in threading.enumerate() if t.name == "drip-signup-writer"}
     for thread in threads:
@@ -165,7 +166,7 @@ def test_the_writer_hands_a_failure_to_every_waiting_signup(
     settings: Settings, tmp_path: Path
 ) -> None:
     broken = get_engine(f"sqlite:///{tmp_path / 'no-schema.db'}")  # no tables: every write fails
-    writer = signup.Writer(broken, settings, idle=0.05)
+    writer = Writer(broken, settings, idle=0.05)
     futures = [writer.submit(_signup(f"x{n}@example.com")) for n in range(5)]
     for future in futures:
         with pytest.raises(Exception, match="no such table"):
@@ -176,7 +177,7 @@ def test_two_writers_bringing_the_same_new_address_make_one_subscriber(
     settings: Settings, engine: Engine
 ) -> None:
     """As two web processes would: each batch inserts, one wins, the other finds it."""
-    writers = [signup.Writer(engine, settings, idle=0.05) for _ in range(4)]
+    writers = [Writer(engine, settings, idle=0.05) for _ in range(4)]
     futures = [w.submit(_signup("ann@example.com")) for w in writers]
     for future in futures:
         future.result(timeout=30)

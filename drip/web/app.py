@@ -37,6 +37,7 @@ from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
+from drip.web.signup_writer import Writer
 
 HERE = Path(__file__).parent
 MAX_BODY = 8 * 1024
@@ -161,7 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
     facts = _course_facts(settings)
     per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
     per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
-    writer = signup.Writer(engine, settings)
+    writer = Writer(engine, settings)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
