@@ -102,7 +102,16 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: process.poll() is None and _answers(f"{base}/healthz"), 30, "drip serve")
+        wait_until(
+            lambda: _answers(f"{base}/healthz"),
+            30,
+            "drip serve",
+            abort=lambda: (
+                None
+                if process.poll() is None
+                else f"it exited ({process.returncode}): {log.read_text()[-2000:]}"
+            ),
+        )
         yield base
     finally:
         process.send_signal(signal.SIGTERM)
