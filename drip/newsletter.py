@@ -29,7 +29,7 @@ from drip.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from drip.render import SAMPLE_CONTEXT, Rendered, render_email
+from drip.render import Rendered, render_email, sample_context
 from drip.sending.outbox import dedupe_key_sql
 from drip.settings import Settings
 
@@ -77,15 +77,20 @@ def parse(path: Path) -> Letter:
     return Letter(subject, body, hashlib.sha256(raw.encode()).hexdigest())
 
 
-def preview(settings: Settings, letter: Letter) -> Rendered:
+def newsletter_context(subject: str, body_markdown: str) -> dict[str, str]:
+    """A newsletter's template variables: its subject, and its body as HTML and as text."""
     import markdown
 
-    context = {
-        **SAMPLE_CONTEXT,
-        "subject": letter.subject,
-        "content_html": markdown.markdown(letter.body),
-        "content_text": letter.body,
+    return {
+        "subject": subject,
+        "content_html": markdown.markdown(body_markdown),
+        "content_text": body_markdown,
     }
+
+
+def preview(settings: Settings, letter: Letter) -> Rendered:
+    sample = sample_context(settings.emails_dir, "newsletter")
+    context = {**sample, **newsletter_context(letter.subject, letter.body)}
     return render_email(settings.emails_dir, "newsletter", context)
 
 

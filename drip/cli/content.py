@@ -8,36 +8,16 @@ sending side; the main CLI mounts `pack_app` and `preview`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from drip.cli.output import fail
-from drip.course import Course, CourseError, load_course
 from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, build_pack
-from drip.render import SAMPLE_CONTEXT, render_email, template_names
+from drip.render import render_email, sample_context, template_names
 from drip.settings import load_settings
 
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
-
-
-def preview_context(emails_dir: Path, name: str) -> dict[str, Any]:
-    """SAMPLE_CONTEXT, made true to the shipped course for the email being previewed."""
-    context = dict(SAMPLE_CONTEXT)
-    try:
-        course: Course | None = load_course(emails_dir)
-    except CourseError:
-        course = None  # `drip check` reports a broken course; a preview still helps
-    if course is not None:
-        context["course_title"] = course.title
-        context["lesson_total"] = course.total
-        context["lessons"] = course.schedule()
-        for number, lesson in enumerate(course.lessons, start=1):
-            if lesson.template == name:
-                context["lesson_number"] = number
-    if name == "confirm":
-        context["unsubscribe_url"] = None  # as sent: nothing to unsubscribe from yet
-    return context
 
 
 def preview(
@@ -53,7 +33,7 @@ def preview(
     if name not in names:
         known = ", ".join(names) or "none"
         fail(f"no email named {name!r} in {emails_dir}/ (known: {known})")
-    rendered = render_email(emails_dir, name, preview_context(emails_dir, name))
+    rendered = render_email(emails_dir, name, sample_context(emails_dir, name))
     typer.echo(f"Subject: {rendered.subject}")
     if out is not None:
         try:

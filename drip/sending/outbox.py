@@ -8,6 +8,7 @@ in one transaction, so the log never disagrees with the outbox.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from drip.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from drip.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,21 @@ class Result:
     @property
     def log_text(self) -> str | None:
         return (self.smtp_message or "")[:1000] or None
+
+
+def retry_or_give_up(
+    settings: Settings, row: OutboxMessage, code: int | None, message: str, now: datetime
+) -> Result:
+    """Exponential backoff with jitter, as Postfix does; failed once the lifetime is spent."""
+    lifetime = timedelta(days=settings.retry_lifetime_days)
+    if now - row.created_at >= lifetime:
+        gave_up = f"gave up after {row.attempts} attempts over {lifetime.days} days: {message}"
+        return Result(OutboxStatus.failed, code, gave_up)
+    minutes = min(
+        settings.retry_first_minutes * 2 ** max(row.attempts - 1, 0), settings.retry_max_hours * 60
+    )
+    delay = timedelta(minutes=minutes * random.uniform(0.8, 1.2))
+    return Result(OutboxStatus.deferred, code, message, now + delay)
 
 
 def record(
