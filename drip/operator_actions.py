@@ -15,6 +15,7 @@ from sqlalchemy import or_, select, update
 from sqlmodel import Session, col
 
 from drip.models import (
+    SUBSCRIBED_STATUSES,
     CourseProgress,
     DeliveryAttempt,
     MessageKind,
@@ -118,7 +119,7 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return False
-    keep_out = subscriber.status in (SubscriberStatus.pending, SubscriberStatus.active)
+    keep_out = subscriber.status in SUBSCRIBED_STATUSES
     status = SubscriberStatus.unsubscribed if keep_out else subscriber.status
     leave(session, subscriber, status, now, "the subscriber's data was deleted")
     old = {subscriber.email, subscriber.email_key}

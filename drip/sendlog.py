@@ -23,14 +23,20 @@ from sqlmodel import Session, col
 
 from drip.clock import parse_instant
 from drip.db import AnySelect
-from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
+from drip.models import (
+    NOT_TRIED_STATUSES,
+    DeliveryAttempt,
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+)
 from drip.subscribers import find_by_email
 
-#: The statuses a log entry can have (the contract's list; `sending` shows as `queued`).
+#: The statuses a log entry can have (`sending` shows as `queued`).
 LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "skipped")
 KINDS = tuple(k.value for k in MessageKind)
-#: The contract's fields of one `drip logs --json` line, in order.
-CONTRACT_FIELDS = (
+#: The fields of one `drip logs --json` line, in order (README: Commands).
+JSON_FIELDS = (
     "at",
     "email",
     "kind",
@@ -50,8 +56,6 @@ FOLLOW_LOOKBACK = 200
 ATTEMPT, QUEUED = "a", "q"
 #: At equal times an attempt sorts after (is newer than) a queued row.
 _RANK = {QUEUED: 0, ATTEMPT: 1}
-#: Outbox rows not attempted yet: the log shows them as `queued`.
-NOT_TRIED = (OutboxStatus.queued, OutboxStatus.sending)
 
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
@@ -101,8 +105,8 @@ class LogEntry:
         source, ident = parse_key(self.key)
         return (self.at, _RANK[source], ident)
 
-    def contract(self) -> dict[str, Any]:
-        """Exactly the contract's fields, ready for json.dumps."""
+    def as_json(self) -> dict[str, Any]:
+        """Exactly the JSON_FIELDS, ready for json.dumps."""
         return {
             "at": iso(self.at),
             "email": self.email,
@@ -192,18 +196,18 @@ _QUEUED_COLUMNS = (
 )
 
 
-def _message_filters(session: Session, flt: LogFilter) -> list[ColumnElement[bool]]:
+def _message_filters(session: Session, wanted: LogFilter) -> list[ColumnElement[bool]]:
     """Filters on the outbox row; each can use an index (email, subscriber_id, kind)."""
     clauses: list[ColumnElement[bool]] = []
-    if flt.email:
-        subscriber = find_by_email(session, flt.email)
-        same_address = col(OutboxMessage.email) == flt.email
+    if wanted.email:
+        subscriber = find_by_email(session, wanted.email)
+        same_address = col(OutboxMessage.email) == wanted.email
         if subscriber is not None:
             clauses.append(or_(col(OutboxMessage.subscriber_id) == subscriber.id, same_address))
         else:
             clauses.append(same_address)
-    if flt.kind:
-        clauses.append(col(OutboxMessage.kind) == flt.kind)
+    if wanted.kind:
+        clauses.append(col(OutboxMessage.kind) == wanted.kind)
     return clauses
 
 
@@ -260,53 +264,53 @@ def _not_attempted() -> ColumnElement[bool]:
     return ~exists().where(col(DeliveryAttempt.outbox_id) == col(OutboxMessage.id))
 
 
-def _attempts(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
+def _attempts(wanted: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
     """Attempts joined to their message, with every filter but paging."""
     stmt = select(*_ATTEMPT_COLUMNS).join(
         OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id)
     )
     stmt = stmt.where(*outbox)
-    if flt.status:
-        stmt = stmt.where(col(DeliveryAttempt.status) == flt.status)
-    if flt.since:
-        stmt = stmt.where(col(DeliveryAttempt.at) >= flt.since)
+    if wanted.status:
+        stmt = stmt.where(col(DeliveryAttempt.status) == wanted.status)
+    if wanted.since:
+        stmt = stmt.where(col(DeliveryAttempt.at) >= wanted.since)
     return stmt
 
 
-def _not_tried(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
+def _not_tried(wanted: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
     """Messages with no attempt yet, with every filter but status and paging."""
     stmt = select(*_QUEUED_COLUMNS).where(_not_attempted(), *outbox)
-    if flt.since:
-        stmt = stmt.where(col(OutboxMessage.created_at) >= flt.since)
+    if wanted.since:
+        stmt = stmt.where(col(OutboxMessage.created_at) >= wanted.since)
     return stmt
 
 
 def _attempts_page(
-    session: Session, flt: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
+    session: Session, wanted: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
 ) -> list[LogEntry]:
-    stmt = _attempts(flt, outbox).where(
+    stmt = _attempts(wanted, outbox).where(
         *_before(col(DeliveryAttempt.at), col(DeliveryAttempt.id), _RANK[ATTEMPT], cursor)
     )
     stmt = stmt.order_by(col(DeliveryAttempt.at).desc(), col(DeliveryAttempt.id).desc()).limit(
-        flt.limit
+        wanted.limit
     )
     return [_attempt_entry(r) for r in session.execute(stmt)]
 
 
 def _queued_page(
     session: Session,
-    flt: LogFilter,
+    wanted: LogFilter,
     outbox: list[ColumnElement[bool]],
     cursor: _Cursor | None,
     status: OutboxStatus,
 ) -> list[LogEntry]:
     # One status per query, so (status, created_at) hands rows over already in order.
-    stmt = _not_tried(flt, outbox).where(col(OutboxMessage.status) == status)
+    stmt = _not_tried(wanted, outbox).where(col(OutboxMessage.status) == status)
     stmt = stmt.where(
         *_before(col(OutboxMessage.created_at), col(OutboxMessage.id), _RANK[QUEUED], cursor)
     )
     stmt = stmt.order_by(col(OutboxMessage.created_at).desc(), col(OutboxMessage.id).desc()).limit(
-        flt.limit
+        wanted.limit
     )
     return [_queued_entry(r) for r in session.execute(stmt)]
 
@@ -362,21 +366,21 @@ def _any_of_kind(session: Session, kind: str) -> bool:
     return found.first() is not None
 
 
-def entries(session: Session, flt: LogFilter) -> list[LogEntry]:
+def entries(session: Session, wanted: LogFilter) -> list[LogEntry]:
     """One page of the log, newest first; pass the last entry's key as `before_id` for more."""
-    cursor = _cursor(session, flt.before_id) if flt.before_id else None
-    if flt.kind and not _any_of_kind(session, flt.kind):
+    cursor = _cursor(session, wanted.before_id) if wanted.before_id else None
+    if wanted.kind and not _any_of_kind(session, wanted.kind):
         # Else a planner guessing "a third of the rows" may walk the whole log to find none.
         return []
-    outbox = _message_filters(session, flt)
+    outbox = _message_filters(session, wanted)
     sources: list[list[LogEntry]] = []
-    if flt.wants_attempts:
-        sources.append(_attempts_page(session, flt, outbox, cursor))
-    if flt.wants_queued:
-        for status in NOT_TRIED:
-            sources.append(_queued_page(session, flt, outbox, cursor, status))
+    if wanted.wants_attempts:
+        sources.append(_attempts_page(session, wanted, outbox, cursor))
+    if wanted.wants_queued:
+        for status in NOT_TRIED_STATUSES:
+            sources.append(_queued_page(session, wanted, outbox, cursor, status))
     merged = heapq.merge(*sources, key=lambda e: e.sort_key, reverse=True)
-    return _numbered(session, list(islice(merged, flt.limit)))
+    return _numbered(session, list(islice(merged, wanted.limit)))
 
 
 # -- follow ---------------------------------------------------------------------------
@@ -433,7 +437,7 @@ def follow_start(session: Session, shown: Sequence[LogEntry] = ()) -> FollowStat
 
 
 def follow(
-    session: Session, flt: LogFilter, state: FollowState, batch: int = 500
+    session: Session, wanted: LogFilter, state: FollowState, batch: int = 500
 ) -> list[LogEntry]:
     """Entries that appeared since the last call, oldest first; `state` moves on.
 
@@ -441,19 +445,20 @@ def follow(
     commit out of id order, and a row committed late must not be missed.
     """
     top_attempt, top_outbox = _newest_ids(session)
-    outbox = _message_filters(session, flt)
+    outbox = _message_filters(session, wanted)
     window = FOLLOW_LOOKBACK + batch
     attempts: list[LogEntry] = []
     queued: list[LogEntry] = []
-    if flt.wants_attempts:
-        stmt = _attempts(flt, outbox).where(col(DeliveryAttempt.id) > state.attempt_floor)
+    if wanted.wants_attempts:
+        stmt = _attempts(wanted, outbox).where(col(DeliveryAttempt.id) > state.attempt_floor)
         attempts = [
             _attempt_entry(r)
             for r in session.execute(stmt.order_by(col(DeliveryAttempt.id)).limit(window))
         ]
-    if flt.wants_queued:
-        stmt = _not_tried(flt, outbox).where(
-            col(OutboxMessage.id) > state.outbox_floor, col(OutboxMessage.status).in_(NOT_TRIED)
+    if wanted.wants_queued:
+        stmt = _not_tried(wanted, outbox).where(
+            col(OutboxMessage.id) > state.outbox_floor,
+            col(OutboxMessage.status).in_(NOT_TRIED_STATUSES),
         )
         queued = [
             _queued_entry(r)

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         env_prefix="DRIP_", env_file=".env", extra="ignore", validate_default=True
     )
 
-    # The contract's variables.
+    # The variables the README documents.
     database_url: str = "sqlite:///subscribers.db"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(1025, ge=1, le=65535)

@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from drip.db import lock, session_scope
 from drip.errors import DripError
-from drip.models import SubscriberStatus
+from drip.models import SUBSCRIBED_STATUSES, SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
@@ -257,7 +257,7 @@ def unsubscribe(session: Session, token: str, now: datetime) -> bool:
     subscriber = find_by_token(session, token, "unsubscribe")
     if subscriber is None:
         return False
-    if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
+    if subscriber.status in SUBSCRIBED_STATUSES:
         leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
     return True
 

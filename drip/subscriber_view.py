@@ -79,14 +79,14 @@ def _prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def list_subscribers(session: Session, flt: SubscriberFilter) -> list[Subscriber]:
+def list_subscribers(session: Session, wanted: SubscriberFilter) -> list[Subscriber]:
     """Newest first; pass the last id as `before_id` for the next page."""
     stmt = select(Subscriber)
-    if flt.status:
-        stmt = stmt.where(col(Subscriber.status) == flt.status)
-    if flt.email_prefix:
-        stmt = stmt.where(*_prefix_clauses(flt.email_prefix))
-    if flt.before_id is not None and flt.before_id <= MAX_ID:  # above it: every id is below
-        stmt = stmt.where(col(Subscriber.id) < flt.before_id)
-    stmt = stmt.order_by(col(Subscriber.id).desc()).limit(flt.limit)
+    if wanted.status:
+        stmt = stmt.where(col(Subscriber.status) == wanted.status)
+    if wanted.email_prefix:
+        stmt = stmt.where(*_prefix_clauses(wanted.email_prefix))
+    if wanted.before_id is not None and wanted.before_id <= MAX_ID:  # above it: every id is below
+        stmt = stmt.where(col(Subscriber.id) < wanted.before_id)
+    stmt = stmt.order_by(col(Subscriber.id).desc()).limit(wanted.limit)
     return list(session.execute(stmt).scalars())

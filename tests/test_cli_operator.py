@@ -20,7 +20,7 @@ from drip.cli import app
 from drip.clock import utcnow
 from drip.db import read_scope
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
-from drip.sendlog import CONTRACT_FIELDS, parse_since
+from drip.sendlog import JSON_FIELDS, parse_since
 from drip.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import subscriber, tick
@@ -75,7 +75,7 @@ def test_logs_json_matches_what_the_smtp_server_received(
     result = drip("logs", "--json")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert all(tuple(line) == CONTRACT_FIELDS for line in lines)
+    assert all(tuple(line) == JSON_FIELDS for line in lines)
     sent = [line for line in lines if line["status"] == "sent"]
     assert {line["message_id"]: line["email"] for line in sent}.keys() == received.keys()
     for line in sent:

@@ -233,7 +233,7 @@ def test_a_bad_setting_is_named_without_showing_a_secret(
 
 
 def test_drip_dev_prints_only_a_password_it_made(tmp_path: Path) -> None:
-    """`drip dev` shows the admin password it generates (the contract), never one the
+    """`drip dev` shows the admin password it generates (as the README says), never one the
     operator set, nor the secret key or the SMTP password."""
     port = free_port()
     env = environment(f"sqlite:///{tmp_path / 'subscribers.db'}", free_port())

@@ -12,7 +12,7 @@ from drip.clock import utcnow
 from drip.db import read_scope, session_scope
 from drip.models import MessageKind
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
-from drip.sendlog import CONTRACT_FIELDS, LogFilter, follow, follow_start
+from drip.sendlog import JSON_FIELDS, LogFilter, follow, follow_start
 from drip.settings import Settings
 from tests.factories import subscriber
 from tests.outcomes import BUSY, OK, deliver, read_log
@@ -58,8 +58,8 @@ def test_log_joins_attempts_and_queued_rows_newest_first(engine: Engine) -> None
     assert sent.kind == "lesson"
     assert sent.message_id.startswith("<")
     assert sent.message_id.endswith("@example.com>")
-    line = sent.contract()
-    assert tuple(line) == CONTRACT_FIELDS
+    line = sent.as_json()
+    assert tuple(line) == JSON_FIELDS
     assert line["at"].endswith("Z")
     assert line["status"] == "sent"
     assert line["attempts"] == 2

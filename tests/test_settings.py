@@ -1,4 +1,4 @@
-"""Settings: the contract's variables, and one plain line for anything wrong."""
+"""Settings: the documented variables, and one plain line for anything wrong."""
 
 from __future__ import annotations
 

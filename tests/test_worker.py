@@ -68,7 +68,7 @@ def kill_points(rng: random.Random, total: int, kills: int, gap: int) -> list[in
 def test_a_worker_killed_ten_times_mid_send_loses_nothing(
     database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
 ) -> None:
-    """The issue's crash test: 5,000 queued messages, a real `drip worker` SIGKILLed at
+    """The crash test: 5,000 queued messages, a real `drip worker` SIGKILLed at
     random moments 10 times and restarted; every message arrives, a duplicate only where
     a kill caught it between the server's 250 and the commit, and the send log agrees."""
     sink = CountingSink()

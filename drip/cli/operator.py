@@ -102,7 +102,7 @@ def _line(e: LogEntry) -> Text:
 def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
     if json_output:
         for e in rows:
-            sys.stdout.write(json.dumps(e.contract(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(e.as_json(), ensure_ascii=False) + "\n")
         sys.stdout.flush()
     elif streaming:
         for e in rows:
@@ -115,7 +115,7 @@ def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
 
 def show_logs(
     settings: Settings,
-    flt: LogFilter,
+    wanted: LogFilter,
     *,
     json_output: bool = False,
     follow_log: bool = False,
@@ -129,7 +129,7 @@ def show_logs(
     """
     engine = _engine(settings)
     with read_scope(engine) as session:
-        rows = entries(session, flt)
+        rows = entries(session, wanted)
         state = follow_start(session, rows) if follow_log else None
     if state is None:
         _emit(rows, json_output, streaming=False)
@@ -140,7 +140,7 @@ def show_logs(
         while polls is None or done < polls:
             time.sleep(interval)
             with read_scope(engine) as session:
-                _emit(follow(session, flt, state), json_output, streaming=True)
+                _emit(follow(session, wanted, state), json_output, streaming=True)
             done += 1
     except KeyboardInterrupt:
         pass
@@ -169,10 +169,10 @@ def logs(
             f"not an ISO-8601 time or span: {since!r}", param_hint="--since"
         ) from None
     try:
-        flt = LogFilter(email=email, kind=kind, status=status, since=when, limit=limit)
+        wanted = LogFilter(email=email, kind=kind, status=status, since=when, limit=limit)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    show_logs(load_settings(), flt, json_output=json_output, follow_log=follow_log)
+    show_logs(load_settings(), wanted, json_output=json_output, follow_log=follow_log)
 
 
 # -- drip subscribers list --------------------------------------------------------------
@@ -188,12 +188,12 @@ def list_command(
 ) -> None:
     """Subscribers, newest first."""
     try:
-        flt = SubscriberFilter(status=status, email_prefix=email, limit=limit)
+        wanted = SubscriberFilter(status=status, email_prefix=email, limit=limit)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     engine = _engine(load_settings())
     with read_scope(engine) as session:
-        rows = list_subscribers(session, flt)
+        rows = list_subscribers(session, wanted)
     if not rows:
         err().print("no subscribers match")
         return

@@ -3,9 +3,9 @@
 Every drip email has one of two shapes: text and HTML alternatives, and on the
 welcome the PDF pack beside them. So it is composed straight to bytes with the
 standard library's codecs (quoted-printable, base64, RFC 2047 encoded words)
-rather than through EmailMessage, whose general builder and generator cost about
-1.5 ms a message: most of a worker's time (BENCHMARKS.md). Header values are
-refused if they hold a line break, so a name or subject can never inject a header.
+rather than through EmailMessage, whose general builder and generator were most of a
+worker's time (the figures are in BENCHMARKS.md). Header values are refused if they
+hold a line break, so a name or subject can never inject a header.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from drip.db import get_engine, read_scope, session_scope
 from drip.models import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
+    SUBSCRIBED_STATUSES,
     CourseProgress,
     OutboxMessage,
     Subscriber,
@@ -334,11 +335,11 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             error = f"since: not an ISO-8601 time or a span such as 2h: {since!r}"
         if error is None:
             try:
-                flt = LogFilter(
+                wanted = LogFilter(
                     email=email, kind=kind, status=status, since=when, limit=limit, before_id=before
                 )
                 with read_scope(engine) as session:
-                    rows = entries(session, flt)
+                    rows = entries(session, wanted)
             except ValueError as exc:
                 error = str(exc)
         older = None
@@ -366,9 +367,9 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
     ) -> HTMLResponse:
         error, rows = None, []
         try:
-            flt = SubscriberFilter(status=status, email_prefix=q, limit=PAGE, before_id=before)
+            wanted = SubscriberFilter(status=status, email_prefix=q, limit=PAGE, before_id=before)
             with read_scope(engine) as session:
-                rows = list_subscribers(session, flt)
+                rows = list_subscribers(session, wanted)
         except ValueError as exc:
             error = str(exc)
         older = None
@@ -404,7 +405,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             progress=progress,
             retryable={str(s) for s in RETRYABLE_STATUSES},
             final={str(s) for s in FINAL_STATUSES},
-            can_leave=found.status in (SubscriberStatus.pending, SubscriberStatus.active),
+            can_leave=found.status in SUBSCRIBED_STATUSES,
             deleted=found.email == anonymous_address(subscriber_id),
         )
 

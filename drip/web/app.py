@@ -142,9 +142,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """Move what start-up built out of the cycle collector's way.
 
     Modules, routes, templates and the ORM's mappers live as long as the process, yet
-    every full collection walks them all: 40-160 ms pauses of the event loop, several
-    a minute under signups (each leaves its address in the rate-limit window), which
-    made the signup p99. Frozen, a full collection walks only what came after.
+    every full collection walks them all, pausing the event loop several times a minute
+    under signups (BENCHMARKS.md). Frozen, a full collection walks only what came after.
     """
     gc.freeze()
     yield

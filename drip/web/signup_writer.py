@@ -2,7 +2,7 @@
 
 Why: a signup is a short write and SQLite takes one writer at a time. Threads of
 the pool racing for BEGIN IMMEDIATE wait in SQLite's busy handler, which sleeps
-up to 100 ms between tries, so under load a signup's p99 was seconds. One thread
+between tries, so under load a signup could wait for seconds. One thread
 writes in arrival order instead, and signups that arrived meanwhile share one
 transaction (on PostgreSQL, one commit to disk), so the cost of each falls as the
 load rises. The thread ends when idle and starts again on the next signup.
