@@ -88,6 +88,14 @@ def newsletter_context(subject: str, body_markdown: str) -> dict[str, str]:
     }
 
 
+def stored_context(session: Session, newsletter_id: int) -> dict[str, str]:
+    """`newsletter_context` of a queued newsletter (empty if it was deleted)."""
+    letter = session.get(Newsletter, newsletter_id)
+    if letter is None:
+        return newsletter_context("", "")
+    return newsletter_context(letter.subject, letter.body_markdown)
+
+
 def preview(settings: Settings, letter: Letter) -> Rendered:
     sample = sample_context(settings.emails_dir, "newsletter")
     context = {**sample, **newsletter_context(letter.subject, letter.body)}

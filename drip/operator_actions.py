@@ -11,9 +11,10 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Column, ColumnElement, or_, select, update
 from sqlmodel import Session, col
 
+from drip.db import table_of
 from drip.models import (
     SUBSCRIBED_STATUSES,
     CourseProgress,
@@ -146,28 +147,27 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
         .execution_options(synchronize_session=False)
     )
     pattern = re.compile("|".join(re.escape(address) for address in sorted(old)), re.IGNORECASE)
-    replies = session.execute(
-        select(col(OutboxMessage.id), col(OutboxMessage.last_smtp_message)).where(
-            col(OutboxMessage.id).in_(ids), col(OutboxMessage.last_smtp_message).is_not(None)
-        )
-    ).all()
-    for ident, text in replies:
-        if pattern.search(text):
-            session.execute(
-                update(OutboxMessage)
-                .where(col(OutboxMessage.id) == ident)
-                .values(last_smtp_message=pattern.sub(anon, text))
-            )
-    logged = session.execute(
-        select(col(DeliveryAttempt.id), col(DeliveryAttempt.smtp_message)).where(
-            col(DeliveryAttempt.outbox_id).in_(ids), col(DeliveryAttempt.smtp_message).is_not(None)
-        )
-    ).all()
-    for ident, text in logged:
-        if pattern.search(text):
-            session.execute(
-                update(DeliveryAttempt)
-                .where(col(DeliveryAttempt.id) == ident)
-                .values(smtp_message=pattern.sub(anon, text))
-            )
+    outbox, attempts = table_of(OutboxMessage).c, table_of(DeliveryAttempt).c
+    _scrub(session, outbox.last_smtp_message, outbox.id.in_(ids), pattern, anon)
+    _scrub(session, attempts.smtp_message, attempts.outbox_id.in_(ids), pattern, anon)
     return True
+
+
+def _scrub(
+    session: Session,
+    text: Column[Any],
+    rows: ColumnElement[bool],
+    pattern: re.Pattern[str],
+    anon: str,
+) -> None:
+    """Replace what `pattern` matches in the `text` column of `rows` (SMTP replies that
+    quoted an address) by `anon`."""
+    table = text.table
+    quoted = session.execute(select(table.c.id, text).where(rows, text.is_not(None))).all()
+    for ident, value in quoted:
+        if pattern.search(value):
+            session.execute(
+                update(table)
+                .where(table.c.id == ident)
+                .values({text.name: pattern.sub(anon, value)})
+            )

@@ -17,13 +17,12 @@ from drip.clock import Clock
 from drip.course import Course
 from drip.models import (
     MessageKind,
-    Newsletter,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
     SubscriberStatus,
 )
-from drip.newsletter import newsletter_context
+from drip.newsletter import stored_context
 from drip.pack_link import pack_url
 from drip.render import RenderError, render_email
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
@@ -80,10 +79,7 @@ class Preparer:
         """Read the newsletters these rows carry, each once per run."""
         for letter_id in set(ids) - {None} - self._newsletters.keys():
             assert letter_id is not None
-            letter = session.get(Newsletter, letter_id)
-            self._newsletters[letter_id] = newsletter_context(
-                letter.subject if letter else "", letter.body_markdown if letter else ""
-            )
+            self._newsletters[letter_id] = stored_context(session, letter_id)
 
     def prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
         """Render and build the message, or say why it must not be sent."""
