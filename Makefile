@@ -7,6 +7,8 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint bench clean system-packages
 
+LINTED := drip tests bench scheduler.py
+
 # What the tests talk to, from Debian's packages: `command=package` (a command or a path).
 TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils
 
@@ -29,14 +31,15 @@ system-packages:
 	@scripts/system-packages.sh $(TEST_PACKAGES)
 	@scripts/postgres.sh
 
-test: $(TEST_STAMP) system-packages
-	$(BIN)/ruff check drip tests bench scheduler.py
-	$(BIN)/python -m pytest -n 2 -m "not exclusive"
+test: lint system-packages
+	$(BIN)/python -m pytest -n 2 -m "not exclusive" --cov=drip --cov-report=term:skip-covered
 	$(BIN)/python -m pytest -m exclusive
 
+# The checks that need no database: also what .pre-commit-config.yaml runs.
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check drip tests bench scheduler.py
-	$(BIN)/ruff format --check drip tests bench scheduler.py
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 # Benchmarks, never part of the tests: `make bench` (a few minutes), `make bench ARGS=--quick`.
 bench: $(TEST_STAMP)

@@ -101,6 +101,7 @@ def seed(url: str, count: int) -> None:
                 for n, i in enumerate(ids)
             ],
             "bench.example.com",
+            now,
         )
 
 

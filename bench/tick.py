@@ -79,7 +79,7 @@ def due_pass(settings: Settings, size: int) -> tuple[int, float, float, int]:
         began = time.perf_counter()
         rows = claim(engine, "bench", utcnow(), settings.smtp_concurrency * 2, timedelta(minutes=5))
         claim_ms = (time.perf_counter() - began) * 1000
-        release(engine, "bench", [r.id for r in rows if r.id is not None])
+        release(engine, "bench", [r.id for r in rows if r.id is not None], utcnow())
     finally:
         undo_due(engine, size, now)
     if queued != due:

@@ -1,12 +1,17 @@
 """The local mail catcher of `drip dev`: an aiosmtpd server that keeps every message.
 
-Messages go into a Maildir (one file each, safe across processes), which the
-admin's /admin/outbox page reads. Nothing is relayed anywhere.
+Messages go into a Maildir (one file each, safe across processes). The read side
+below is what the admin's /admin/outbox pages show. Nothing is relayed anywhere.
 """
 
 from __future__ import annotations
 
 import mailbox
+import re
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -30,3 +35,124 @@ def start_catcher(directory: Path, host: str, port: int) -> Controller:
     controller = Controller(MaildirHandler(directory), hostname=host, port=port)
     controller.start()
     return controller
+
+
+# -- reading what was caught ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caught:
+    """One caught message as the list shows it."""
+
+    key: str
+    date: str
+    to: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """A leaf of a caught message: an attachment or a body part."""
+
+    n: int
+    filename: str
+    type: str
+    payload: bytes
+    #: Marked as an attachment, or carrying a file name: listed as one.
+    is_attachment: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @property
+    def shown_name(self) -> str:
+        return self.filename or f"part-{self.n}"
+
+    @property
+    def download_name(self) -> str:
+        """The file name reduced to safe characters, or part-N."""
+        return _SAFE_NAME.sub("_", self.filename).strip("._") or f"part-{self.n}"
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def caught_box(directory: Path) -> mailbox.Maildir:
+    """The catcher's Maildir; made whole if missing (Maildir(create=True) alone leaves an
+    existing but empty folder without its tmp/new/cur)."""
+    for sub in ("tmp", "new", "cur"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    return mailbox.Maildir(directory, create=True)
+
+
+def _delivered_at(key: str) -> float:
+    """Maildir names start with the delivery time in seconds."""
+    try:
+        return float(key.split(".", 1)[0])
+    except ValueError:
+        return 0.0
+
+
+def newest(directory: Path, limit: int) -> tuple[list[Caught], int]:
+    """The `limit` newest caught messages (headers only), and how many there are."""
+    box = caught_box(directory)
+    keys = sorted(box.keys(), key=_delivered_at, reverse=True)
+    parser = BytesHeaderParser(policy=policy.default)
+    rows = []
+    for key in keys[:limit]:
+        try:
+            with box.get_file(key) as handle:
+                headers = parser.parse(handle)  # type: ignore[arg-type]
+        except (KeyError, FileNotFoundError):
+            continue  # removed meanwhile
+        rows.append(
+            Caught(
+                key=key,
+                date=str(headers.get("Date", "")),
+                to=str(headers.get("To", "")),
+                subject=str(headers.get("Subject", "")),
+            )
+        )
+    return rows, len(keys)
+
+
+def read(directory: Path, key: str) -> EmailMessage | None:
+    """One caught message, parsed; None if there is no such key."""
+    try:
+        with caught_box(directory).get_file(key) as handle:
+            message = BytesParser(policy=policy.default).parse(handle)  # type: ignore[arg-type]
+    except (KeyError, FileNotFoundError):
+        return None
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def body(message: EmailMessage, subtype: str) -> str | None:
+    """The text of the message's `subtype` body ("html" or "plain"), if it has a readable one."""
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None:
+        return None
+    try:
+        return str(part.get_content())
+    except (LookupError, ValueError):
+        return None
+
+
+def parts(message: Message) -> list[Part]:
+    """Every leaf of the message, numbered in order, with a file name safe to offer."""
+    leaves = [part for part in message.walk() if not part.is_multipart()]
+    found = []
+    for n, leaf in enumerate(leaves):
+        payload = leaf.get_payload(decode=True)
+        filename = leaf.get_filename() or ""
+        found.append(
+            Part(
+                n=n,
+                filename=filename,
+                type=leaf.get_content_type(),
+                payload=payload if isinstance(payload, bytes) else b"",
+                is_attachment=leaf.get_content_disposition() == "attachment" or bool(filename),
+            )
+        )
+    return found

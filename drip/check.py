@@ -5,7 +5,7 @@ from __future__ import annotations
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
 from drip.deliverability import setting_problems
-from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
+from drip.render import RenderError, render_email, sample_context, template_names
 from drip.sending.message import PackMissing, check_pack
 from drip.settings import Settings, SettingsError
 
@@ -39,7 +39,7 @@ def problems(settings: Settings) -> list[str]:
             found.append(f"{settings.emails_dir}/{name}.html and .txt: email template missing")
     for name in names:
         try:
-            render_email(settings.emails_dir, name, SAMPLE_CONTEXT)
+            render_email(settings.emails_dir, name, sample_context(settings.emails_dir, name))
         except RenderError as exc:
             found.append(f"template {exc}")
     try:

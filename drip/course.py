@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 
+from drip.errors import DripError
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
-class CourseError(Exception):
+class CourseError(DripError):
     """The course file is wrong; `problems` lists every reason."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from drip.models import (
+    NOT_TRIED_STATUSES,
     CourseProgress,
     DeliveryAttempt,
     OutboxMessage,
@@ -21,7 +22,6 @@ from drip.models import (
     SubscriberStatus,
     WorkerHeartbeat,
 )
-from drip.sendlog import NOT_TRIED
 
 DASHBOARD_STATUSES = ("sent", "deferred", "failed", "bounced")
 DAYS = 30
@@ -60,12 +60,15 @@ def _count(session: Session, status: str, start: datetime, end: datetime | None 
     """Attempts with `status` in [start, end): a range count on the (status, at) index.
 
     Many such counts beat one GROUP BY day: grouping sorts every row of the month,
-    a range count only walks the index (ten times faster on SQLite at a million rows).
+    a range count only walks the index.
     """
-    a = DeliveryAttempt
-    stmt = select(func.count()).select_from(a).where(a.status == status, a.at >= start)
+    stmt = (
+        select(func.count())
+        .select_from(DeliveryAttempt)
+        .where(col(DeliveryAttempt.status) == status, col(DeliveryAttempt.at) >= start)
+    )
     if end is not None:
-        stmt = stmt.where(a.at < end)
+        stmt = stmt.where(col(DeliveryAttempt.at) < end)
     return int(session.execute(stmt).scalar_one())
 
 
@@ -91,43 +94,47 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         {
             str(s): int(n)
             for s, n in session.execute(
-                select(Subscriber.status, func.count()).group_by(Subscriber.status)
+                select(col(Subscriber.status), func.count()).group_by(col(Subscriber.status))
             )
         }
     )
-    cp = CourseProgress
-    on_course = select(cp.lessons_sent, func.count()).join(
-        Subscriber, Subscriber.id == cp.subscriber_id
+    on_course = select(col(CourseProgress.lessons_sent), func.count()).join(
+        Subscriber, col(Subscriber.id) == col(CourseProgress.subscriber_id)
     )
     progress = [
         (int(lessons), int(n))
         for lessons, n in session.execute(
             on_course.where(
-                cp.finished_at.is_(None),  # type: ignore[union-attr]
-                Subscriber.status == SubscriberStatus.active,
+                col(CourseProgress.finished_at).is_(None),
+                col(Subscriber.status) == SubscriberStatus.active,
             )
-            .group_by(cp.lessons_sent)
-            .order_by(cp.lessons_sent)
+            .group_by(col(CourseProgress.lessons_sent))
+            .order_by(col(CourseProgress.lessons_sent))
         )
     ]
     finished = session.execute(
-        select(func.count()).select_from(cp).where(cp.finished_at.is_not(None))  # type: ignore[union-attr]
+        select(func.count())
+        .select_from(CourseProgress)
+        .where(col(CourseProgress.finished_at).is_not(None))
     ).scalar_one()
     stopped = session.execute(
         select(func.count())
-        .select_from(cp)
-        .join(Subscriber, Subscriber.id == cp.subscriber_id)
-        .where(cp.finished_at.is_(None), Subscriber.status != SubscriberStatus.active)  # type: ignore[union-attr]
+        .select_from(CourseProgress)
+        .join(Subscriber, col(Subscriber.id) == col(CourseProgress.subscriber_id))
+        .where(
+            col(CourseProgress.finished_at).is_(None),
+            col(Subscriber.status) != SubscriberStatus.active,
+        )
     ).scalar_one()
     waiting = session.execute(
         select(func.count())
         .select_from(OutboxMessage)
-        .where(OutboxMessage.status.in_((*NOT_TRIED, OutboxStatus.deferred)))
+        .where(col(OutboxMessage.status).in_((*NOT_TRIED_STATUSES, OutboxStatus.deferred)))
     ).scalar_one()
     workers = [
         WorkerPass(w.worker, w.last_pass_at, w.queued, w.delivered)
         for w in session.execute(
-            select(WorkerHeartbeat).order_by(WorkerHeartbeat.last_pass_at.desc()).limit(20)  # type: ignore[attr-defined]
+            select(WorkerHeartbeat).order_by(col(WorkerHeartbeat.last_pass_at).desc()).limit(20)
         ).scalars()
     ]
     return Dashboard(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,12 +25,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel
 
+from drip.errors import DripError
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "drip_read_only"
 
 
-class DatabaseError(Exception):
+class DatabaseError(DripError):
     """The database cannot be used; the message says why in plain words."""
 
 
@@ -43,8 +45,14 @@ def _is_sqlite(bind: Bind) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _table(model: type[SQLModel] | Table) -> Table:
-    table = model if isinstance(model, Table) else model.__table__
+#: A SELECT of any columns.
+AnySelect = Select[*tuple[Any, ...]]
+SelectT = TypeVar("SelectT", bound=AnySelect)
+
+
+def table_of(model: type[SQLModel] | Table) -> Table:
+    """A model's Core table, for the statements that skip the ORM's per-row work."""
+    table = model if isinstance(model, Table) else getattr(model, "__table__", None)
     assert isinstance(table, Table)
     return table
 
@@ -55,12 +63,10 @@ def insert_ignoring(
     """A Core INSERT that skips rows whose unique `key` columns already exist
     (ON CONFLICT DO NOTHING; any unique constraint when `key` is None)."""
     dialect_insert = sqlite.insert if _is_sqlite(bind) else postgresql.insert
-    return dialect_insert(_table(model)).on_conflict_do_nothing(index_elements=key)
+    return dialect_insert(table_of(model)).on_conflict_do_nothing(index_elements=key)
 
 
-def for_update(
-    bind: Bind, stmt: Select[Any], *, skip_locked: bool = False, of: Any = None
-) -> Select[Any]:
+def for_update(bind: Bind, stmt: SelectT, *, skip_locked: bool = False, of: Any = None) -> SelectT:
     """`stmt` locking the rows it reads until the transaction ends, where that takes
     a row lock: PostgreSQL. On SQLite, BEGIN IMMEDIATE already holds the one write lock.
 
@@ -71,7 +77,7 @@ def for_update(
     return stmt.with_for_update(skip_locked=skip_locked, of=of)
 
 
-def unlocked(bind: Bind, pick: Select[Any]) -> Any:
+def unlocked(bind: Bind, pick: AnySelect) -> Any:
     """The rows of `pick` (one column) that no other transaction is holding, locked for
     this one, as something to test a column against: `column.in_(unlocked(...))`.
 

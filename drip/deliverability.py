@@ -20,6 +20,7 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from drip.errors import DripError
 from drip.settings import Settings
 
 #: Seconds for one lookup, retries included.
@@ -87,7 +88,7 @@ def resolver(settings: Settings) -> dns.resolver.Resolver:
     return made
 
 
-class LookupFailed(Exception):
+class LookupFailed(DripError):
     """The DNS server did not answer; nothing is known about the record."""
 
 
@@ -146,8 +147,19 @@ def dns_problems(settings: Settings) -> DnsReport:
     return report
 
 
+def _one_record(
+    report: DnsReport, lookup: dns.resolver.Resolver, name: str, label: str, tag: str
+) -> list[str]:
+    """The TXT records at `name` starting with `tag`; notes the single one as found, and
+    returns them all for the caller to say what is wrong when there is not just one."""
+    records = [r for r in txt_records(lookup, name) if r.lower().startswith(tag.lower())]
+    if len(records) == 1:
+        report.found.append(f"{label} at {name}: {records[0]}")
+    return records
+
+
 def _spf(report: DnsReport, lookup: dns.resolver.Resolver, domain: str) -> None:
-    spf = [r for r in txt_records(lookup, domain) if r.lower().startswith("v=spf1")]
+    spf = _one_record(report, lookup, domain, "SPF", "v=spf1")
     if not spf:
         report.problems.append(
             f"SPF: no v=spf1 TXT record at {domain}; publish one naming the servers that send "
@@ -155,13 +167,11 @@ def _spf(report: DnsReport, lookup: dns.resolver.Resolver, domain: str) -> None:
         )
     elif len(spf) > 1:
         report.problems.append(f"SPF: {len(spf)} v=spf1 records at {domain}; RFC 7208 allows one")
-    else:
-        report.found.append(f"SPF at {domain}: {spf[0]}")
 
 
 def _dmarc(report: DnsReport, lookup: dns.resolver.Resolver, domain: str) -> None:
     name = f"_dmarc.{domain}"
-    dmarc = [r for r in txt_records(lookup, name) if r.lower().startswith("v=dmarc1")]
+    dmarc = _one_record(report, lookup, name, "DMARC", "v=DMARC1")
     if not dmarc:
         report.problems.append(
             f"DMARC: no v=DMARC1 TXT record at {name}; Gmail and Yahoo require one of bulk "
@@ -169,8 +179,6 @@ def _dmarc(report: DnsReport, lookup: dns.resolver.Resolver, domain: str) -> Non
         )
     elif len(dmarc) > 1:
         report.problems.append(f"DMARC: {len(dmarc)} records at {name}; receivers ignore all")
-    else:
-        report.found.append(f"DMARC at {name}: {dmarc[0]}")
 
 
 def _dkim(report: DnsReport, lookup: dns.resolver.Resolver, settings: Settings) -> None:

@@ -48,6 +48,10 @@ class SubscriberStatus(StrEnum):
     complained = "complained"
 
 
+#: Subscribers who may still be sent mail: waiting to confirm, or on the list.
+SUBSCRIBED_STATUSES = (SubscriberStatus.pending, SubscriberStatus.active)
+
+
 class MessageKind(StrEnum):
     confirm = "confirm"
     welcome = "welcome"
@@ -73,6 +77,8 @@ FINAL_STATUSES = frozenset(
 PENDING_STATUSES = (OutboxStatus.queued, OutboxStatus.deferred)
 #: Statuses an operator may queue again.
 RETRYABLE_STATUSES = (OutboxStatus.failed, OutboxStatus.bounced)
+#: Messages not attempted yet (claimed counts as not yet: the send log shows `queued`).
+NOT_TRIED_STATUSES = (OutboxStatus.queued, OutboxStatus.sending)
 
 
 class Subscriber(SQLModel, table=True):

@@ -16,10 +16,10 @@ from email.utils import make_msgid
 from pathlib import Path
 
 from sqlalchemy import JSON, Engine, String, cast, func, literal, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from drip.clock import utcnow
 from drip.db import insert_ignoring, session_scope
+from drip.errors import DripError
 from drip.models import (
     MessageKind,
     Newsletter,
@@ -29,7 +29,7 @@ from drip.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from drip.render import SAMPLE_CONTEXT, Rendered, render_email
+from drip.render import Rendered, render_email, sample_context
 from drip.sending.outbox import dedupe_key_sql
 from drip.settings import Settings
 
@@ -38,7 +38,7 @@ from drip.settings import Settings
 BATCH = 5000
 
 
-class NewsletterError(Exception):
+class NewsletterError(DripError):
     """The newsletter file is unusable; the message says why."""
 
 
@@ -77,15 +77,28 @@ def parse(path: Path) -> Letter:
     return Letter(subject, body, hashlib.sha256(raw.encode()).hexdigest())
 
 
-def preview(settings: Settings, letter: Letter) -> Rendered:
+def newsletter_context(subject: str, body_markdown: str) -> dict[str, str]:
+    """A newsletter's template variables: its subject, and its body as HTML and as text."""
     import markdown
 
-    context = {
-        **SAMPLE_CONTEXT,
-        "subject": letter.subject,
-        "content_html": markdown.markdown(letter.body),
-        "content_text": letter.body,
+    return {
+        "subject": subject,
+        "content_html": markdown.markdown(body_markdown),
+        "content_text": body_markdown,
     }
+
+
+def stored_context(session: Session, newsletter_id: int) -> dict[str, str]:
+    """`newsletter_context` of a queued newsletter (empty if it was deleted)."""
+    letter = session.get(Newsletter, newsletter_id)
+    if letter is None:
+        return newsletter_context("", "")
+    return newsletter_context(letter.subject, letter.body_markdown)
+
+
+def preview(settings: Settings, letter: Letter) -> Rendered:
+    sample = sample_context(settings.emails_dir, "newsletter")
+    context = {**sample, **newsletter_context(letter.subject, letter.body)}
     return render_email(settings.emails_dir, "newsletter", context)
 
 
@@ -94,18 +107,20 @@ def count_active(session: Session, after_id: int = 0) -> int:
         session.execute(
             select(func.count())
             .select_from(Subscriber)
-            .where(Subscriber.status == SubscriberStatus.active)
-            .where(Subscriber.id > after_id)  # type: ignore[operator]
+            .where(col(Subscriber.status) == SubscriberStatus.active)
+            .where(col(Subscriber.id) > after_id)
         ).scalar_one()
     )
 
 
-def _record(session: Session, letter: Letter) -> Newsletter:
+def _record(session: Session, letter: Letter, now: datetime) -> Newsletter:
     found = session.execute(
-        select(Newsletter).where(Newsletter.digest == letter.digest)
+        select(Newsletter).where(col(Newsletter.digest) == letter.digest)
     ).scalar_one_or_none()
     if found is None:
-        found = Newsletter(digest=letter.digest, subject=letter.subject, body_markdown=letter.body)
+        found = Newsletter(
+            digest=letter.digest, subject=letter.subject, body_markdown=letter.body, created_at=now
+        )
         session.add(found)
         session.flush()
     return found
@@ -115,25 +130,25 @@ def queue(
     settings: Settings,
     engine: Engine,
     letter: Letter,
+    now: datetime,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
     """Queue the letter to every active subscriber still without it: (queued, to go at start)."""
     with session_scope(engine) as session:
-        newsletter = _record(session, letter)
+        newsletter = _record(session, letter, now)
         start = newsletter.queued_through
         remaining = count_active(session, start)
     assert newsletter.id is not None
-    now = utcnow()
     queued = 0
     cursor = start
     while True:
         with session_scope(engine) as session:
             ids = (
                 session.execute(
-                    select(Subscriber.id)
-                    .where(Subscriber.status == SubscriberStatus.active)
-                    .where(Subscriber.id > cursor)  # type: ignore[operator]
-                    .order_by(Subscriber.id)
+                    select(col(Subscriber.id))
+                    .where(col(Subscriber.status) == SubscriberStatus.active)
+                    .where(col(Subscriber.id) > cursor)
+                    .order_by(col(Subscriber.id))
                     .limit(BATCH)
                 )
                 .scalars()
@@ -150,7 +165,7 @@ def queue(
             cursor = upto
             session.execute(
                 update(Newsletter)
-                .where(Newsletter.id == newsletter.id)  # type: ignore[arg-type]
+                .where(col(Newsletter.id) == newsletter.id)
                 .values(queued_through=cursor)
             )
         if progress is not None:
@@ -167,13 +182,13 @@ def _enqueue_range(
     domain = settings.sender_address.domain
     # make_msgid's unique left part for this batch, then the subscriber id: unique per row.
     left = make_msgid(domain=domain)[1:].rsplit("@", 1)[0]
-    subscriber_id = cast(Subscriber.id, String)
+    subscriber_id = cast(col(Subscriber.id), String)
     rows = select(
-        dedupe_key_sql(MessageKind.newsletter, Subscriber.id, newsletter_id),
+        dedupe_key_sql(MessageKind.newsletter, col(Subscriber.id), newsletter_id),
         literal(str(MessageKind.newsletter)),
         literal("newsletter"),
-        Subscriber.id,
-        Subscriber.email,
+        col(Subscriber.id),
+        col(Subscriber.email),
         literal(newsletter_id),
         literal({}, JSON),
         literal(str(OutboxStatus.queued)),
@@ -184,9 +199,9 @@ def _enqueue_range(
         literal(now, UTCDateTime()),
         literal(now, UTCDateTime()),
     ).where(
-        Subscriber.status == SubscriberStatus.active,
-        Subscriber.id > after,  # type: ignore[operator]
-        Subscriber.id <= upto,  # type: ignore[operator]
+        col(Subscriber.status) == SubscriberStatus.active,
+        col(Subscriber.id) > after,
+        col(Subscriber.id) <= upto,
     )
     columns = [
         "dedupe_key",
@@ -206,4 +221,4 @@ def _enqueue_range(
     ]
     stmt = insert_ignoring(session, OutboxMessage, ["dedupe_key"]).from_select(columns, rows)
     # Counted from RETURNING: the driver's rowcount for INSERT ... SELECT is not reliable here.
-    return len(session.execute(stmt.returning(OutboxMessage.id)).all())
+    return len(session.execute(stmt.returning(col(OutboxMessage.id))).all())

@@ -11,10 +11,12 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlmodel import Session
+from sqlalchemy import Column, ColumnElement, or_, select, update
+from sqlmodel import Session, col
 
+from drip.db import table_of
 from drip.models import (
+    SUBSCRIBED_STATUSES,
     CourseProgress,
     DeliveryAttempt,
     MessageKind,
@@ -90,12 +92,12 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
                 "message_id": item.message.message_id,
                 "attempts": [
                     {
-                        "at": when(a.at),
-                        "status": str(a.status),
-                        "smtp_code": a.smtp_code,
-                        "smtp_message": a.smtp_message,
+                        "at": when(attempt.at),
+                        "status": str(attempt.status),
+                        "smtp_code": attempt.smtp_code,
+                        "smtp_message": attempt.smtp_message,
                     }
-                    for a in item.attempts
+                    for attempt in item.attempts
                 ],
             }
             for item in timeline(session, subscriber_id, limit=100_000)
@@ -118,7 +120,7 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return False
-    keep_out = subscriber.status in (SubscriberStatus.pending, SubscriberStatus.active)
+    keep_out = subscriber.status in SUBSCRIBED_STATUSES
     status = SubscriberStatus.unsubscribed if keep_out else subscriber.status
     leave(session, subscriber, status, now, "the subscriber's data was deleted")
     old = {subscriber.email, subscriber.email_key}
@@ -134,33 +136,38 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber.unsubscribe_token_hash = secrets.token_hex(32)
     session.add(subscriber)
 
-    o = OutboxMessage
-    mine = or_(o.subscriber_id == subscriber_id, o.email.in_(old))
-    ids = list(session.execute(select(o.id).where(mine)).scalars())
+    mine = or_(col(OutboxMessage.subscriber_id) == subscriber_id, col(OutboxMessage.email).in_(old))
+    ids = list(session.execute(select(col(OutboxMessage.id)).where(mine)).scalars())
     if not ids:
         return True
     session.execute(
-        update(o)
-        .where(o.id.in_(ids))
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id).in_(ids))
         .values(email=anon)
         .execution_options(synchronize_session=False)
     )
-    pattern = re.compile("|".join(re.escape(a) for a in sorted(old)), re.IGNORECASE)
-    replies = session.execute(
-        select(o.id, o.last_smtp_message).where(o.id.in_(ids), o.last_smtp_message.is_not(None))  # type: ignore[union-attr]
-    ).all()
-    for ident, text in replies:
-        if pattern.search(text):
-            session.execute(
-                update(o).where(o.id == ident).values(last_smtp_message=pattern.sub(anon, text))
-            )
-    a = DeliveryAttempt
-    logged = session.execute(
-        select(a.id, a.smtp_message).where(a.outbox_id.in_(ids), a.smtp_message.is_not(None))  # type: ignore[union-attr]
-    ).all()
-    for ident, text in logged:
-        if pattern.search(text):
-            session.execute(
-                update(a).where(a.id == ident).values(smtp_message=pattern.sub(anon, text))
-            )
+    pattern = re.compile("|".join(re.escape(address) for address in sorted(old)), re.IGNORECASE)
+    outbox, attempts = table_of(OutboxMessage).c, table_of(DeliveryAttempt).c
+    _scrub(session, outbox.last_smtp_message, outbox.id.in_(ids), pattern, anon)
+    _scrub(session, attempts.smtp_message, attempts.outbox_id.in_(ids), pattern, anon)
     return True
+
+
+def _scrub(
+    session: Session,
+    text: Column[Any],
+    rows: ColumnElement[bool],
+    pattern: re.Pattern[str],
+    anon: str,
+) -> None:
+    """Replace what `pattern` matches in the `text` column of `rows` (SMTP replies that
+    quoted an address) by `anon`."""
+    table = text.table
+    quoted = session.execute(select(table.c.id, text).where(rows, text.is_not(None))).all()
+    for ident, value in quoted:
+        if pattern.search(value):
+            session.execute(
+                update(table)
+                .where(table.c.id == ident)
+                .values({text.name: pattern.sub(anon, value)})
+            )

@@ -22,6 +22,8 @@ from pathlib import Path
 from fpdf import FPDF, FontFace
 from fpdf.enums import TableBordersLayout, TableCellFillMode
 
+from drip.errors import DripError
+
 DEFAULT_SOURCE = Path("emails/info-pack/content.md")
 DEFAULT_OUT = Path("emails/info-pack.pdf")
 
@@ -71,7 +73,7 @@ _LISTS = {"ol", "ul", "check", "table"}
 _COVER_KEYS = {"title", "subtitle", "tagline", "note"}
 
 
-class PackError(Exception):
+class PackError(DripError):
     """The pack source cannot be built; the message names the file and line."""
 
 
@@ -269,6 +271,7 @@ def _draw_box(pdf: FPDF, text: str, fill: Color, bar: Color) -> None:
     lines = pdf.multi_cell(
         pdf.epw - 2 * pad - 2, line, text, markdown=True, align="L", dry_run=True, output="LINES"
     )
+    assert isinstance(lines, list)
     height = len(lines) * line + 2 * pad
     pdf.set_y(pdf.get_y() + 2)
     _room(pdf, height)
@@ -297,7 +300,8 @@ def _draw_scale(pdf: FPDF) -> None:
         elif n > 7:
             fill, ink = (122, 40, 30), WHITE
         else:
-            fill, ink = tuple(min(255, c + (10 - n * 2) * 8) for c in TINT), TEAL
+            red, green, blue = (min(255, c + (10 - n * 2) * 8) for c in TINT)
+            fill, ink = (red, green, blue), TEAL
         pdf.set_fill_color(*fill)
         pdf.rect(x, top, width, 10, style="F")
         pdf.set_xy(x, top)

@@ -16,11 +16,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import bindparam, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from drip.clock import utcnow
 from drip.course import Course, Lesson
-from drip.db import for_update
+from drip.db import for_update, table_of
 from drip.models import (
     CourseProgress,
     MessageKind,
@@ -72,11 +71,10 @@ def lesson_context(course: Course, lesson: Lesson) -> dict[str, object]:
 
 
 def start_course(
-    session: Session, subscriber: Subscriber, course: Course, msgid_domain: str
+    session: Session, subscriber: Subscriber, course: Course, msgid_domain: str, now: datetime
 ) -> None:
     """Queue the welcome email and open the subscriber's progress; safe to call twice."""
     assert subscriber.id is not None
-    now = utcnow()
     progress = session.get(CourseProgress, subscriber.id)
     if progress is None:
         session.add(CourseProgress(subscriber_id=subscriber.id, started_at=now))
@@ -97,6 +95,7 @@ def start_course(
             context={"lessons": course.schedule(), "lesson_total": course.total},
         ),
         msgid_domain,
+        now,
     )
 
 
@@ -106,9 +105,9 @@ def _queued_slugs_of(session: Session, subscriber_ids: Sequence[int]) -> dict[in
     if not subscriber_ids:
         return found
     rows = session.execute(
-        select(OutboxMessage.subscriber_id, OutboxMessage.context)
-        .where(OutboxMessage.subscriber_id.in_(subscriber_ids))  # type: ignore[union-attr]
-        .where(OutboxMessage.kind == MessageKind.lesson)
+        select(col(OutboxMessage.subscriber_id), col(OutboxMessage.context))
+        .where(col(OutboxMessage.subscriber_id).in_(subscriber_ids))
+        .where(col(OutboxMessage.kind) == MessageKind.lesson)
     )
     for subscriber_id, context in rows:
         found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
@@ -128,11 +127,11 @@ def after_send(
     Delivery records a whole batch of sends in one transaction, so this reads the
     batch's progress and history in two queries and writes it back in one statement.
     """
-    progress = CourseProgress.__table__.c
+    progress = table_of(CourseProgress).c
     found = session.execute(
         select(progress.subscriber_id, progress.started_at, progress.finished_at)
-        .add_columns(Subscriber.status, Subscriber.timezone)
-        .join(Subscriber, Subscriber.id == progress.subscriber_id)
+        .add_columns(col(Subscriber.status), col(Subscriber.timezone))
+        .join(Subscriber, col(Subscriber.id) == progress.subscriber_id)
         .where(progress.subscriber_id.in_(subscriber_ids))
     ).all()
     history = _queued_slugs_of(session, [row.subscriber_id for row in found])
@@ -159,7 +158,7 @@ def after_send(
         )
     if changes:
         session.execute(
-            update(CourseProgress.__table__)
+            update(table_of(CourseProgress))
             .where(progress.subscriber_id == bindparam("p_id"))
             .values(
                 lessons_sent=bindparam("p_lessons"),
@@ -181,10 +180,10 @@ def queue_due_lessons(
     courses that are done. A pass with 10k lessons due is 20 batches, not 20k round trips.
     """
     stmt = (
-        select(CourseProgress.subscriber_id, Subscriber.email, Subscriber.status)
-        .join(Subscriber, Subscriber.id == CourseProgress.subscriber_id)
-        .where(CourseProgress.next_due_at <= now)  # type: ignore[operator]
-        .order_by(CourseProgress.next_due_at)
+        select(col(CourseProgress.subscriber_id), col(Subscriber.email), col(Subscriber.status))
+        .join(Subscriber, col(Subscriber.id) == col(CourseProgress.subscriber_id))
+        .where(col(CourseProgress.next_due_at) <= now)
+        .order_by(col(CourseProgress.next_due_at))
         .limit(limit)
     )
     # Workers queuing side by side each take rows the others are not holding.
@@ -215,24 +214,22 @@ def queue_due_lessons(
         )
     if done:
         _set_progress(session, done, finished_at=now, only_unfinished=True)
-    return enqueue_many(session, messages, msgid_domain)
+    return enqueue_many(session, messages, msgid_domain, now)
 
 
 def _set_progress(
     session: Session, subscriber_ids: Sequence[int], *, only_unfinished: bool = False, **values: Any
 ) -> None:
-    stmt = update(CourseProgress).where(
-        CourseProgress.subscriber_id.in_(subscriber_ids)  # type: ignore[attr-defined]
-    )
+    stmt = update(CourseProgress).where(col(CourseProgress.subscriber_id).in_(subscriber_ids))
     if only_unfinished:
-        stmt = stmt.where(CourseProgress.finished_at.is_(None))  # type: ignore[union-attr]
+        stmt = stmt.where(col(CourseProgress.finished_at).is_(None))
     session.execute(stmt.values(**values).execution_options(synchronize_session=False))
 
 
 def stop_course(session: Session, subscriber_id: int) -> None:
     session.execute(
         update(CourseProgress)
-        .where(CourseProgress.subscriber_id == subscriber_id)
+        .where(col(CourseProgress.subscriber_id) == subscriber_id)
         .values(next_due_at=None)
         .execution_options(synchronize_session=False)
     )

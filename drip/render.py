@@ -18,6 +18,9 @@ from typing import Any
 import css_inline
 import jinja2
 
+from drip.course import Course, CourseError, load_course
+from drip.errors import DripError
+
 SAMPLE_CONTEXT: dict[str, Any] = {
     "name": "Sam",
     "email": "sam@example.com",
@@ -53,11 +56,31 @@ SAMPLE_CONTEXT: dict[str, Any] = {
 }
 
 
+def sample_context(emails_dir: Path, name: str) -> dict[str, Any]:
+    """SAMPLE_CONTEXT made true to the course in `emails_dir` for the email `name`: what
+    `drip preview`, `drip check` and a newsletter's dry run render with."""
+    context = dict(SAMPLE_CONTEXT)
+    try:
+        course: Course | None = load_course(emails_dir)
+    except CourseError:
+        course = None  # `drip check` reports a broken course; a preview still helps
+    if course is not None:
+        context["course_title"] = course.title
+        context["lesson_total"] = course.total
+        context["lessons"] = course.schedule()
+        for number, lesson in enumerate(course.lessons, start=1):
+            if lesson.template == name:
+                context["lesson_number"] = number
+    if name == "confirm":
+        context["unsubscribe_url"] = None  # as sent: nothing to unsubscribe from yet
+    return context
+
+
 #: Never fetch a stylesheet over the network: emails are built from local files only.
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
-class RenderError(Exception):
+class RenderError(DripError):
     """A template could not be rendered; the message names the template and line."""
 
 

@@ -17,19 +17,26 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import aliased
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from drip.clock import parse_instant, utcnow
-from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
+from drip.clock import parse_instant
+from drip.db import AnySelect
+from drip.models import (
+    NOT_TRIED_STATUSES,
+    DeliveryAttempt,
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+)
 from drip.subscribers import find_by_email
 
-#: The statuses a log entry can have (the contract's list; `sending` shows as `queued`).
+#: The statuses a log entry can have (`sending` shows as `queued`).
 LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "skipped")
 KINDS = tuple(k.value for k in MessageKind)
-#: The contract's fields of one `drip logs --json` line, in order.
-CONTRACT_FIELDS = (
+#: The fields of one `drip logs --json` line, in order (README: Commands).
+JSON_FIELDS = (
     "at",
     "email",
     "kind",
@@ -49,15 +56,13 @@ FOLLOW_LOOKBACK = 200
 ATTEMPT, QUEUED = "a", "q"
 #: At equal times an attempt sorts after (is newer than) a queued row.
 _RANK = {QUEUED: 0, ATTEMPT: 1}
-#: Outbox rows not attempted yet: the log shows them as `queued`.
-NOT_TRIED = (OutboxStatus.queued, OutboxStatus.sending)
 
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_since(text: str, now: datetime | None = None) -> datetime:
+def parse_since(text: str, now: datetime) -> datetime:
     """ISO-8601 (no offset means UTC), or a span back from now such as 30m, 2h, 7d.
 
     ValueError for anything else, including times that do not fit a datetime
@@ -66,7 +71,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         match = _RELATIVE.match(text.strip())
         if match:
             span = timedelta(**{_UNITS[match[2]]: int(match[1])})
-            return (now or utcnow()) - span
+            return now - span
         return parse_instant(text.strip())
     except OverflowError:
         raise ValueError(f"out of range: {text!r}") from None
@@ -100,8 +105,8 @@ class LogEntry:
         source, ident = parse_key(self.key)
         return (self.at, _RANK[source], ident)
 
-    def contract(self) -> dict[str, Any]:
-        """Exactly the contract's fields, ready for json.dumps."""
+    def as_json(self) -> dict[str, Any]:
+        """Exactly the JSON_FIELDS, ready for json.dumps."""
         return {
             "at": iso(self.at),
             "email": self.email,
@@ -167,43 +172,42 @@ class LogFilter:
 
 _Cursor = tuple[datetime, int, int]
 _ATTEMPT_COLUMNS = (
-    DeliveryAttempt.id,
-    DeliveryAttempt.outbox_id,
-    DeliveryAttempt.at,
-    DeliveryAttempt.status,
-    DeliveryAttempt.smtp_code,
-    DeliveryAttempt.smtp_message,
-    OutboxMessage.subscriber_id,
-    OutboxMessage.email,
-    OutboxMessage.kind,
-    OutboxMessage.template,
-    OutboxMessage.message_id,
+    col(DeliveryAttempt.id),
+    col(DeliveryAttempt.outbox_id),
+    col(DeliveryAttempt.at),
+    col(DeliveryAttempt.status),
+    col(DeliveryAttempt.smtp_code),
+    col(DeliveryAttempt.smtp_message),
+    col(OutboxMessage.subscriber_id),
+    col(OutboxMessage.email),
+    col(OutboxMessage.kind),
+    col(OutboxMessage.template),
+    col(OutboxMessage.message_id),
 )
 _QUEUED_COLUMNS = (
-    OutboxMessage.id,
-    OutboxMessage.created_at,
-    OutboxMessage.attempts,
-    OutboxMessage.subscriber_id,
-    OutboxMessage.email,
-    OutboxMessage.kind,
-    OutboxMessage.template,
-    OutboxMessage.message_id,
+    col(OutboxMessage.id),
+    col(OutboxMessage.created_at),
+    col(OutboxMessage.attempts),
+    col(OutboxMessage.subscriber_id),
+    col(OutboxMessage.email),
+    col(OutboxMessage.kind),
+    col(OutboxMessage.template),
+    col(OutboxMessage.message_id),
 )
 
 
-def _message_filters(session: Session, flt: LogFilter) -> list[ColumnElement[bool]]:
+def _message_filters(session: Session, wanted: LogFilter) -> list[ColumnElement[bool]]:
     """Filters on the outbox row; each can use an index (email, subscriber_id, kind)."""
-    o = OutboxMessage
     clauses: list[ColumnElement[bool]] = []
-    if flt.email:
-        subscriber = find_by_email(session, flt.email)
-        same_address = o.email == flt.email
+    if wanted.email:
+        subscriber = find_by_email(session, wanted.email)
+        same_address = col(OutboxMessage.email) == wanted.email
         if subscriber is not None:
-            clauses.append(or_(o.subscriber_id == subscriber.id, same_address))
+            clauses.append(or_(col(OutboxMessage.subscriber_id) == subscriber.id, same_address))
         else:
             clauses.append(same_address)
-    if flt.kind:
-        clauses.append(o.kind == flt.kind)
+    if wanted.kind:
+        clauses.append(col(OutboxMessage.kind) == wanted.kind)
     return clauses
 
 
@@ -257,60 +261,70 @@ def _queued_entry(row: Any) -> LogEntry:
 
 
 def _not_attempted() -> ColumnElement[bool]:
-    return ~exists().where(DeliveryAttempt.outbox_id == OutboxMessage.id)
+    return ~exists().where(col(DeliveryAttempt.outbox_id) == col(OutboxMessage.id))
 
 
-def _attempts(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> Select[Any]:
+def _attempts(wanted: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
     """Attempts joined to their message, with every filter but paging."""
-    a = DeliveryAttempt
-    stmt = select(*_ATTEMPT_COLUMNS).join(OutboxMessage, OutboxMessage.id == a.outbox_id)
+    stmt = select(*_ATTEMPT_COLUMNS).join(
+        OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id)
+    )
     stmt = stmt.where(*outbox)
-    if flt.status:
-        stmt = stmt.where(a.status == flt.status)
-    if flt.since:
-        stmt = stmt.where(a.at >= flt.since)
+    if wanted.status:
+        stmt = stmt.where(col(DeliveryAttempt.status) == wanted.status)
+    if wanted.since:
+        stmt = stmt.where(col(DeliveryAttempt.at) >= wanted.since)
     return stmt
 
 
-def _not_tried(flt: LogFilter, outbox: list[ColumnElement[bool]]) -> Select[Any]:
+def _not_tried(wanted: LogFilter, outbox: list[ColumnElement[bool]]) -> AnySelect:
     """Messages with no attempt yet, with every filter but status and paging."""
-    o = OutboxMessage
     stmt = select(*_QUEUED_COLUMNS).where(_not_attempted(), *outbox)
-    if flt.since:
-        stmt = stmt.where(o.created_at >= flt.since)
+    if wanted.since:
+        stmt = stmt.where(col(OutboxMessage.created_at) >= wanted.since)
     return stmt
 
 
 def _attempts_page(
-    session: Session, flt: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
+    session: Session, wanted: LogFilter, outbox: list[ColumnElement[bool]], cursor: _Cursor | None
 ) -> list[LogEntry]:
-    a = DeliveryAttempt
-    stmt = _attempts(flt, outbox).where(*_before(a.at, a.id, _RANK[ATTEMPT], cursor))
-    stmt = stmt.order_by(a.at.desc(), a.id.desc()).limit(flt.limit)
+    stmt = _attempts(wanted, outbox).where(
+        *_before(col(DeliveryAttempt.at), col(DeliveryAttempt.id), _RANK[ATTEMPT], cursor)
+    )
+    stmt = stmt.order_by(col(DeliveryAttempt.at).desc(), col(DeliveryAttempt.id).desc()).limit(
+        wanted.limit
+    )
     return [_attempt_entry(r) for r in session.execute(stmt)]
 
 
 def _queued_page(
     session: Session,
-    flt: LogFilter,
+    wanted: LogFilter,
     outbox: list[ColumnElement[bool]],
     cursor: _Cursor | None,
     status: OutboxStatus,
 ) -> list[LogEntry]:
-    o = OutboxMessage
     # One status per query, so (status, created_at) hands rows over already in order.
-    stmt = _not_tried(flt, outbox).where(o.status == status)
-    stmt = stmt.where(*_before(o.created_at, o.id, _RANK[QUEUED], cursor))
-    stmt = stmt.order_by(o.created_at.desc(), o.id.desc()).limit(flt.limit)
+    stmt = _not_tried(wanted, outbox).where(col(OutboxMessage.status) == status)
+    stmt = stmt.where(
+        *_before(col(OutboxMessage.created_at), col(OutboxMessage.id), _RANK[QUEUED], cursor)
+    )
+    stmt = stmt.order_by(col(OutboxMessage.created_at).desc(), col(OutboxMessage.id).desc()).limit(
+        wanted.limit
+    )
     return [_queued_entry(r) for r in session.execute(stmt)]
 
 
 def _cursor(session: Session, key: str) -> _Cursor:
     source, ident = parse_key(key)
     if source == ATTEMPT:
-        at = session.execute(select(DeliveryAttempt.at).where(DeliveryAttempt.id == ident))
+        at = session.execute(
+            select(col(DeliveryAttempt.at)).where(col(DeliveryAttempt.id) == ident)
+        )
     else:
-        at = session.execute(select(OutboxMessage.created_at).where(OutboxMessage.id == ident))
+        at = session.execute(
+            select(col(OutboxMessage.created_at)).where(col(OutboxMessage.id) == ident)
+        )
     when = at.scalar_one_or_none()
     if when is None:
         raise ValueError(f"no log entry {key!r}")
@@ -322,18 +336,23 @@ def _numbered(session: Session, entries: list[LogEntry]) -> list[LogEntry]:
     ids = [e.attempt_id for e in entries if e.attempt_id is not None]
     if not ids:
         return entries
-    a, b = DeliveryAttempt, aliased(DeliveryAttempt)
-    counts = dict(
-        session.execute(  # type: ignore[arg-type]
-            select(a.id, func.count(b.id))
+    attempt, earlier = DeliveryAttempt, aliased(DeliveryAttempt)
+    counts: dict[int, int] = {
+        ident: count
+        for ident, count in session.execute(
+            select(col(attempt.id), func.count(col(earlier.id)))
             .outerjoin(
-                b,
-                and_(b.outbox_id == a.outbox_id, b.id <= a.id, b.status != OutboxStatus.skipped),
+                earlier,
+                and_(
+                    col(earlier.outbox_id) == col(attempt.outbox_id),
+                    col(earlier.id) <= col(attempt.id),
+                    col(earlier.status) != OutboxStatus.skipped,
+                ),
             )
-            .where(a.id.in_(ids))
-            .group_by(a.id)
-        ).all()
-    )
+            .where(col(attempt.id).in_(ids))
+            .group_by(col(attempt.id))
+        )
+    }
     return [
         replace(e, attempts=int(counts.get(e.attempt_id, 0))) if e.attempt_id else e
         for e in entries
@@ -341,25 +360,27 @@ def _numbered(session: Session, entries: list[LogEntry]) -> list[LogEntry]:
 
 
 def _any_of_kind(session: Session, kind: str) -> bool:
-    found = session.execute(select(OutboxMessage.id).where(OutboxMessage.kind == kind).limit(1))
+    found = session.execute(
+        select(col(OutboxMessage.id)).where(col(OutboxMessage.kind) == kind).limit(1)
+    )
     return found.first() is not None
 
 
-def entries(session: Session, flt: LogFilter) -> list[LogEntry]:
+def entries(session: Session, wanted: LogFilter) -> list[LogEntry]:
     """One page of the log, newest first; pass the last entry's key as `before_id` for more."""
-    cursor = _cursor(session, flt.before_id) if flt.before_id else None
-    if flt.kind and not _any_of_kind(session, flt.kind):
+    cursor = _cursor(session, wanted.before_id) if wanted.before_id else None
+    if wanted.kind and not _any_of_kind(session, wanted.kind):
         # Else a planner guessing "a third of the rows" may walk the whole log to find none.
         return []
-    outbox = _message_filters(session, flt)
+    outbox = _message_filters(session, wanted)
     sources: list[list[LogEntry]] = []
-    if flt.wants_attempts:
-        sources.append(_attempts_page(session, flt, outbox, cursor))
-    if flt.wants_queued:
-        for status in NOT_TRIED:
-            sources.append(_queued_page(session, flt, outbox, cursor, status))
+    if wanted.wants_attempts:
+        sources.append(_attempts_page(session, wanted, outbox, cursor))
+    if wanted.wants_queued:
+        for status in NOT_TRIED_STATUSES:
+            sources.append(_queued_page(session, wanted, outbox, cursor, status))
     merged = heapq.merge(*sources, key=lambda e: e.sort_key, reverse=True)
-    return _numbered(session, list(islice(merged, flt.limit)))
+    return _numbered(session, list(islice(merged, wanted.limit)))
 
 
 # -- follow ---------------------------------------------------------------------------
@@ -402,8 +423,8 @@ class FollowState:
 
 
 def _newest_ids(session: Session) -> tuple[int, int]:
-    attempt_id = session.execute(select(func.max(DeliveryAttempt.id))).scalar() or 0
-    outbox_id = session.execute(select(func.max(OutboxMessage.id))).scalar() or 0
+    attempt_id = session.execute(select(func.max(col(DeliveryAttempt.id)))).scalar() or 0
+    outbox_id = session.execute(select(func.max(col(OutboxMessage.id)))).scalar() or 0
     return int(attempt_id), int(outbox_id)
 
 
@@ -416,7 +437,7 @@ def follow_start(session: Session, shown: Sequence[LogEntry] = ()) -> FollowStat
 
 
 def follow(
-    session: Session, flt: LogFilter, state: FollowState, batch: int = 500
+    session: Session, wanted: LogFilter, state: FollowState, batch: int = 500
 ) -> list[LogEntry]:
     """Entries that appeared since the last call, oldest first; `state` moves on.
 
@@ -424,18 +445,25 @@ def follow(
     commit out of id order, and a row committed late must not be missed.
     """
     top_attempt, top_outbox = _newest_ids(session)
-    outbox = _message_filters(session, flt)
+    outbox = _message_filters(session, wanted)
     window = FOLLOW_LOOKBACK + batch
     attempts: list[LogEntry] = []
     queued: list[LogEntry] = []
-    if flt.wants_attempts:
-        a = DeliveryAttempt
-        stmt = _attempts(flt, outbox).where(a.id > state.attempt_floor)
-        attempts = [_attempt_entry(r) for r in session.execute(stmt.order_by(a.id).limit(window))]
-    if flt.wants_queued:
-        o = OutboxMessage
-        stmt = _not_tried(flt, outbox).where(o.id > state.outbox_floor, o.status.in_(NOT_TRIED))
-        queued = [_queued_entry(r) for r in session.execute(stmt.order_by(o.id).limit(window))]
+    if wanted.wants_attempts:
+        stmt = _attempts(wanted, outbox).where(col(DeliveryAttempt.id) > state.attempt_floor)
+        attempts = [
+            _attempt_entry(r)
+            for r in session.execute(stmt.order_by(col(DeliveryAttempt.id)).limit(window))
+        ]
+    if wanted.wants_queued:
+        stmt = _not_tried(wanted, outbox).where(
+            col(OutboxMessage.id) > state.outbox_floor,
+            col(OutboxMessage.status).in_(NOT_TRIED_STATUSES),
+        )
+        queued = [
+            _queued_entry(r)
+            for r in session.execute(stmt.order_by(col(OutboxMessage.id)).limit(window))
+        ]
     found = attempts + queued
     new = sorted((e for e in found if e.key not in state.seen), key=lambda e: e.sort_key)
     # A source that filled its window has more to give: its mark moves only as far as

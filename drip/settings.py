@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from drip.errors import DripError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,7 +38,7 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-class SettingsError(Exception):
+class SettingsError(DripError):
     """A setting is missing or wrong; the message names it in plain words."""
 
 
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
         env_prefix="DRIP_", env_file=".env", extra="ignore", validate_default=True
     )
 
-    # The contract's variables.
+    # The variables the README documents.
     database_url: str = "sqlite:///subscribers.db"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(1025, ge=1, le=65535)

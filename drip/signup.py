@@ -7,15 +7,12 @@ active (no enumeration); only what is queued differs.
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import re
 import threading
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,9 +23,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from drip.clock import utcnow
 from drip.db import lock, session_scope
-from drip.models import SubscriberStatus
+from drip.errors import DripError
+from drip.models import SUBSCRIBED_STATUSES, SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
@@ -143,6 +140,7 @@ def subscribe(
         name=signup.name,
         timezone=signup.timezone,
         source=source,
+        now=now,
     )
     if created or subscriber.status == SubscriberStatus.pending:
         queue_confirmation(session, settings, subscriber, now)
@@ -171,7 +169,7 @@ def store(engine: Engine, settings: Settings, signup: Signup, now: datetime) -> 
                 raise
 
 
-class _NotAllQueued(Exception):
+class _NotAllQueued(DripError):
     """A new subscriber's confirmation key was already taken: redo the batch one by one."""
 
 
@@ -198,9 +196,9 @@ def subscribe_many(
         else:
             first[key] = item
     people = [Newcomer(s.email, s.name, s.timezone) for s in first.values()]
-    created = insert_new(session, settings, people, source=source, confirm_sent_at=now)
+    created = insert_new(session, settings, people, source=source, now=now, confirm_sent_at=now)
     messages = [confirmation(id_, first[key].email, now) for key, id_ in created.items()]
-    if enqueue_many(session, messages, settings.sender_address.domain) != len(messages):
+    if enqueue_many(session, messages, settings.sender_address.domain, now) != len(messages):
         raise _NotAllQueued
     for key, item in first.items():
         if key not in created:
@@ -223,71 +221,6 @@ def store_many(
     except (IntegrityError, _NotAllQueued):
         for item in signups:
             store(engine, settings, item, now)
-
-
-class Writer:
-    """Stores the web app's signups from one thread, whatever arrived together in one go.
-
-    Why: a signup is a short write and SQLite takes one writer at a time. Threads of
-    the pool racing for BEGIN IMMEDIATE wait in SQLite's busy handler, which sleeps
-    up to 100 ms between tries, so under load a signup's p99 was seconds. One thread
-    writes in arrival order instead, and signups that arrived meanwhile share one
-    transaction (on PostgreSQL, one commit to disk), so the cost of each falls as the
-    load rises. The thread ends when idle and starts again on the next signup.
-    """
-
-    def __init__(
-        self, engine: Engine, settings: Settings, batch: int = 128, idle: float = 10.0
-    ) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.batch = batch
-        self.idle = idle
-        self._queue: queue.SimpleQueue[tuple[Signup, Future[None]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    async def store(self, item: Signup) -> None:
-        """Return once the signup is committed; raise what storing it raised."""
-        await asyncio.wrap_future(self.submit(item))
-
-    def submit(self, item: Signup) -> Future[None]:
-        future: Future[None] = Future()
-        with self._lock:
-            self._queue.put((item, future))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="drip-signup-writer", daemon=True
-                )
-                self._thread.start()
-        return future
-
-    def _run(self) -> None:
-        while True:
-            try:
-                batch = [self._queue.get(timeout=self.idle)]
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            while len(batch) < self.batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write(batch)
-
-    def _write(self, batch: list[tuple[Signup, Future[None]]]) -> None:
-        try:
-            store_many(self.engine, self.settings, [item for item, _ in batch], utcnow())
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, future in batch:
-                future.set_exception(exc)
-        else:
-            for _, future in batch:
-                future.set_result(None)
 
 
 class Confirmation(StrEnum):
@@ -324,7 +257,7 @@ def unsubscribe(session: Session, token: str, now: datetime) -> bool:
     subscriber = find_by_token(session, token, "unsubscribe")
     if subscriber is None:
         return False
-    if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
+    if subscriber.status in SUBSCRIBED_STATUSES:
         leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
     return True
 
@@ -341,14 +274,17 @@ class SlidingWindow:
     own count, so the effective limit multiplies by their number.
     """
 
-    def __init__(self, limit: int, seconds: float) -> None:
+    def __init__(
+        self, limit: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.seconds = seconds
+        self.clock = clock
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             hits = self._hits.setdefault(key, deque())
             while hits and now - hits[0] > self.seconds:

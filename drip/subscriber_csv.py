@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -20,8 +21,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from drip.clock import utcnow
 from drip.db import read_scope, session_scope
+from drip.errors import DripError
 from drip.models import Subscriber
 from drip.sendlog import iso
 from drip.settings import Settings
@@ -61,7 +62,7 @@ class ImportReport:
     bad: list[tuple[int, str]] = field(default_factory=list)
 
 
-class ImportFileError(Exception):
+class ImportFileError(DripError):
     """The file as a whole cannot be imported (no email column, not UTF-8...)."""
 
 
@@ -134,6 +135,7 @@ def import_subscribers(
     engine: Engine,
     path: Path,
     *,
+    now: datetime,
     confirm: bool = False,
     start_course: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -143,7 +145,7 @@ def import_subscribers(
 
     Imported subscribers are active (the operator vouches for their consent) and start
     the course unless `start_course` is false; with `confirm` they stay pending and get
-    the confirmation email instead.
+    the confirmation email instead. Every row is imported as of `now`.
     """
     settings.require_secret()
     source = f"import:{path.name}"[:64]
@@ -153,7 +155,6 @@ def import_subscribers(
     def flush() -> None:
         if not batch:
             return
-        now = utcnow()
         with session_scope(engine) as session:
             for row in batch:
                 try:
@@ -165,6 +166,7 @@ def import_subscribers(
                             name=row.name,
                             timezone=row.timezone,
                             source=source,
+                            now=now,
                         )
                         if not created:
                             report.skipped.append((row.line, row.email))

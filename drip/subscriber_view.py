@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from drip.models import DeliveryAttempt, OutboxMessage, Subscriber, SubscriberStatus
 from drip.sendlog import MAX_ID, MAX_LIMIT
@@ -24,12 +24,11 @@ class TimelineItem:
 
 def timeline(session: Session, subscriber_id: int, limit: int = 500) -> list[TimelineItem]:
     """Every message to a subscriber, newest first, each with all its attempts."""
-    o = OutboxMessage
     messages = list(
         session.execute(
-            select(o)
-            .where(o.subscriber_id == subscriber_id)
-            .order_by(o.created_at.desc(), o.id.desc())
+            select(OutboxMessage)
+            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
+            .order_by(col(OutboxMessage.created_at).desc(), col(OutboxMessage.id).desc())
             .limit(limit)
         ).scalars()
     )
@@ -37,8 +36,8 @@ def timeline(session: Session, subscriber_id: int, limit: int = 500) -> list[Tim
     if by_message:
         attempts = session.execute(
             select(DeliveryAttempt)
-            .where(DeliveryAttempt.outbox_id.in_(list(by_message)))
-            .order_by(DeliveryAttempt.id)
+            .where(col(DeliveryAttempt.outbox_id).in_(list(by_message)))
+            .order_by(col(DeliveryAttempt.id))
         ).scalars()
         for attempt in attempts:
             by_message[attempt.outbox_id].append(attempt)
@@ -70,7 +69,7 @@ class SubscriberFilter:
 def _prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
     """A range on the unique email_key index, then an exact prefix test."""
     key = email_key(prefix)
-    column = Subscriber.email_key
+    column = col(Subscriber.email_key)
     clauses = [column >= key, column.startswith(key, autoescape=True)]
     following = ord(key[-1]) + 1
     if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: skip past them
@@ -80,14 +79,14 @@ def _prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def list_subscribers(session: Session, flt: SubscriberFilter) -> list[Subscriber]:
+def list_subscribers(session: Session, wanted: SubscriberFilter) -> list[Subscriber]:
     """Newest first; pass the last id as `before_id` for the next page."""
     stmt = select(Subscriber)
-    if flt.status:
-        stmt = stmt.where(Subscriber.status == flt.status)
-    if flt.email_prefix:
-        stmt = stmt.where(*_prefix_clauses(flt.email_prefix))
-    if flt.before_id is not None and flt.before_id <= MAX_ID:  # above it: every id is below
-        stmt = stmt.where(Subscriber.id < flt.before_id)  # type: ignore[operator]
-    stmt = stmt.order_by(Subscriber.id.desc()).limit(flt.limit)  # type: ignore[union-attr]
+    if wanted.status:
+        stmt = stmt.where(col(Subscriber.status) == wanted.status)
+    if wanted.email_prefix:
+        stmt = stmt.where(*_prefix_clauses(wanted.email_prefix))
+    if wanted.before_id is not None and wanted.before_id <= MAX_ID:  # above it: every id is below
+        stmt = stmt.where(col(Subscriber.id) < wanted.before_id)
+    stmt = stmt.order_by(col(Subscriber.id).desc()).limit(wanted.limit)
     return list(session.execute(stmt).scalars())

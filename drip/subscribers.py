@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from drip.clock import utcnow
 from drip.course import load_course
-from drip.db import insert_ignoring
+from drip.db import insert_ignoring, table_of
 from drip.models import MessageKind, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
@@ -31,13 +30,15 @@ def email_key(address: str) -> str:
 
 def find_by_email(session: Session, address: str) -> Subscriber | None:
     return session.execute(
-        select(Subscriber).where(Subscriber.email_key == email_key(address))
+        select(Subscriber).where(col(Subscriber.email_key) == email_key(address))
     ).scalar_one_or_none()
 
 
 def find_by_token(session: Session, token: str, purpose: str) -> Subscriber | None:
     column = (
-        Subscriber.confirm_token_hash if purpose == "confirm" else Subscriber.unsubscribe_token_hash
+        col(Subscriber.confirm_token_hash)
+        if purpose == "confirm"
+        else col(Subscriber.unsubscribe_token_hash)
     )
     return session.execute(
         select(Subscriber).where(column == hash_token(token))
@@ -52,6 +53,7 @@ def add_subscriber(
     name: str = "",
     timezone: str | None = None,
     source: str,
+    now: datetime,
 ) -> tuple[Subscriber, bool]:
     """The subscriber for `email`, created as pending if new; (subscriber, created)."""
     existing = find_by_email(session, email)
@@ -64,6 +66,7 @@ def add_subscriber(
         email_key=email_key(email),
         name=name,
         timezone=timezone or settings.default_timezone,
+        created_at=now,
         consent_source=source,
         token_salt=salt,
         confirm_token_hash=confirm_hash,
@@ -87,6 +90,7 @@ def insert_new(
     people: Sequence[Newcomer],
     *,
     source: str,
+    now: datetime,
     confirm_sent_at: datetime | None,
 ) -> dict[str, int]:
     """Insert as pending those not yet known, in one statement; {email_key: id} of the new.
@@ -99,7 +103,6 @@ def insert_new(
     if not people:
         return {}
     secret = settings.require_secret()
-    now = utcnow()
     rows = []
     for person in people:
         salt = new_salt()
@@ -119,7 +122,7 @@ def insert_new(
                 "unsubscribe_token_hash": unsubscribe_hash,
             }
         )
-    table = Subscriber.__table__  # Core, not the ORM's bulk path: less work per row
+    table = table_of(Subscriber)  # Core, not the ORM's bulk path: less work per row
     stmt = insert_ignoring(session, table, ["email_key"]).returning(table.c.id, table.c.email_key)
     return {key: id_ for id_, key in session.execute(stmt, rows).all()}
 
@@ -145,6 +148,7 @@ def queue_confirmation(
         session,
         confirmation(subscriber.id, subscriber.email, now),
         settings.sender_address.domain,
+        now,
     )
     if queued:
         subscriber.confirm_sent_at = now
@@ -177,6 +181,7 @@ def activate(
             subscriber,
             course,
             settings.sender_address.domain,
+            now,
         )
     return True
 
@@ -192,4 +197,4 @@ def leave(
             subscriber.unsubscribed_at = now
         session.add(subscriber)
     stop_course(session, subscriber.id)
-    return skip_for_subscriber(session, subscriber.id, reason)
+    return skip_for_subscriber(session, subscriber.id, reason, now)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from playwright.sync_api import Browser, sync_playwright
 from drip.settings import Settings
 from tests.factories import tick
 from tests.mailserver import free_port
+from tests.waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 #: As root, without a sandbox; no background traffic to the (closed) internet.
@@ -47,11 +47,13 @@ def serving(app: FastAPI) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+    wait_until(
+        lambda: server.started,
+        10,
+        "uvicorn to start",
+        every=0.02,
+        abort=lambda: None if thread.is_alive() else "its thread ended",
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

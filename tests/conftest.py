@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import pytest
@@ -22,6 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("DRIP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-key-0123456789abcdef"
 EMAILS = ROOT / "emails"
+
+
+#: Test tiers, as pytest markers (README: "Running the tests"). A test is marked
+#: `database` or `browser` by the fixtures it uses, `process` by its module (it starts
+#: drip's own processes), and `unit` when it is none of these.
+TIERS = ("database", "process", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"database_url", "pg_url"}:
+            item.add_marker(pytest.mark.database)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
 def _pg_available() -> str | None:
@@ -93,21 +111,34 @@ def mail_server(recorder: Recorder) -> Iterator[MailServer]:
         yield server
 
 
+class SettingsFactory(Protocol):
+    def __call__(self, database_url: str, smtp_port: int, **extra: object) -> Settings: ...
+
+
 @pytest.fixture
-def settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
-    return make_settings(database_url, mail_server.port, tmp_path)
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings for this test: `make_settings(database_url, smtp_port, **overrides)`,
+    with the shipped emails, the test secret, no send rate and no .env file."""
+
+    def make(database_url: str, smtp_port: int, **extra: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "smtp_port": smtp_port,
+            "secret_key": SECRET,
+            "emails_dir": EMAILS,
+            "info_pack": EMAILS / "info-pack.pdf",
+            "catcher_dir": tmp_path / "mail",
+            "send_rate": 0,
+            "_env_file": None,
+        }
+        values.update(extra)
+        return load_settings(**values)
+
+    return make
 
 
-def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **extra: object) -> Settings:
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "smtp_port": smtp_port,
-        "secret_key": SECRET,
-        "emails_dir": EMAILS,
-        "info_pack": EMAILS / "info-pack.pdf",
-        "catcher_dir": tmp_path / "mail",
-        "send_rate": 0,
-        "_env_file": None,
-    }
-    values.update(extra)
-    return load_settings(**values)
+@pytest.fixture
+def settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
+    return make_settings(database_url, mail_server.port)

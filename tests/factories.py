@@ -20,11 +20,12 @@ def subscriber(
     settings: Settings, email: str, *, active: bool = True, name: str = "Sam", start: bool = True
 ) -> Subscriber:
     with session_scope(get_engine(settings.database_url)) as session:
-        sub, _ = add_subscriber(session, settings, email=email, name=name, source="test")
+        now = utcnow()
+        sub, _ = add_subscriber(session, settings, email=email, name=name, source="test", now=now)
         if active:
-            activate(session, settings, sub, utcnow(), start=start)
+            activate(session, settings, sub, now, start=start)
         else:
-            queue_confirmation(session, settings, sub, utcnow())
+            queue_confirmation(session, settings, sub, now)
         return sub
 
 

@@ -10,7 +10,6 @@ import email.parser
 import email.policy
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 from aiosmtpd.smtp import Envelope, Session
+
+from tests.waiting import wait_until
 
 OK = "250 OK"
 SERVICE_NOT_AVAILABLE = "421 4.3.2 Service not available, closing channel"
@@ -75,12 +76,8 @@ class Recorder:
             return [str(parser.parsebytes(data)["Message-ID"]) for data in self.raw]
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.raw) >= count:
-                return self.messages
-            time.sleep(0.02)
-        raise AssertionError(f"expected {count} messages, the server got {len(self.raw)}")
+        wait_until(lambda: len(self.raw) >= count, timeout, f"{count} messages", every=0.02)
+        return self.messages
 
 
 @dataclass
@@ -88,16 +85,47 @@ class MailServer:
     host: str
     port: int
     handler: Any
+    #: SMTP sessions open now: 0 once every client's connection has been closed and handled.
+    sessions: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def open_sessions(self) -> int:
+        return self.sessions[0]
+
+
+class _CountingController(Controller):
+    """A Controller whose SMTP sessions count themselves in and out."""
+
+    def __init__(self, handler: Any, sessions: list[int], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sessions = sessions
+
+    def factory(self) -> SMTPProtocol:
+        sessions = self.sessions
+
+        class Counted(SMTPProtocol):
+            def connection_made(self, transport: Any) -> None:
+                sessions[0] += 1
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                super().connection_lost(error)
+                sessions[0] -= 1
+
+        return Counted(self.handler, **self.SMTP_kwargs)
 
 
 @contextmanager
 def serve(handler: Any, port: int | None = None, **kwargs: Any) -> Iterator[MailServer]:
     """Run `handler` in a real aiosmtpd server on 127.0.0.1 for the block's duration."""
     port = port or free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    server = MailServer("127.0.0.1", port, handler)
+    controller = _CountingController(
+        handler, server.sessions, hostname="127.0.0.1", port=port, **kwargs
+    )
     controller.start()
     try:
-        yield MailServer("127.0.0.1", port, handler)
+        yield server
     finally:
         controller.stop()
 

@@ -30,8 +30,8 @@ def deliver(engine: Engine, result: Result, email: str | None = None) -> list[Ou
     with session_scope(engine) as session:
         for row in done:
             retry_now = Result(result.status, result.smtp_code, result.smtp_message, utcnow())
-            record(session, [(row, retry_now)], "w1")
-    release(engine, "w1", [r.id for r in rows if r not in done and r.id is not None])
+            record(session, [(row, retry_now)], "w1", utcnow())
+    release(engine, "w1", [r.id for r in rows if r not in done and r.id is not None], utcnow())
     return done
 
 

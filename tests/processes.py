@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,10 +16,11 @@ from sqlalchemy import Engine, select
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage
-from drip.sending.outbox import NewMessage, enqueue_many
+from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
 from tests.factories import many_active
 from tests.mailserver import free_port
+from tests.waiting import wait_until
 
 
 def queue_lessons(engine: Engine, count: int) -> set[str]:
@@ -33,7 +33,7 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
                     kind=MessageKind.lesson,
                     template="lesson-01-what-trigger-points-are",
                     email=s.email,
-                    dedupe_key=f"lesson:what-trigger-points-are:subscriber:{s.id}",
+                    dedupe_key=dedupe_key(MessageKind.lesson, s.id, "what-trigger-points-are"),
                     due_at=utcnow(),
                     subscriber_id=s.id,
                     context={
@@ -45,6 +45,7 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
                 for s in subs
             ],
             "localhost",
+            utcnow(),
         )
         return set(session.execute(select(OutboxMessage.message_id)).scalars())
 
@@ -65,15 +66,6 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "drip.cli", "worker"], env=env, stdout=out, stderr=out
         )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _answers(url: str) -> bool:
@@ -110,7 +102,16 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: process.poll() is None and _answers(f"{base}/healthz"), 30, "drip serve")
+        wait_until(
+            lambda: _answers(f"{base}/healthz"),
+            30,
+            "drip serve",
+            abort=lambda: (
+                None
+                if process.poll() is None
+                else f"it exited ({process.returncode}): {log.read_text()[-2000:]}"
+            ),
+        )
         yield base
     finally:
         process.send_signal(signal.SIGTERM)

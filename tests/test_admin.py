@@ -23,7 +23,7 @@ from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatu
 from drip.settings import Settings
 from drip.web.admin import CLOSED, build_admin_router
 from drip.web.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
 
@@ -46,10 +46,10 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def admin_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
-    return make_settings(
-        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
-    )
+def admin_settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
+    return make_settings(database_url, mail_server.port, admin_user=USER, admin_password=PASSWORD)
 
 
 @pytest.fixture
@@ -74,7 +74,8 @@ def test_closed_until_the_login_is_set(settings: Settings) -> None:
     closed = TestClient(admin_app(settings), headers=_basic(USER, PASSWORD))
     for path in ("/admin", "/admin/log", "/admin/subscribers/1", "/admin/outbox"):
         response = closed.get(path)
-        assert response.status_code == 503 and response.text == CLOSED
+        assert response.status_code == 503
+        assert response.text == CLOSED
     assert closed.post("/admin/subscribers/1/delete").status_code == 503
     assert "DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD" in CLOSED
 
@@ -152,7 +153,8 @@ def test_pages_carry_security_headers(client: TestClient) -> None:
     response = client.get("/admin")
     assert response.status_code == 200
     csp = response.headers["Content-Security-Policy"]
-    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
     assert "script-src" not in csp  # no scripts at all
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
@@ -166,7 +168,9 @@ def test_dashboard_shows_counts_chart_and_a_stopped_scheduler(
     subscriber(admin_settings, "ann@example.com")
     page = client.get("/admin").text
     assert "No scheduler pass in the last 5 minutes" in page
-    assert "<svg" in page and 'class="bar"' in page and "/admin/outbox" in page
+    assert "<svg" in page
+    assert 'class="bar"' in page
+    assert "/admin/outbox" in page
     tick(admin_settings)
     page = client.get("/admin").text
     assert "No scheduler pass" not in page
@@ -192,11 +196,14 @@ def test_log_filters_and_pages(client: TestClient, admin_settings: Settings) -> 
     subscriber(admin_settings, "late@example.com")
 
     sent = client.get("/admin/log?status=sent").text
-    assert sent.count('class="pill status-sent"') == 4 and "late@example.com" not in sent
+    assert sent.count('class="pill status-sent"') == 4
+    assert "late@example.com" not in sent
     queued = client.get("/admin/log", params={"status": "queued"}).text
-    assert "late@example.com" in queued and "status-sent" not in queued
+    assert "late@example.com" in queued
+    assert "status-sent" not in queued
     one = client.get("/admin/log", params={"email": "READER2@example.com"}).text
-    assert "reader2@example.com" in one and "reader1@" not in one
+    assert "reader2@example.com" in one
+    assert "reader1@" not in one
 
     first = client.get("/admin/log?limit=3").text
     older = re.search(r'href="(/admin/log\?[^"]+)" rel="next"', first)
@@ -206,7 +213,8 @@ def test_log_filters_and_pages(client: TestClient, admin_settings: Settings) -> 
     assert len(rows) == len(set(rows)) == 5
 
     bad = client.get("/admin/log?status=lost")
-    assert bad.status_code == 422 and "status must be one of" in bad.text
+    assert bad.status_code == 422
+    assert "status must be one of" in bad.text
     assert client.get("/admin/log?since=soonish").status_code == 422
     assert client.get("/admin/log?since=2h").status_code == 200
 
@@ -216,11 +224,15 @@ def test_subscriber_search_and_timeline(client: TestClient, admin_settings: Sett
     subscriber(admin_settings, "bob@example.com", active=False)
     tick(admin_settings)
     found = client.get("/admin/subscribers", params={"q": "an"}).text
-    assert "Ann@example.com" in found and "bob@" not in found
+    assert "Ann@example.com" in found
+    assert "bob@" not in found
     pending = client.get("/admin/subscribers?status=pending").text
-    assert "bob@example.com" in pending and "Ann@" not in pending
+    assert "bob@example.com" in pending
+    assert "Ann@" not in pending
     page = client.get(f"/admin/subscribers/{ann.id}").text
-    assert "welcome" in page and 'class="pill status-sent"' in page and "<code>250</code>" in page
+    assert "welcome" in page
+    assert 'class="pill status-sent"' in page
+    assert "<code>250</code>" in page
     assert client.get("/admin/subscribers/99999").status_code == 404
 
 
@@ -275,7 +287,8 @@ def test_retry_a_bounced_message(
     assert f'action="/admin/messages/{row.id}/retry"' in page
 
     response = client.post(f"/admin/messages/{row.id}/retry", data={"csrf": _csrf(page)})
-    assert response.status_code == 200 and "queued again" in response.text
+    assert response.status_code == 200
+    assert "queued again" in response.text
     again = client.post(f"/admin/messages/{row.id}/retry", data={"csrf": _csrf(page)})
     assert "Nothing to retry" in again.text
 
@@ -304,18 +317,22 @@ def test_export_then_delete_personal_data_keeps_anonymous_counts(
     assert data["messages"][0]["attempts"][0]["status"] == "sent"
 
     unsure = client.post(f"/admin/subscribers/{sub.id}/delete", data={"csrf": _csrf(page)})
-    assert unsure.status_code == 400 and _sub(engine, sub.id).name == "Erin Erase"
+    assert unsure.status_code == 400
+    assert _sub(engine, sub.id).name == "Erin Erase"
     deleted = client.post(
         f"/admin/subscribers/{sub.id}/delete", data={"csrf": _csrf(page), "sure": "yes"}
     )
-    assert deleted.status_code == 200 and "Personal data deleted" in deleted.text
+    assert deleted.status_code == 200
+    assert "Personal data deleted" in deleted.text
     row = _sub(engine, sub.id)
-    assert row.email == f"deleted-{sub.id}@invalid" and row.name == ""
+    assert row.email == f"deleted-{sub.id}@invalid"
+    assert row.name == ""
     assert row.status == SubscriberStatus.unsubscribed
 
     for path in ("/admin/log", "/admin/subscribers", f"/admin/subscribers/{sub.id}"):
         text = client.get(path).text.lower()
-        assert "erase.me" not in text and "erin" not in text
+        assert "erase.me" not in text
+        assert "erin" not in text
     after = client.get("/admin").text
     counts = re.compile(r'<dl class="counts">.*?</dl>', re.S)
     assert counts.findall(after) == counts.findall(before)
@@ -344,7 +361,8 @@ def test_outbox_lists_and_shows_caught_mail(client: TestClient, admin_settings: 
     assert "No mail caught yet" in client.get("/admin/outbox").text
     key = _caught_mail(admin_settings.catcher_dir)
     listing = client.get("/admin/outbox").text
-    assert "Welcome &lt;b&gt;aboard&lt;/b&gt;" in listing and "ann@example.com" in listing
+    assert "Welcome &lt;b&gt;aboard&lt;/b&gt;" in listing
+    assert "ann@example.com" in listing
     assert f"/admin/outbox/{key}" in listing
 
     page = client.get(f"/admin/outbox/{key}")
@@ -352,18 +370,23 @@ def test_outbox_lists_and_shows_caught_mail(client: TestClient, admin_settings: 
     frame = re.search(r"<iframe[^>]*>", page.text)
     assert frame
     tag = frame.group(0)
-    assert 'sandbox="' in tag and "allow-scripts" not in tag and "allow-same-origin" not in tag
+    assert 'sandbox="' in tag
+    assert "allow-scripts" not in tag
+    assert "allow-same-origin" not in tag
     srcdoc = re.search(r'srcdoc="([^"]*)"', tag)
-    assert srcdoc and "&lt;p class=&#34;x&#34;&gt;Hello &lt;b&gt;Ann&lt;/b&gt;" in srcdoc.group(1)
+    assert srcdoc
+    assert "&lt;p class=&#34;x&#34;&gt;Hello &lt;b&gt;Ann&lt;/b&gt;" in srcdoc.group(1)
     assert "<script>" not in page.text
     assert "script-src" not in page.headers["Content-Security-Policy"]
     assert "your pack is attached." in page.text  # the text part
-    assert "Subject" in page.text and "info-pack.pdf" in page.text
+    assert "Subject" in page.text
+    assert "info-pack.pdf" in page.text
 
     link = re.search(rf'href="(/admin/outbox/{re.escape(key)}/part/\d+)"', page.text)
     assert link
     part = client.get(link.group(1))
-    assert part.status_code == 200 and part.content == b"%PDF-1.4 fake pack"
+    assert part.status_code == 200
+    assert part.content == b"%PDF-1.4 fake pack"
     assert part.headers["content-type"] == "application/pdf"
     assert part.headers["content-disposition"] == 'attachment; filename="info-pack.pdf"'
     assert client.get(f"/admin/outbox/{key}/part/99").status_code == 404

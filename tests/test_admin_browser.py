@@ -16,17 +16,17 @@ from drip.db import read_scope
 from drip.models import Subscriber, SubscriberStatus
 from drip.settings import Settings
 from tests.browser import run_tick, serving
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import subscriber
 from tests.mailserver import MailServer
 from tests.test_admin import PASSWORD, USER, admin_app
 
 
 @pytest.fixture
-def admin_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
-    return make_settings(
-        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
-    )
+def admin_settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
+    return make_settings(database_url, mail_server.port, admin_user=USER, admin_password=PASSWORD)
 
 
 @pytest.fixture
@@ -79,7 +79,8 @@ def test_log_in_filter_the_log_open_a_subscriber_and_unsubscribe_them(
     page.wait_for_url("**/admin/log?*status=sent*")
     rows = page.locator("table.log tbody tr")
     assert rows.count() == 1
-    assert "ann@example.com" in rows.first.inner_text() and "sent" in rows.first.inner_text()
+    assert "ann@example.com" in rows.first.inner_text()
+    assert "sent" in rows.first.inner_text()
 
     page.get_by_role("link", name="ann@example.com").click()
     page.wait_for_url(f"**/admin/subscribers/{ann.id}")
@@ -92,12 +93,14 @@ def test_log_in_filter_the_log_open_a_subscriber_and_unsubscribe_them(
     assert page.get_by_role("button", name="Unsubscribe").count() == 0
     with read_scope(engine) as session:
         row = session.get(Subscriber, ann.id)
-        assert row is not None and row.status == SubscriberStatus.unsubscribed
+        assert row is not None
+        assert row.status == SubscriberStatus.unsubscribed
 
     page.get_by_role("link", name="Subscribers").click()
     page.get_by_label("Status").select_option("pending")
     page.get_by_role("button", name="Search").click()
-    assert page.locator("tbody tr").count() == 1 and page.get_by_text("cat@example.com").count()
+    assert page.locator("tbody tr").count() == 1
+    assert page.get_by_text("cat@example.com").count()
 
 
 def test_caught_mail_renders_in_a_sandboxed_frame(
@@ -128,13 +131,16 @@ def test_caught_mail_renders_in_a_sandboxed_frame(
     assert "Press gently for 30 seconds." in page.locator("pre.mailtext").inner_text()
 
 
-def test_closed_without_credentials_or_login(browser: Browser, site: str, tmp_path: Path) -> None:
+def test_closed_without_credentials_or_login(
+    browser: Browser, site: str, tmp_path: Path, make_settings: SettingsFactory
+) -> None:
     context = browser.new_context()
     anonymous = context.new_page()
     with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
         anonymous.goto(f"{site}/admin")  # headless Chromium has no one to ask for a password
     answer = context.request.get(f"{site}/admin")
-    assert answer.status == 401 and "Dashboard" not in answer.text()
+    assert answer.status == 401
+    assert "Dashboard" not in answer.text()
     assert answer.headers["www-authenticate"].startswith('Basic realm="drip admin"')
     context.close()
 
@@ -143,11 +149,12 @@ def test_closed_without_credentials_or_login(browser: Browser, site: str, tmp_pa
     assert answer.status == 401
     wrong.close()
 
-    unset = make_settings(f"sqlite:///{tmp_path / 'closed.db'}", 2525, tmp_path)
+    unset = make_settings(f"sqlite:///{tmp_path / 'closed.db'}", 2525)
     with serving(admin_app(unset)) as closed_site:
         context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
         visitor = context.new_page()
         response = visitor.goto(f"{closed_site}/admin")
-        assert response is not None and response.status == 503
+        assert response is not None
+        assert response.status == 503
         assert "admin is closed" in visitor.inner_text("body")
         context.close()

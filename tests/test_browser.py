@@ -15,15 +15,17 @@ from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.web.app import create_app
 from tests.browser import run_tick, serving
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.mailserver import MailServer, Recorder
 
 
 @pytest.fixture
-def site(tmp_path: Path, mail_server: MailServer) -> Iterator[tuple[str, Settings, Engine]]:
+def site(
+    tmp_path: Path, mail_server: MailServer, make_settings: SettingsFactory
+) -> Iterator[tuple[str, Settings, Engine]]:
     url = f"sqlite:///{tmp_path / 'subscribers.db'}"
     upgrade(get_engine(url))
-    settings = make_settings(url, mail_server.port, tmp_path)
+    settings = make_settings(url, mail_server.port)
     with serving(create_app(settings)) as base:
         yield base, settings.model_copy(update={"base_url": base}), get_engine(url)
 
@@ -55,7 +57,8 @@ def test_sign_up_confirm_and_get_the_welcome(
     run_tick(settings)
     [confirmation] = recorder.wait_for(1)
     text = confirmation.get_body(("plain",))
-    assert text is not None and "Robin" in text.get_content()
+    assert text is not None
+    assert "Robin" in text.get_content()
     link = re.search(r"http://\S+/confirm/\S+", text.get_content())
     assert link is not None
     page.goto(link.group(0))
@@ -65,7 +68,8 @@ def test_sign_up_confirm_and_get_the_welcome(
         kinds = list(
             session.execute(select(OutboxMessage.kind).order_by(OutboxMessage.id)).scalars()
         )
-    assert sub.status == SubscriberStatus.active and sub.timezone == "Europe/Berlin"
+    assert sub.status == SubscriberStatus.active
+    assert sub.timezone == "Europe/Berlin"
     assert kinds == [MessageKind.confirm, MessageKind.welcome]
 
 
@@ -109,7 +113,9 @@ def test_unsubscribe_with_one_button(
 
     base, settings, engine = site
     with session_scope(engine) as session:
-        sub, _ = add_subscriber(session, settings, email="leaving@example.com", source="test")
+        sub, _ = add_subscriber(
+            session, settings, email="leaving@example.com", source="test", now=utcnow()
+        )
         activate(session, settings, sub, utcnow())
         token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
     page.goto(f"{base}/unsubscribe/{token}")

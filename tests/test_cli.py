@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from drip.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import outbox, subscriber
 from tests.mailserver import Recorder
+
+pytestmark = pytest.mark.process
 
 
 def drip(
@@ -45,7 +48,8 @@ def test_a_broken_setting_stops_any_command_with_one_plain_line(tmp_path: Path) 
         result = drip(*command, env={"DRIP_SMTP_PORT": "not-a-port"}, cwd=tmp_path)
         assert result.returncode == 2, command
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("drip: DRIP_SMTP_PORT:"), result.stderr
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("drip: DRIP_SMTP_PORT:"), result.stderr
         assert "Traceback" not in result.stderr
 
 
@@ -93,7 +97,8 @@ def test_tick_delivers_at_the_given_time(
     assert len(recorder.wait_for(1)) == 1
     for bad in ("yesterday", "0001-01-01T00:00:00+01:00"):  # the second is before year 1 in UTC
         result = drip("tick", "--now", bad, env=_env(settings))
-        assert result.returncode == 2 and "--now" in result.stderr, result.stderr
+        assert result.returncode == 2, result.stderr
+        assert "--now" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert [r.status for r in outbox(engine)] == ["sent"]
 
@@ -106,7 +111,8 @@ def test_tick_reports_an_unreachable_server_and_keeps_the_mail(
     subscriber(settings, "ann@example.com")
     result = drip("tick", env={**_env(settings), "DRIP_SMTP_PORT": str(free_port())})
     assert result.returncode == 1
-    assert "cannot connect" in result.stderr and "kept for the next pass" in result.stderr
+    assert "cannot connect" in result.stderr
+    assert "kept for the next pass" in result.stderr
     assert [r.status for r in outbox(engine)] == ["deferred"]
 
 
@@ -122,4 +128,5 @@ def test_scheduler_py_runs_the_worker(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2 and "DRIP_SMTP_PORT" in result.stderr
+    assert result.returncode == 2
+    assert "DRIP_SMTP_PORT" in result.stderr

@@ -30,11 +30,18 @@ def test_dashboard_counts(settings: Settings, engine: Engine, recorder: Recorder
         board = dashboard(session, now)
     assert board.today == {"sent": 2, "deferred": 0, "failed": 0, "bounced": 1}
     assert board.last_30_days == board.today
-    assert board.subscribers["active"] == 1 and board.subscribers["bounced"] == 1
-    assert board.subscribers["pending"] == 2 and board.subscribers["unsubscribed"] == 0
-    assert len(board.sends_per_day) == 30 and board.sends_per_day[-1] == (now.date(), 2)
+    assert board.subscribers["active"] == 1
+    assert board.subscribers["bounced"] == 1
+    assert board.subscribers["pending"] == 2
+    assert board.subscribers["unsubscribed"] == 0
+    assert len(board.sends_per_day) == 30
+    assert board.sends_per_day[-1] == (now.date(), 2)
     assert sum(n for _, n in board.sends_per_day) == 2
-    assert dict(board.progress) == {0: 1} and board.finished == 0 and board.stopped == 1
+    assert dict(board.progress) == {0: 1}
+    assert board.finished == 0
+    assert board.stopped == 1
     assert board.waiting == 1  # d's confirmation
     names = [w.worker for w in board.workers]
-    assert names[-1] == "old" and len(names) == 2 and board.workers_alive()
+    assert names[-1] == "old"
+    assert len(names) == 2
+    assert board.workers_alive()

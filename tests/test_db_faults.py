@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,23 +16,28 @@ from sqlalchemy import select
 from drip.db import get_engine, session_scope, upgrade
 from drip.models import OutboxMessage, OutboxStatus
 from drip.settings import Settings
-from tests.conftest import make_settings, truncate_pg
+from tests.conftest import SettingsFactory, truncate_pg
 from tests.factories import tick
 from tests.mailserver import MailServer, Recorder
-from tests.processes import queue_lessons, start_worker, wait_until
+from tests.processes import queue_lessons, start_worker
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture
-def sqlite_settings(tmp_path: Path, mail_server: MailServer) -> Settings:
+def sqlite_settings(
+    tmp_path: Path, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
     url = f"sqlite:///{tmp_path / 'subscribers.db'}"
     upgrade(get_engine(url))
-    return make_settings(url, mail_server.port, tmp_path)
+    return make_settings(url, mail_server.port)
 
 
 @pytest.fixture
-def pg_settings(pg_url: str, tmp_path: Path, mail_server: MailServer) -> Settings:
+def pg_settings(pg_url: str, mail_server: MailServer, make_settings: SettingsFactory) -> Settings:
     truncate_pg(get_engine(pg_url))
-    return make_settings(pg_url, mail_server.port, tmp_path)
+    return make_settings(pg_url, mail_server.port)
 
 
 def test_a_pass_waits_for_another_sqlite_writer(
@@ -89,11 +93,9 @@ def test_the_worker_rides_out_a_postgres_restart(
     engine.dispose()  # the test's own pooled connections died with the server
     received = Counter(recorder.message_ids())
     assert sum(n - 1 for n in received.values()) <= settings.smtp_concurrency
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def statuses() -> Counter[OutboxStatus]:
         with session_scope(engine) as session:
-            statuses = Counter(session.execute(select(OutboxMessage.status)).scalars())
-        if statuses == {OutboxStatus.sent: len(expected)}:
-            break
-        time.sleep(0.5)
-    assert statuses == {OutboxStatus.sent: len(expected)}
+            return Counter(session.execute(select(OutboxMessage.status)).scalars())
+
+    wait_until(lambda: statuses() == {OutboxStatus.sent: len(expected)}, 30, "every row sent")

@@ -55,7 +55,9 @@ def test_a_careful_production_setup_has_no_problem(tmp_path: Path) -> None:
 
 def test_an_http_base_url_breaks_one_click_unsubscribe() -> None:
     [problem] = setting_problems(settings_with(base_url="http://course.example.com"))
-    assert problem.startswith("DRIP_BASE_URL:") and "https" in problem and "8058" in problem
+    assert problem.startswith("DRIP_BASE_URL:")
+    assert "https" in problem
+    assert "8058" in problem
     # drip dev's own address is loopback: nothing to report there.
     assert setting_problems(settings_with(base_url="http://127.0.0.1:8000")) == []
     assert setting_problems(settings_with(base_url="http://localhost:8000")) == []
@@ -66,7 +68,8 @@ def test_a_dkim_domain_not_aligned_with_from_is_reported(tmp_path: Path) -> None
     found = setting_problems(
         settings_with(dkim_domain="mailer.net", dkim_selector="s1", dkim_private_key=key)
     )
-    assert len(found) == 1 and found[0].startswith("DRIP_DKIM_DOMAIN:")
+    assert len(found) == 1
+    assert found[0].startswith("DRIP_DKIM_DOMAIN:")
     assert "example.com" in found[0]
     assert aligned("example.com", "news.example.com")
     assert aligned("mail.example.com", "example.com")
@@ -76,7 +79,8 @@ def test_a_dkim_domain_not_aligned_with_from_is_reported(tmp_path: Path) -> None
 def test_a_password_in_clear_to_a_remote_smtp_host_is_reported() -> None:
     remote = settings_with(smtp_host="smtp.example.net", smtp_password="hunter2-secret")
     [problem] = setting_problems(remote)
-    assert problem.startswith("DRIP_SMTP_SECURITY:") and "smtp.example.net" in problem
+    assert problem.startswith("DRIP_SMTP_SECURITY:")
+    assert "smtp.example.net" in problem
     assert "hunter2" not in problem
     assert setting_problems(settings_with(smtp_host="127.0.0.1", smtp_password="pw")) == []
     assert setting_problems(settings_with(smtp_host="smtp.example.net")) == []  # no password
@@ -128,7 +132,8 @@ def test_a_missing_record_is_reported(tmp_path: Path, remove: str, expected: str
                 dkim_private_key=key,
             )
         )
-    assert len(report.problems) == 1 and report.problems[0].startswith(expected)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(expected)
 
 
 def test_a_published_dkim_key_that_is_not_ours_is_reported(tmp_path: Path) -> None:
@@ -181,4 +186,5 @@ def test_a_dns_server_that_does_not_answer_is_one_plain_line() -> None:
         pass  # closed again: nothing listens on that port now
     settings = settings_with(dns_server=address)
     report = dns_problems(settings)
-    assert len(report.problems) == 1 and "the DNS lookup failed" in report.problems[0]
+    assert len(report.problems) == 1
+    assert "the DNS lookup failed" in report.problems[0]

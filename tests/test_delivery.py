@@ -16,7 +16,7 @@ from drip.db import session_scope
 from drip.models import OutboxStatus, SendBudget, Subscriber, SubscriberStatus
 from drip.sending.tick import run_pass
 from drip.settings import Settings
-from tests.conftest import EMAILS, make_settings
+from tests.conftest import EMAILS, SettingsFactory
 from tests.factories import attempts, outbox, subscriber, tick
 from tests.mailserver import (
     MAILBOX_BUSY,
@@ -48,15 +48,16 @@ def test_welcome_email_arrives_whole(
     assert pdf.get_filename() == "trigger-point-information-pack.pdf"
     assert pdf.get_content() == Path(settings.info_pack).read_bytes()
     unsubscribe = str(message["List-Unsubscribe"])
-    assert unsubscribe.startswith(f"<{settings.base_url}/unsubscribe/") and unsubscribe.endswith(
-        ">"
-    )
+    assert unsubscribe.startswith(f"<{settings.base_url}/unsubscribe/")
+    assert unsubscribe.endswith(">")
     assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
     assert str(message["To"]) == "Ann <ann@example.com>"
     [row] = outbox(engine)
-    assert row.status == OutboxStatus.sent and str(message["Message-ID"]) == row.message_id
+    assert row.status == OutboxStatus.sent
+    assert str(message["Message-ID"]) == row.message_id
     [attempt] = attempts(engine)
-    assert attempt.status == OutboxStatus.sent and attempt.smtp_code == 250
+    assert attempt.status == OutboxStatus.sent
+    assert attempt.smtp_code == 250
 
 
 def test_confirmation_has_no_unsubscribe_header(settings: Settings, recorder: Recorder) -> None:
@@ -79,7 +80,8 @@ def test_temporary_failures_are_retried_then_sent(
     log = [(a.status, a.smtp_code) for a in attempts(engine)]
     assert log == [("deferred", 451), ("deferred", 451), ("sent", 250)]
     [row] = outbox(engine)
-    assert row.status == OutboxStatus.sent and row.attempts == 3
+    assert row.status == OutboxStatus.sent
+    assert row.attempts == 3
 
 
 def test_a_recipient_refused_bounces_and_suppresses(
@@ -89,14 +91,17 @@ def test_a_recipient_refused_bounces_and_suppresses(
     subscriber(settings, "gone@example.com")
     tick(settings)
     [row] = outbox(engine)
-    assert row.status == OutboxStatus.bounced and row.last_smtp_code == 550
+    assert row.status == OutboxStatus.bounced
+    assert row.last_smtp_code == 550
     with session_scope(engine) as session:
         sub = session.get(Subscriber, row.subscriber_id)
-        assert sub is not None and sub.status == SubscriberStatus.bounced
+        assert sub is not None
+        assert sub.status == SubscriberStatus.bounced
     # Nothing more is ever queued or sent to them.
     for days in (2, 10, 30):
         tick(settings, utcnow() + timedelta(days=days))
-    assert recorder.messages == [] and len(outbox(engine)) == 1
+    assert recorder.messages == []
+    assert len(outbox(engine)) == 1
 
 
 @pytest.mark.parametrize("reply", [NO_SUCH_USER, MAILBOX_FULL])
@@ -116,15 +121,17 @@ def test_throttling_slows_every_worker(
     subscriber(settings, "ann@example.com")
     tick(settings)
     [row] = outbox(engine)
-    assert row.status == OutboxStatus.deferred and row.last_smtp_code == 421
+    assert row.status == OutboxStatus.deferred
+    assert row.last_smtp_code == 421
     with session_scope(engine) as session:
         budget = session.get(SendBudget, "smtp")
-        assert budget is not None and budget.paused_until is not None
+        assert budget is not None
+        assert budget.paused_until is not None
         assert budget.paused_until > utcnow()
 
 
 def test_dropped_connection_mid_data_is_retried_once(
-    database_url: str, tmp_path: Path, engine: Engine
+    database_url: str, engine: Engine, make_settings: SettingsFactory
 ) -> None:
     drops = {"left": 1}
     recorder = Recorder()
@@ -137,7 +144,7 @@ def test_dropped_connection_mid_data_is_retried_once(
 
     recorder.on_data = drop
     with serve(recorder) as server:
-        settings = make_settings(database_url, server.port, tmp_path)
+        settings = make_settings(database_url, server.port)
         subscriber(settings, "ann@example.com")
         tick(settings)
         assert [a.status for a in attempts(engine)] == ["deferred"]
@@ -147,15 +154,16 @@ def test_dropped_connection_mid_data_is_retried_once(
 
 
 def test_refused_connection_defers_and_stops_the_pass(
-    database_url: str, tmp_path: Path, engine: Engine
+    database_url: str, engine: Engine, make_settings: SettingsFactory
 ) -> None:
     from tests.mailserver import free_port
 
-    settings = make_settings(database_url, free_port(), tmp_path)
+    settings = make_settings(database_url, free_port())
     for n in range(5):
         subscriber(settings, f"r{n}@example.com")
     report = tick(settings)
-    assert report.delivery.halted and "cannot connect" in report.delivery.halted
+    assert report.delivery.halted
+    assert "cannot connect" in report.delivery.halted
     rows = outbox(engine)
     assert len(rows) == 5
     # At most one attempt per connection slot; the rest wait untouched for the next pass.
@@ -164,19 +172,25 @@ def test_refused_connection_defers_and_stops_the_pass(
 
 
 def test_broken_template_fails_the_message_with_its_line(
-    database_url: str, tmp_path: Path, engine: Engine, mail_server: MailServer, recorder: Recorder
+    database_url: str,
+    tmp_path: Path,
+    engine: Engine,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
 ) -> None:
     import shutil
 
     emails = tmp_path / "emails"
     shutil.copytree(EMAILS, emails)
     (emails / "welcome.txt").write_text("Hi {{ name }}\n{{ no_such_variable }}\n")
-    settings = make_settings(database_url, mail_server.port, tmp_path, emails_dir=emails)
+    settings = make_settings(database_url, mail_server.port, emails_dir=emails)
     subscriber(settings, "ann@example.com")
     tick(settings)
     [row] = outbox(engine)
     assert row.status == OutboxStatus.failed
-    assert row.last_smtp_message is not None and "welcome.txt, line 2" in row.last_smtp_message
+    assert row.last_smtp_message is not None
+    assert "welcome.txt, line 2" in row.last_smtp_message
     assert recorder.messages == []
 
 
@@ -190,7 +204,8 @@ def test_an_address_smtp_cannot_carry_fails_alone_and_the_rest_go_out(
     assert report.delivery.counts == {"failed": 1, "sent": 1}
     failed = next(r for r in outbox(engine) if r.status == OutboxStatus.failed)
     assert failed.email == "jörg@example.com"
-    assert failed.last_smtp_message and "SMTPUTF8" in failed.last_smtp_message
+    assert failed.last_smtp_message
+    assert "SMTPUTF8" in failed.last_smtp_message
     [message] = recorder.wait_for(1)
     assert str(message["To"]) == "Ann <ann@xn--bcher-kva.example>"
 
@@ -210,29 +225,37 @@ def test_two_workers_deliver_each_message_exactly_once(
     for t in threads:
         t.join(timeout=300)
     ids = recorder.message_ids()
-    assert len(ids) == count and set(ids) == expected
+    assert len(ids) == count
+    assert set(ids) == expected
     log = attempts(engine)
-    assert len(log) == count and {a.worker for a in log} == {"worker-0", "worker-1"}
+    assert len(log) == count
+    assert {a.worker for a in log} == {"worker-0", "worker-1"}
 
 
 def test_a_server_that_never_answers_times_out_and_keeps_the_mail(
-    database_url: str, tmp_path: Path, engine: Engine
+    database_url: str, engine: Engine, make_settings: SettingsFactory
 ) -> None:
     from tests.mailserver import silent_server
 
     with silent_server() as server:
-        settings = make_settings(database_url, server.port, tmp_path, smtp_timeout=0.5)
+        settings = make_settings(database_url, server.port, smtp_timeout=0.5)
         subscriber(settings, "ann@example.com")
         report = tick(settings)
     [row] = outbox(engine)
-    assert row.status == OutboxStatus.deferred and row.next_attempt_at is not None
-    assert report.delivery.halted and "timed out" in (row.last_smtp_message or "")
+    assert row.status == OutboxStatus.deferred
+    assert row.next_attempt_at is not None
+    assert report.delivery.halted
+    assert "timed out" in (row.last_smtp_message or "")
 
 
 def test_starttls_required_but_not_offered_defers_with_a_reason(
-    database_url: str, tmp_path: Path, engine: Engine, mail_server: MailServer, recorder: Recorder
+    database_url: str,
+    engine: Engine,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings(database_url, mail_server.port, tmp_path, smtp_security="starttls")
+    settings = make_settings(database_url, mail_server.port, smtp_security="starttls")
     subscriber(settings, "ann@example.com")
     tick(settings)
     [row] = outbox(engine)
@@ -242,7 +265,7 @@ def test_starttls_required_but_not_offered_defers_with_a_reason(
 
 
 def test_smtp_login_uses_the_password_and_never_logs_it(
-    database_url: str, tmp_path: Path, engine: Engine
+    database_url: str, engine: Engine, make_settings: SettingsFactory
 ) -> None:
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -258,7 +281,7 @@ def test_smtp_login_uses_the_password_and_never_logs_it(
     recorder = Recorder()
     with serve(recorder, authenticator=authenticator, auth_require_tls=False) as server:
         good = make_settings(
-            database_url, server.port, tmp_path, smtp_username="course", smtp_password="s3cret-pass"
+            database_url, server.port, smtp_username="course", smtp_password="s3cret-pass"
         )
         subscriber(good, "ann@example.com")
         tick(good)
@@ -266,7 +289,6 @@ def test_smtp_login_uses_the_password_and_never_logs_it(
         bad = make_settings(
             database_url,
             server.port,
-            tmp_path,
             smtp_username="course",
             smtp_password="wrong-pass",
             smtp_timeout=2,
@@ -278,9 +300,8 @@ def test_smtp_login_uses_the_password_and_never_logs_it(
     assert [r.status for r in rows] == [OutboxStatus.sent, OutboxStatus.deferred]
     for attempt in attempts(engine):
         assert "pass" not in (attempt.smtp_message or "").lower().replace("password", "")
-        assert "s3cret" not in (attempt.smtp_message or "") and "wrong-pass" not in (
-            attempt.smtp_message or ""
-        )
+        assert "s3cret" not in (attempt.smtp_message or "")
+        assert "wrong-pass" not in (attempt.smtp_message or "")
 
 
 def test_a_message_deferred_past_its_lifetime_fails_with_the_reason(
@@ -292,5 +313,6 @@ def test_a_message_deferred_past_its_lifetime_fails_with_the_reason(
     tick(settings, utcnow() + timedelta(days=settings.retry_lifetime_days, hours=1))
     [row] = outbox(engine)
     assert row.status == OutboxStatus.failed
-    assert row.last_smtp_message is not None and row.last_smtp_message.startswith("gave up after 2")
+    assert row.last_smtp_message is not None
+    assert row.last_smtp_message.startswith("gave up after 2")
     assert [a.status for a in attempts(engine)] == ["deferred", "failed"]

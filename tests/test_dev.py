@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,6 +23,9 @@ import pytest
 
 from tests.conftest import EMAILS
 from tests.mailserver import free_port
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 def _caught(directory: Path) -> list[EmailMessage]:
@@ -34,15 +36,6 @@ def _caught(directory: Path) -> list[EmailMessage]:
         assert isinstance(parsed, EmailMessage)
         messages.append(parsed)
     return messages
-
-
-def _wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -84,7 +77,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
             return False
 
     try:
-        _wait_for(healthy, 60, "drip dev to answer /healthz")
+        wait_until(healthy, 60, "drip dev to answer /healthz")
         yield base, tmp_path, process
     finally:
         process.send_signal(signal.SIGINT)
@@ -100,9 +93,11 @@ def test_drip_dev_starts_and_says_where_everything_is(
 ) -> None:
     base, cwd, process = dev
     health = httpx.get(f"{base}/healthz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
     output = (cwd / "dev.log").read_text()
-    assert f"{base}/" in output and f"{base}/admin/outbox" in output
+    assert f"{base}/" in output
+    assert f"{base}/admin/outbox" in output
     password = (cwd / ".drip" / "admin-password").read_text().strip()
     assert password in output
     assert (cwd / "subscribers.db").is_file()
@@ -119,8 +114,9 @@ def test_a_newcomer_sees_the_whole_course_arrive(
         f"{base}/subscribe",
         data={"email": "newcomer@example.com", "name": "Nia", "consent": "yes", "website": ""},
     )
-    assert response.status_code == 303 and response.headers["location"].endswith("/thanks")
-    _wait_for(lambda: len(_caught(mail)) >= 1, 30, "the confirmation email")
+    assert response.status_code == 303
+    assert response.headers["location"].endswith("/thanks")
+    wait_until(lambda: len(_caught(mail)) >= 1, 30, "the confirmation email")
     [confirmation] = _caught(mail)
     assert confirmation["List-Unsubscribe"] is None
     text = confirmation.get_body(("plain",))
@@ -129,9 +125,10 @@ def test_a_newcomer_sees_the_whole_course_arrive(
     assert link is not None
     assert httpx.get(link.group(0)).status_code == 200
     # One course day lasts about a second: the welcome and every lesson arrive in turn.
-    _wait_for(lambda: len(_caught(mail)) >= 4, 60, "the welcome and the first lessons")
+    wait_until(lambda: len(_caught(mail)) >= 4, 60, "the welcome and the first lessons")
     attachments = [[p.get_filename() for p in m.iter_attachments()] for m in _caught(mail)]
     assert [a for a in attachments if a] == [["trigger-point-information-pack.pdf"]]
     password = (cwd / ".drip" / "admin-password").read_text().strip()
     outbox = httpx.get(f"{base}/admin/outbox", auth=("admin", password))
-    assert outbox.status_code == 200 and "newcomer@example.com" in outbox.text
+    assert outbox.status_code == 200
+    assert "newcomer@example.com" in outbox.text

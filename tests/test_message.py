@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dkim
@@ -15,6 +16,7 @@ from drip.render import Rendered
 from drip.sending.message import Unaddressable, compose
 from drip.settings import Settings, load_settings
 
+NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 RENDERED = Rendered(subject="Lesson 1 of 8: Trigger points", html="<p>Hi</p>", text="Hi\n")
 
 
@@ -39,6 +41,7 @@ def test_a_name_cannot_inject_headers() -> None:
         message_id="<1@example.org>",
         unsubscribe_url=None,
         attach_pack=False,
+        now=NOW,
     ).data
     assert b"\r\nBcc:" not in data
     parsed = email.message_from_bytes(data, policy=email.policy.default)
@@ -56,8 +59,10 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     )
-    assert envelope.sender == "course@example.org" and envelope.recipient == "ann@example.com"
+    assert envelope.sender == "course@example.org"
+    assert envelope.recipient == "ann@example.com"
     parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
     types = [p.get_content_type() for p in parsed.walk()]
     assert types == [
@@ -69,6 +74,7 @@ def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
     ]
     for header in ("From", "To", "Subject", "Date", "Message-ID"):
         assert parsed[header], header
+    assert parsed["Date"].datetime == NOW
     assert parsed["List-Unsubscribe"] == "<https://course.example.org/unsubscribe/T>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
@@ -87,10 +93,13 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
         message_id="<2@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     )
     assert envelope.recipient == "joerg@xn--bcher-kva.example"
     data = envelope.data
-    assert data.isascii() and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    assert data.isascii()
+    assert b"\r\n" in data
+    assert b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 78
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert not parsed.defects
@@ -99,7 +108,8 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
     assert parsed["To"].addresses[0].addr_spec == "joerg@xn--bcher-kva.example"
     plain = parsed.get_body(("plain",))
     rich = parsed.get_body(("html",))
-    assert plain is not None and rich is not None
+    assert plain is not None
+    assert rich is not None
     # On the wire every line ends in CRLF (RFC 5322); the characters are the same.
     assert plain.get_content().replace("\r\n", "\n") == text
     assert rich.get_content().replace("\r\n", "\n") == html
@@ -117,6 +127,7 @@ def test_a_non_ascii_mailbox_name_is_refused_with_the_reason() -> None:
             message_id="<3@example.org>",
             unsubscribe_url=None,
             attach_pack=False,
+            now=NOW,
         )
 
 
@@ -147,6 +158,7 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
         message_id="<1@example.org>",
         unsubscribe_url="https://course.example.org/unsubscribe/T",
         attach_pack=True,
+        now=NOW,
     ).data
     assert data.startswith(b"DKIM-Signature:")
     parsed = email.message_from_bytes(data, policy=email.policy.default)

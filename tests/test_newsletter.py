@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
 from drip import newsletter
+from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, Newsletter, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
@@ -45,16 +46,18 @@ def test_a_newsletter_sent_twice_reaches_each_subscriber_once(
 ) -> None:
     many_active(engine, 5000)
     letter = newsletter.parse(letter_file)
-    assert newsletter.queue(settings, engine, letter)[0] == 5000
+    assert newsletter.queue(settings, engine, letter, utcnow())[0] == 5000
     tick(settings)
-    assert newsletter.queue(settings, engine, letter)[0] == 0
+    assert newsletter.queue(settings, engine, letter, utcnow())[0] == 0
     tick(settings)
     ids = recorder.message_ids()
-    assert len(ids) == 5000 and len(set(ids)) == 5000
+    assert len(ids) == 5000
+    assert len(set(ids)) == 5000
     first = recorder.messages[0]
     assert str(first["Subject"]) == "Spring update: hips & knees"
     html = first.get_body(("html",))
-    assert html is not None and "three</strong>" in html.get_content()
+    assert html is not None
+    assert "three</strong>" in html.get_content()
     assert first["List-Unsubscribe"] is not None
 
 
@@ -70,14 +73,19 @@ def test_queuing_resumes_after_a_crash(
     newsletter.BATCH, saved = 1000, newsletter.BATCH
     try:
         calls: list[int] = []
-        queued, remaining = newsletter.queue(settings, engine, letter, progress=calls.append)
+        queued, remaining = newsletter.queue(
+            settings, engine, letter, utcnow(), progress=calls.append
+        )
     finally:
         newsletter.BATCH = saved
-    assert queued == 2500 and remaining == 2500 and calls == [1000, 1000, 500]
+    assert queued == 2500
+    assert remaining == 2500
+    assert calls == [1000, 1000, 500]
     with session_scope(engine) as session:
         done = session.execute(select(Newsletter)).scalar_one()
-        assert done.queued_through == subs[-1].id and done.finished_at is not None
-    assert newsletter.queue(settings, engine, letter) == (0, 0)
+        assert done.queued_through == subs[-1].id
+        assert done.finished_at is not None
+    assert newsletter.queue(settings, engine, letter, utcnow()) == (0, 0)
     assert _queued(engine) == 2500
 
 
@@ -90,7 +98,7 @@ def test_only_active_subscribers_get_it(
             row = session.get(Subscriber, sub.id)
             assert row is not None
             row.status = SubscriberStatus.unsubscribed
-    assert newsletter.queue(settings, engine, newsletter.parse(letter_file))[0] == 7
+    assert newsletter.queue(settings, engine, newsletter.parse(letter_file), utcnow())[0] == 7
 
 
 @pytest.mark.parametrize(
@@ -159,8 +167,9 @@ def test_queued_rows_are_the_outbox_rows_enqueue_would_write(
                 )
             ],
             settings.sender_address.domain,
+            utcnow(),
         )
-    assert newsletter.queue(settings, engine, letter) == (29, 30)
+    assert newsletter.queue(settings, engine, letter, utcnow()) == (29, 30)
     with session_scope(engine) as session:
         rows = list(
             session.execute(
@@ -173,11 +182,14 @@ def test_queued_rows_are_the_outbox_rows_enqueue_would_write(
     for sub, out in zip(subs, rows, strict=True):
         assert sub.id is not None
         assert out.dedupe_key == dedupe_key(MessageKind.newsletter, sub.id, letter_id)
-        assert out.email == sub.email and out.newsletter_id == letter_id
-        assert out.template == "newsletter" and out.context == {}
-        assert out.status == "queued" and out.attempts == 0
-        assert out.next_attempt_at == out.due_at and out.due_at.tzinfo is not None
-        assert out.message_id.startswith("<") and out.message_id.endswith(
-            f"@{settings.sender_address.domain}>"
-        )
+        assert out.email == sub.email
+        assert out.newsletter_id == letter_id
+        assert out.template == "newsletter"
+        assert out.context == {}
+        assert out.status == "queued"
+        assert out.attempts == 0
+        assert out.next_attempt_at == out.due_at
+        assert out.due_at.tzinfo is not None
+        assert out.message_id.startswith("<")
+        assert out.message_id.endswith(f"@{settings.sender_address.domain}>")
     assert len({r.message_id for r in rows}) == 30

@@ -32,13 +32,15 @@ def test_retry_requeues_failed_or_bounced_but_never_a_row_in_flight(
     bounce(recorder, "gone@example.com")
     tick(settings)
     [bounced] = outbox(engine)
-    assert bounced.id is not None and bounced.status == OutboxStatus.bounced
+    assert bounced.id is not None
+    assert bounced.status == OutboxStatus.bounced
     with session_scope(engine) as session:
         assert session.get(Subscriber, sub.id).status == SubscriberStatus.bounced  # type: ignore[union-attr]
         assert retry_message(session, bounced.id, utcnow()) is True
     with session_scope(engine) as session:
         row = session.get(OutboxMessage, bounced.id)
-        assert row is not None and row.status == OutboxStatus.queued
+        assert row is not None
+        assert row.status == OutboxStatus.queued
         # The bounce suppressed the subscriber; the retry lets them back in.
         assert session.get(Subscriber, sub.id).status == SubscriberStatus.active  # type: ignore[union-attr]
     [claimed] = claim(engine, "w2", utcnow() + timedelta(seconds=1), 10, LEASE)
@@ -47,8 +49,10 @@ def test_retry_requeues_failed_or_bounced_but_never_a_row_in_flight(
         assert retry_message(session, 999_999, utcnow()) is False
     with session_scope(engine) as session:
         row = session.get(OutboxMessage, bounced.id)
-        assert row is not None and row.status == OutboxStatus.sending and row.leased_by == "w2"
-        record(session, [(claimed, OK)], "w2")
+        assert row is not None
+        assert row.status == OutboxStatus.sending
+        assert row.leased_by == "w2"
+        record(session, [(claimed, OK)], "w2", utcnow())
     with session_scope(engine) as session:
         assert retry_message(session, bounced.id, utcnow()) is False  # sent: untouched
     statuses = [e.status for e in read_log(engine)]
@@ -75,8 +79,10 @@ def test_forget_wipes_personal_data_and_keeps_counts(
     with read_scope(engine) as session:
         row = session.get(Subscriber, sub.id)
         assert row is not None
-        assert row.email == row.email_key == f"deleted-{sub.id}@invalid" and row.name == ""
-        assert row.consent_ip is None and row.token_salt != sub.token_salt
+        assert row.email == row.email_key == f"deleted-{sub.id}@invalid"
+        assert row.name == ""
+        assert row.consent_ip is None
+        assert row.token_salt != sub.token_salt
         assert row.unsubscribe_token_hash != sub.unsubscribe_token_hash
         texts = [
             str(v)
@@ -84,9 +90,11 @@ def test_forget_wipes_personal_data_and_keeps_counts(
             for v in (m.email, m.last_smtp_message)
         ]
         texts += [str(a.smtp_message) for a in session.execute(select(DeliveryAttempt)).scalars()]
-        assert texts and not any("private" in t.lower() for t in texts)
+        assert texts
+        assert not any("private" in t.lower() for t in texts)
         assert session.get(CourseProgress, sub.id) is not None
         after = dashboard(session, utcnow())
-    assert after.today == before.today and after.sends_per_day == before.sends_per_day
+    assert after.today == before.today
+    assert after.sends_per_day == before.sends_per_day
     assert read_log(engine, email="Private.Person@example.com") == []
     assert [e.status for e in read_log(engine, email=f"deleted-{sub.id}@invalid")] == ["bounced"]

@@ -46,55 +46,70 @@ def _count(engine: Engine, *where: object) -> int:
 
 def test_the_same_email_is_queued_once(engine: Engine) -> None:
     with session_scope(engine) as session:
-        assert enqueue(session, _message(1), "example.com") is True
-        assert enqueue(session, _message(1), "example.com") is False
-        assert enqueue_many(session, [_message(1), _message(2), _message(2)], "example.com") == 1
+        assert enqueue(session, _message(1), "example.com", utcnow()) is True
+        assert enqueue(session, _message(1), "example.com", utcnow()) is False
+        assert (
+            enqueue_many(session, [_message(1), _message(2), _message(2)], "example.com", utcnow())
+            == 1
+        )
     assert _count(engine) == 2
     with session_scope(engine) as session:
         ids = session.execute(select(OutboxMessage.message_id)).scalars().all()
-    assert len(set(ids)) == 2 and all(i.endswith("@example.com>") for i in ids)
+    assert len(set(ids)) == 2
+    assert all(i.endswith("@example.com>") for i in ids)
 
 
 def test_claim_takes_only_due_rows_and_leases_them(engine: Engine) -> None:
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(1), _message(2, timedelta(hours=1))], "example.com")
+        enqueue_many(
+            session, [_message(1), _message(2, timedelta(hours=1))], "example.com", utcnow()
+        )
     now = utcnow()
     rows = claim(engine, "w1", now, 10, LEASE)
     assert [r.email for r in rows] == ["reader1@example.com"]
-    assert rows[0].status == OutboxStatus.sending and rows[0].leased_by == "w1"
+    assert rows[0].status == OutboxStatus.sending
+    assert rows[0].leased_by == "w1"
     assert rows[0].attempts == 1
     assert claim(engine, "w2", now, 10, LEASE) == []
     # The lease of a dead worker runs out and the row is claimed again.
     again = claim(engine, "w2", now + LEASE + timedelta(seconds=1), 10, LEASE)
     assert {r.email for r in again} == {"reader1@example.com"}
-    assert again[0].attempts == 2 and again[0].leased_by == "w2"
+    assert again[0].attempts == 2
+    assert again[0].leased_by == "w2"
 
 
 def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
     with session_scope(engine) as session:
-        enqueue(session, _message(1), "example.com")
+        enqueue(session, _message(1), "example.com", utcnow())
     now = utcnow()
     [first] = claim(engine, "w1", now, 1, LEASE)
     [second] = claim(engine, "w2", now + LEASE * 2, 1, LEASE)
     with session_scope(engine) as session:
-        assert record(session, [(first, Result(OutboxStatus.sent, 250, "OK"))], "w1") == set()
+        assert (
+            record(session, [(first, Result(OutboxStatus.sent, 250, "OK"))], "w1", utcnow())
+            == set()
+        )
         sent = [(second, Result(OutboxStatus.sent, 250, "OK"))]
-        assert record(session, sent, "w2") == {second.id}
+        assert record(session, sent, "w2", utcnow()) == {second.id}
     with session_scope(engine) as session:
         row = session.execute(select(OutboxMessage)).scalar_one()
         attempts = session.execute(select(DeliveryAttempt)).scalars().all()
-    assert row.status == OutboxStatus.sent and row.next_attempt_at is None and row.sent_at
+    assert row.status == OutboxStatus.sent
+    assert row.next_attempt_at is None
+    assert row.sent_at
     assert [a.worker for a in attempts] == ["w1", "w2"]
 
 
 def test_deferred_rows_come_back_at_their_retry_time(engine: Engine) -> None:
     with session_scope(engine) as session:
-        enqueue(session, _message(1), "example.com")
+        enqueue(session, _message(1), "example.com", utcnow())
     now = utcnow()
     [row] = claim(engine, "w1", now, 1, LEASE)
     retry = now + timedelta(minutes=10)
     with session_scope(engine) as session:
-        record(session, [(row, Result(OutboxStatus.deferred, 451, "try later", retry))], "w1")
+        record(
+            session, [(row, Result(OutboxStatus.deferred, 451, "try later", retry))], "w1", utcnow()
+        )
     assert claim(engine, "w1", now + timedelta(minutes=9), 1, LEASE) == []
     assert len(claim(engine, "w1", retry, 1, LEASE)) == 1
 
@@ -102,7 +117,7 @@ def test_deferred_rows_come_back_at_their_retry_time(engine: Engine) -> None:
 def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
     """One call records a mixed batch; each row gets its own outcome and log row."""
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(n) for n in range(1, 5)], "example.com")
+        enqueue_many(session, [_message(n) for n in range(1, 5)], "example.com", utcnow())
     now = utcnow()
     rows = claim(engine, "w1", now, 4, LEASE)
     retry = now + timedelta(minutes=10)
@@ -113,7 +128,7 @@ def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
         Result(OutboxStatus.bounced, 550, "no such user " + "x" * 2000),
     ]
     with session_scope(engine) as session:
-        moved = record(session, list(zip(rows, outcomes, strict=True)), "w1")
+        moved = record(session, list(zip(rows, outcomes, strict=True)), "w1", utcnow())
     assert moved == {r.id for r in rows}
     with session_scope(engine) as session:
         found = {r.id: r for r in session.execute(select(OutboxMessage)).scalars()}
@@ -121,7 +136,8 @@ def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
     for row, outcome in zip(rows, outcomes, strict=True):
         stored = found[row.id]
         assert (stored.status, stored.last_smtp_code) == (outcome.status, outcome.smtp_code)
-        assert stored.leased_by is None and stored.lease_until is None
+        assert stored.leased_by is None
+        assert stored.lease_until is None
         assert (stored.sent_at is not None) == (outcome.status == OutboxStatus.sent)
     assert found[rows[2].id].next_attempt_at == retry
     assert len(found[rows[3].id].last_smtp_message or "") == 1000
@@ -132,17 +148,18 @@ def test_a_batch_of_outcomes_is_recorded_row_by_row(engine: Engine) -> None:
 
 def test_release_hands_rows_back_untouched(engine: Engine) -> None:
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(1), _message(2)], "example.com")
+        enqueue_many(session, [_message(1), _message(2)], "example.com", utcnow())
     now = utcnow()
     rows = claim(engine, "w1", now, 10, LEASE)
-    assert release(engine, "w1", [r.id for r in rows if r.id]) == 2
+    assert release(engine, "w1", [r.id for r in rows if r.id], utcnow()) == 2
     again = claim(engine, "w2", utcnow(), 10, LEASE)
-    assert len(again) == 2 and all(r.attempts == 1 for r in again)
+    assert len(again) == 2
+    assert all(r.attempts == 1 for r in again)
 
 
 def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(n) for n in range(300)], "example.com")
+        enqueue_many(session, [_message(n) for n in range(300)], "example.com", utcnow())
     got: dict[str, list[int]] = {}
     now = utcnow()
 
@@ -158,7 +175,8 @@ def test_concurrent_claims_never_share_a_row(engine: Engine) -> None:
     for t in threads:
         t.join()
     every = [i for ids in got.values() for i in ids]
-    assert len(every) == 300 and len(set(every)) == 300
+    assert len(every) == 300
+    assert len(set(every)) == 300
 
 
 def test_a_claim_takes_its_limit_even_when_the_planner_expects_nothing_due(
@@ -169,11 +187,11 @@ def test_a_claim_takes_its_limit_even_when_the_planner_expects_nothing_due(
     engine = get_engine(pg_url)
     truncate_pg(engine)
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(n) for n in range(20_000)], "example.com")
+        enqueue_many(session, [_message(n) for n in range(20_000)], "example.com", utcnow())
         session.execute(update(OutboxMessage).values(status="sent", next_attempt_at=None))
     with engine.begin() as conn:
         conn.execute(text("ANALYZE outbox"))
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(n) for n in range(20_000, 20_500)], "example.com")
+        enqueue_many(session, [_message(n) for n in range(20_000, 20_500)], "example.com", utcnow())
     assert len(claim(engine, "w1", utcnow(), 8, LEASE)) == 8
     assert _count(engine, OutboxMessage.status == OutboxStatus.sending) == 8

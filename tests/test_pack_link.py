@@ -60,7 +60,8 @@ def test_the_welcome_carries_a_signed_link_that_serves_the_pdf(
 def test_only_a_valid_signature_gets_the_pack(settings: Settings, engine: Engine) -> None:
     ann = subscriber(settings, "ann@example.com")
     bob = subscriber(settings, "bob@example.com")
-    assert ann.id is not None and bob.id is not None
+    assert ann.id is not None
+    assert bob.id is not None
     good = pack_token(SECRET, ann.id, ann.token_salt)
     signature = good.partition(".")[2]
     client = TestClient(create_app(settings))

@@ -42,7 +42,7 @@ def _on_course(engine: Engine, count: int, lessons_had: list[int]) -> list[int]:
             for n, (sub_id, had) in enumerate(zip(ids, lessons_had, strict=True))
             for lesson in course.lessons[:had]
         ]
-        enqueue_many(session, history, "localhost")
+        enqueue_many(session, history, "localhost", utcnow())
     return ids
 
 
@@ -74,7 +74,8 @@ def test_a_batch_queues_each_subscriber_their_own_next_lesson(
             "lesson_number": count + 1,
             "lesson_total": course.total,
         }
-        assert row.template == expected.template and row.email == f"p{n}@example.com"
+        assert row.template == expected.template
+        assert row.email == f"p{n}@example.com"
     with session_scope(engine) as session:
         due = session.execute(select(CourseProgress.next_due_at)).scalars().all()
         assert due == [None] * 40

@@ -13,7 +13,7 @@ from drip.db import read_scope
 from drip.models import Subscriber
 from drip.settings import Settings, SettingsError, parse_networks
 from drip.web.proxies import limit_key, parse_ip, real_client
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.processes import drip_serve
 
 PROXY = parse_networks("10.0.0.5, 192.168.0.0/16, fd00::/8")
@@ -58,10 +58,10 @@ def test_ipv6_clients_are_limited_per_64() -> None:
     assert limit_key("testclient") == limit_key(None) == "unknown"
 
 
-def test_a_bad_trusted_proxy_setting_is_named(tmp_path: Path) -> None:
+def test_a_bad_trusted_proxy_setting_is_named(make_settings: SettingsFactory) -> None:
     with pytest.raises(SettingsError, match="DRIP_TRUSTED_PROXIES: 'proxy.local' is not"):
-        make_settings("sqlite:///x.db", 1025, tmp_path, trusted_proxies="10.0.0.1, proxy.local")
-    settings = make_settings("sqlite:///x.db", 1025, tmp_path, trusted_proxies=" 10.0.0.0/8 ,")
+        make_settings("sqlite:///x.db", 1025, trusted_proxies="10.0.0.1, proxy.local")
+    settings = make_settings("sqlite:///x.db", 1025, trusted_proxies=" 10.0.0.0/8 ,")
     assert [str(n) for n in settings.trusted_proxy_networks] == ["10.0.0.0/8"]
 
 

@@ -72,4 +72,6 @@ def test_the_preheader_is_hidden_without_tricks_spam_filters_score(
         page.close()
     if "block preheader" in (EMAILS / f"{name}.html").read_text():
         assert text.strip(), "the preheader lost its text for the inbox preview"
-    assert box is not None and box["height"] == 0 and box["width"] == 0
+    assert box is not None
+    assert box["height"] == 0
+    assert box["width"] == 0

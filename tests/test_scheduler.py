@@ -15,7 +15,7 @@ from drip.db import session_scope
 from drip.models import CourseProgress, MessageKind, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.subscribers import leave
-from tests.conftest import EMAILS, make_settings
+from tests.conftest import EMAILS, SettingsFactory
 from tests.factories import outbox, subscriber, tick
 from tests.mailserver import MailServer, Recorder
 
@@ -66,7 +66,8 @@ def test_a_subscriber_walks_through_the_whole_course(
     assert len(set(subjects)) == course.total
     with session_scope(engine) as session:
         progress = session.get(CourseProgress, sub.id)
-        assert progress is not None and progress.finished_at is not None
+        assert progress is not None
+        assert progress.finished_at is not None
         assert progress.lessons_sent == course.total
 
 
@@ -119,11 +120,16 @@ def _copy_emails(tmp_path: Path) -> Path:
 
 
 def test_a_lesson_added_to_the_end_reaches_those_still_on_the_course(
-    database_url: str, tmp_path: Path, engine: Engine, recorder: Recorder, mail_server: MailServer
+    database_url: str,
+    tmp_path: Path,
+    engine: Engine,
+    recorder: Recorder,
+    mail_server: MailServer,
+    make_settings: SettingsFactory,
 ) -> None:
     emails = _copy_emails(tmp_path)
     port = mail_server.port
-    settings = make_settings(database_url, port, tmp_path, emails_dir=emails)
+    settings = make_settings(database_url, port, emails_dir=emails)
     course = load_course(emails)
     finisher = subscriber(settings, "done@example.com")
     assert finisher.id
@@ -175,7 +181,8 @@ def test_pass_touches_only_what_is_due(settings: Settings, engine: Engine) -> No
         ).all()
     assert due == []
     report = tick(settings)
-    assert report.queued == 0 and report.delivery.total == 0
+    assert report.queued == 0
+    assert report.delivery.total == 0
 
 
 def test_two_workers_deliver_the_course_without_a_duplicate(
@@ -210,6 +217,8 @@ def test_two_workers_deliver_the_course_without_a_duplicate(
         t.join(timeout=600)
     expected = readers * (course.total + 1)
     ids = recorder.message_ids()
-    assert len(ids) == expected and len(set(ids)) == expected
+    assert len(ids) == expected
+    assert len(set(ids)) == expected
     rows = outbox(engine)
-    assert len(rows) == expected and all(r.status == OutboxStatus.sent for r in rows)
+    assert len(rows) == expected
+    assert all(r.status == OutboxStatus.sent for r in rows)

@@ -37,7 +37,7 @@ from drip.settings import Settings
 from drip.tokens import make_token
 from drip.web.admin import CLOSED
 from drip.web.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import subscriber, tick
 from tests.mailserver import MailServer
 
@@ -115,11 +115,10 @@ class World:
 
 
 @pytest.fixture
-def world(database_url: str, mail_server: MailServer, tmp_path: Path) -> World:
+def world(database_url: str, mail_server: MailServer, make_settings: SettingsFactory) -> World:
     settings = make_settings(
         database_url,
         mail_server.port,
-        tmp_path,
         admin_user=USER,
         admin_password=PASSWORD,
         signups_per_ip_per_minute=10**6,

@@ -89,17 +89,22 @@ async def test_an_attackers_delay_does_not_slow_the_operator_elsewhere(tmp_path:
     app.include_router(build_admin_router(admin, failure_delay=0.2))
     for n in range(3):
         code, waited = await _timed_get(app, "203.0.113.9", f"guess-{n}")
-        assert code == 401 and waited >= 0.2 * (n + 1) - 0.02
+        assert code == 401
+        assert waited >= 0.2 * (n + 1) - 0.02
     code, waited = await _timed_get(app, "198.51.100.4", "typo")
-    assert code == 401 and 0.18 <= waited < 0.4  # the operator's own first mistake
+    assert code == 401
+    assert 0.18 <= waited < 0.4  # the operator's own first mistake
     code, waited = await _timed_get(app, "198.51.100.4", "right-one")
-    assert code == 200 and waited < 0.2
+    assert code == 200
+    assert waited < 0.2
     # Both at once: the attacker's next guess waits its 0.8 s; the operator gets in now.
     attacker, operator = await asyncio.gather(
         _timed_get(app, "203.0.113.9", "guess-4"), _timed_get(app, "198.51.100.4", "right-one")
     )
-    assert attacker[0] == 401 and attacker[1] >= 0.78
-    assert operator[0] == 200 and operator[1] < 0.2
+    assert attacker[0] == 401
+    assert attacker[1] >= 0.78
+    assert operator[0] == 200
+    assert operator[1] < 0.2
 
 
 def test_a_flood_of_addresses_does_not_reset_an_attackers_delay(tmp_path: Path) -> None:

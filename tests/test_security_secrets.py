@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +20,12 @@ import httpx
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.conftest import EMAILS, make_settings
+from tests.conftest import EMAILS, SettingsFactory
 from tests.factories import subscriber
 from tests.mailserver import MailServer, Recorder, free_port, serve
-from tests.processes import wait_until
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 SECRET_KEY = "canary-secret-key-7d41c0e95b"
 ADMIN_PASSWORD = "canary-admin-password-3f8a2c"
@@ -123,7 +124,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_no_command_page_or_log_shows_a_secret(
-    tmp_path: Path, refusing_server: tuple[MailServer, FailingLogins]
+    tmp_path: Path,
+    refusing_server: tuple[MailServer, FailingLogins],
+    make_settings: SettingsFactory,
 ) -> None:
     """check, tick and worker against a server that refuses the SMTP login, then logs,
     then serve with every kind of page: the login really carried the password, and no
@@ -132,7 +135,7 @@ def test_no_command_page_or_log_shows_a_secret(
     database_url = f"sqlite:///{tmp_path / 'subscribers.db'}"
     env = environment(database_url, server.port)
     assert run(env, tmp_path, "db", "upgrade").returncode == 0
-    settings = make_settings(database_url, server.port, tmp_path, secret_key=SECRET_KEY)
+    settings = make_settings(database_url, server.port, secret_key=SECRET_KEY)
     ann = subscriber(settings, "ann@example.com")
     outputs: dict[str, str] = {}
 
@@ -223,13 +226,14 @@ def test_a_bad_setting_is_named_without_showing_a_secret(
     result = run(env, tmp_path, *command)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("drip: DRIP_"), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("drip: DRIP_"), result.stderr
     assert_no_secret(result.stdout + result.stderr, f"drip {' '.join(command)}")
     assert "canary-short" not in result.stderr
 
 
 def test_drip_dev_prints_only_a_password_it_made(tmp_path: Path) -> None:
-    """`drip dev` shows the admin password it generates (the contract), never one the
+    """`drip dev` shows the admin password it generates (as the README says), never one the
     operator set, nor the secret key or the SMTP password."""
     port = free_port()
     env = environment(f"sqlite:///{tmp_path / 'subscribers.db'}", free_port())
@@ -237,7 +241,8 @@ def test_drip_dev_prints_only_a_password_it_made(tmp_path: Path) -> None:
     dev = start(env, tmp_path, log, "dev", "--port", str(port))
     try:
         wait_until(lambda: "Ctrl-C stops" in log.read_text(), 30, "drip dev to start")
-        time.sleep(0.5)
+        # The worker logs its first words after the banner: what it says is checked too.
+        wait_until(lambda: "a pass every" in log.read_text(), 30, "drip dev's worker to start")
     finally:
         stop(dev)
     output = log.read_text()

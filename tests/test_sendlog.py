@@ -12,7 +12,7 @@ from drip.clock import utcnow
 from drip.db import read_scope, session_scope
 from drip.models import MessageKind
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
-from drip.sendlog import CONTRACT_FIELDS, LogFilter, follow, follow_start
+from drip.sendlog import JSON_FIELDS, LogFilter, follow, follow_start
 from drip.settings import Settings
 from tests.factories import subscriber
 from tests.outcomes import BUSY, OK, deliver, read_log
@@ -31,7 +31,7 @@ def _message(n: int, kind: MessageKind = MessageKind.lesson, sub: int | None = N
 
 def _queue(engine: Engine, *messages: NewMessage) -> None:
     with session_scope(engine) as session:
-        enqueue_many(session, list(messages), "example.com")
+        enqueue_many(session, list(messages), "example.com", utcnow())
 
 
 def test_log_joins_attempts_and_queued_rows_newest_first(engine: Engine) -> None:
@@ -50,12 +50,19 @@ def test_log_joins_attempts_and_queued_rows_newest_first(engine: Engine) -> None
     times = [e.at for e in log]
     assert times == sorted(times, reverse=True)
     sent = log[1]
-    assert sent.attempts == 2 and log[2].attempts == 1 and log[0].attempts == 0
-    assert sent.smtp_code == 250 and sent.template == "lesson-01" and sent.kind == "lesson"
-    assert sent.message_id.startswith("<") and sent.message_id.endswith("@example.com>")
-    line = sent.contract()
-    assert tuple(line) == CONTRACT_FIELDS
-    assert line["at"].endswith("Z") and line["status"] == "sent" and line["attempts"] == 2
+    assert sent.attempts == 2
+    assert log[2].attempts == 1
+    assert log[0].attempts == 0
+    assert sent.smtp_code == 250
+    assert sent.template == "lesson-01"
+    assert sent.kind == "lesson"
+    assert sent.message_id.startswith("<")
+    assert sent.message_id.endswith("@example.com>")
+    line = sent.as_json()
+    assert tuple(line) == JSON_FIELDS
+    assert line["at"].endswith("Z")
+    assert line["status"] == "sent"
+    assert line["attempts"] == 2
 
 
 def test_filters_by_email_kind_status_and_time(engine: Engine) -> None:
@@ -162,6 +169,6 @@ def test_follow_reads_a_burst_in_windows_and_moves_on_past_rows_it_filters_out(
 def test_enqueue_helper_is_idempotent(engine: Engine) -> None:
     """The log never shows a message twice because it was queued twice."""
     with session_scope(engine) as session:
-        assert enqueue(session, _message(1), "example.com")
-        assert not enqueue(session, _message(1), "example.com")
+        assert enqueue(session, _message(1), "example.com", utcnow())
+        assert not enqueue(session, _message(1), "example.com", utcnow())
     assert len(read_log(engine)) == 1

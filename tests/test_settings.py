@@ -1,4 +1,4 @@
-"""Settings: the contract's variables, and one plain line for anything wrong."""
+"""Settings: the documented variables, and one plain line for anything wrong."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ def test_defaults_serve_drip_dev() -> None:
     )
     assert settings.sender_address.addr_spec == "course@localhost"
     assert settings.base_url == "http://127.0.0.1:8000"
-    assert settings.send_rate == 10 and settings.smtp_concurrency == 4
+    assert settings.send_rate == 10
+    assert settings.smtp_concurrency == 4
     assert str(settings.info_pack) == "emails/info-pack.pdf"
-    assert settings.admin_user is None and settings.secret_key is None
+    assert settings.admin_user is None
+    assert settings.secret_key is None
 
 
 def test_environment_and_dotenv_are_read(
@@ -59,7 +61,8 @@ def test_a_bad_setting_is_named_in_one_line(
     with pytest.raises(SettingsError) as caught:
         load_settings(_env_file=None)
     message = str(caught.value)
-    assert named in message and "\n" not in message
+    assert named in message
+    assert "\n" not in message
 
 
 def test_secret_key_is_required_outside_dev() -> None:
@@ -70,4 +73,5 @@ def test_secret_key_is_required_outside_dev() -> None:
 
 def test_secrets_are_not_printed() -> None:
     settings = load_settings(_env_file=None, smtp_password="hunter2-secret", secret_key="k" * 32)
-    assert "hunter2-secret" not in repr(settings) and "k" * 32 not in str(settings)
+    assert "hunter2-secret" not in repr(settings)
+    assert "k" * 32 not in str(settings)

@@ -26,12 +26,13 @@ from drip.subscribers import (
     queue_confirmation,
 )
 from drip.tokens import make_token
-from tests.conftest import make_settings
+from drip.web.signup_writer import Writer
+from tests.conftest import SettingsFactory
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return make_settings(database_url, 1025, tmp_path)  # nothing is sent here
+def settings(database_url: str, make_settings: SettingsFactory) -> Settings:
+    return make_settings(database_url, 1025)  # nothing is sent here
 
 
 def _signup(email: str, name: str = "Ann") -> signup.Signup:
@@ -54,7 +55,9 @@ def _known_addresses(settings: Settings, engine: Engine) -> None:
             ("gone@example.com", "unsubscribed"),
             ("bounced@example.com", "bounced"),
         ]:
-            sub, _ = add_subscriber(session, settings, email=email, name="Old", source="test")
+            sub, _ = add_subscriber(
+                session, settings, email=email, name="Old", source="test", now=utcnow()
+            )
             if state == "pending":
                 queue_confirmation(session, settings, sub, now)
             elif state == "active":
@@ -122,8 +125,10 @@ def test_links_of_a_batched_signup_work(settings: Settings, engine: Engine) -> N
         sub = session.execute(
             select(Subscriber).where(Subscriber.email == "bo@example.com")
         ).scalar_one()
-        assert sub.status == SubscriberStatus.pending and sub.confirm_sent_at == now
-        assert sub.consent_source == "web" and sub.timezone == "Europe/Paris"
+        assert sub.status == SubscriberStatus.pending
+        assert sub.confirm_sent_at == now
+        assert sub.consent_source == "web"
+        assert sub.timezone == "Europe/Paris"
         secret = settings.require_secret()
         token = make_token(secret, sub.token_salt, "confirm")
         assert signup.confirm(session, settings, token, now, "192.0.2.1") == "confirmed"
@@ -132,7 +137,7 @@ def test_links_of_a_batched_signup_work(settings: Settings, engine: Engine) -> N
 
 
 def test_the_writer_stores_every_signup_posted_at_once(settings: Settings, engine: Engine) -> None:
-    writer = signup.Writer(engine, settings, batch=8, idle=0.05)
+    writer = Writer(engine, settings, batch=8, idle=0.05)
     with ThreadPoolExecutor(8) as pool:
         futures = [
             pool.submit(lambda n: writer.submit(_signup(f"p{n}@example.com")).result(30), n)
@@ -141,12 +146,13 @@ def test_the_writer_stores_every_signup_posted_at_once(settings: Settings, engin
         for future in futures:
             future.result(timeout=60)
     subs, rows = _state(engine)
-    assert len(subs) == 60 and len(rows) == 60
+    assert len(subs) == 60
+    assert len(rows) == 60
     assert {kind for _, kind, *_ in rows} == {MessageKind.confirm}
 
 
 def test_the_writer_stops_when_idle_and_starts_again(settings: Settings, engine: Engine) -> None:
-    writer = signup.Writer(engine, settings, idle=0.05)
+    writer = Writer(engine, settings, idle=0.05)
     writer.submit(_signup("a@example.com")).result(30)
     threads = {t for t in threading.enumerate() if t.name == "drip-signup-writer"}
     for thread in threads:
@@ -160,7 +166,7 @@ def test_the_writer_hands_a_failure_to_every_waiting_signup(
     settings: Settings, tmp_path: Path
 ) -> None:
     broken = get_engine(f"sqlite:///{tmp_path / 'no-schema.db'}")  # no tables: every write fails
-    writer = signup.Writer(broken, settings, idle=0.05)
+    writer = Writer(broken, settings, idle=0.05)
     futures = [writer.submit(_signup(f"x{n}@example.com")) for n in range(5)]
     for future in futures:
         with pytest.raises(Exception, match="no such table"):
@@ -171,7 +177,7 @@ def test_two_writers_bringing_the_same_new_address_make_one_subscriber(
     settings: Settings, engine: Engine
 ) -> None:
     """As two web processes would: each batch inserts, one wins, the other finds it."""
-    writers = [signup.Writer(engine, settings, idle=0.05) for _ in range(4)]
+    writers = [Writer(engine, settings, idle=0.05) for _ in range(4)]
     futures = [w.submit(_signup("ann@example.com")) for w in writers]
     for future in futures:
         future.result(timeout=30)
@@ -187,7 +193,7 @@ def test_a_batch_that_cannot_queue_a_confirmation_falls_back_to_one_at_a_time(
     now = utcnow()
     stale = confirmation(1, "someone@example.com", now)
     with session_scope(engine) as session:
-        enqueue(session, replace(stale, subscriber_id=None), "example.com")
+        enqueue(session, replace(stale, subscriber_id=None), "example.com", now)
     signup.store_many(engine, settings, [_signup("ann@example.com")], now)
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber)).scalar_one()

@@ -97,7 +97,8 @@ def test_a_valid_signup_queues_a_confirmation_and_redirects(
     client: TestClient, engine: Engine
 ) -> None:
     response = client.post("/subscribe", data=FORM)
-    assert response.status_code == 303 and response.headers["location"] == "/thanks"
+    assert response.status_code == 303
+    assert response.headers["location"] == "/thanks"
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm]
     assert client.post("/subscribe", data=FORM).status_code == 303
     assert len(_rows(engine)) == 1  # not again within the hour
@@ -134,8 +135,11 @@ def test_invalid_input_comes_back_with_messages_and_what_was_typed(
     )
     assert response.status_code == 422
     text = response.text
-    assert 'aria-invalid="true"' in text and 'id="email-error"' in text
-    assert 'value="nope"' in text and "&lt;b&gt;Ann&lt;/b&gt;" in text and "<b>Ann" not in text
+    assert 'aria-invalid="true"' in text
+    assert 'id="email-error"' in text
+    assert 'value="nope"' in text
+    assert "&lt;b&gt;Ann&lt;/b&gt;" in text
+    assert "<b>Ann" not in text
     assert "tick the box" in text
     assert _rows(engine) == []
 
@@ -144,14 +148,17 @@ def test_the_honeypot_gets_the_same_answer_and_stores_nothing(
     client: TestClient, engine: Engine
 ) -> None:
     response = client.post("/subscribe", data={**FORM, "website": "http://spam.example"})
-    assert response.status_code == 303 and _rows(engine) == []
+    assert response.status_code == 303
+    assert _rows(engine) == []
 
 
 def test_json_signup_and_cors(client: TestClient, engine: Engine) -> None:
     ok = client.post("/subscribe", json={"email": "j@example.com", "consent": True})
-    assert ok.status_code == 202 and ok.json() == {"status": "ok"}
+    assert ok.status_code == 202
+    assert ok.json() == {"status": "ok"}
     bad = client.post("/subscribe", json={"email": "x", "consent": False})
-    assert bad.status_code == 422 and set(bad.json()["errors"]) == {"email", "consent"}
+    assert bad.status_code == 422
+    assert set(bad.json()["errors"]) == {"email", "consent"}
     assert (
         client.post(
             "/subscribe", content=b"[1,", headers={"content-type": "application/json"}
@@ -173,7 +180,8 @@ def test_json_signup_and_cors(client: TestClient, engine: Engine) -> None:
 
 def test_oversized_bodies_are_refused(client: TestClient, engine: Engine) -> None:
     big = client.post("/subscribe", data={**FORM, "name": "A" * 10_000})
-    assert big.status_code == 413 and _rows(engine) == []
+    assert big.status_code == 413
+    assert _rows(engine) == []
 
 
 def test_signups_are_rate_limited(client: TestClient) -> None:
@@ -181,7 +189,8 @@ def test_signups_are_rate_limited(client: TestClient) -> None:
         client.post("/subscribe", data={**FORM, "email": f"r{n}@example.com"}).status_code
         for n in range(12)
     ]
-    assert codes[:10] == [303] * 10 and codes[10:] == [429, 429]
+    assert codes[:10] == [303] * 10
+    assert codes[10:] == [429, 429]
 
 
 def test_one_address_is_rate_limited(settings: Settings) -> None:
@@ -197,9 +206,11 @@ def test_confirmation_activates_once_and_queues_the_welcome(
     client.post("/subscribe", data=FORM)
     token = _token(settings, engine, "confirm")
     first = client.get(f"/confirm/{token}")
-    assert first.status_code == 200 and "information pack is on its way" in first.text
+    assert first.status_code == 200
+    assert "information pack is on its way" in first.text
     again = client.get(f"/confirm/{token}")
-    assert again.status_code == 200 and "Already confirmed" in again.text
+    assert again.status_code == 200
+    assert "Already confirmed" in again.text
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm, MessageKind.welcome]
     assert client.get(f"/confirm/{token[:-2]}xx").status_code == 404
     assert client.get("/confirm/" + "A" * 5000).status_code == 404
@@ -213,20 +224,23 @@ def test_an_expired_confirmation_says_so(
         sub = session.execute(select(Subscriber)).scalar_one()
         sub.confirm_sent_at = utcnow() - timedelta(hours=settings.confirm_ttl_hours + 1)
     response = client.get(f"/confirm/{_token(settings, engine, 'confirm')}")
-    assert response.status_code == 410 and "expired" in response.text
+    assert response.status_code == 410
+    assert "expired" in response.text
 
 
 def test_one_click_unsubscribe(client: TestClient, settings: Settings, engine: Engine) -> None:
     subscriber(settings, "ann@example.com")
     token = _token(settings, engine, "unsubscribe")
     page = client.get(f"/unsubscribe/{token}")
-    assert page.status_code == 200 and f'action="/unsubscribe/{token}"' in page.text
+    assert page.status_code == 200
+    assert f'action="/unsubscribe/{token}"' in page.text
     response = client.post(
         f"/unsubscribe/{token}",
         content=b"List-Unsubscribe=One-Click",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert response.status_code == 200 and "unsubscribed" in response.text
+    assert response.status_code == 200
+    assert "unsubscribed" in response.text
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber)).scalar_one()
         assert sub.status == SubscriberStatus.unsubscribed
@@ -238,7 +252,8 @@ def test_one_click_unsubscribe(client: TestClient, settings: Settings, engine: E
 
 def test_healthz(client: TestClient) -> None:
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok", "database": "ok"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok"}
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
@@ -276,10 +291,12 @@ def test_any_input_gets_a_clear_answer(
 )
 def test_names_that_could_inject_are_refused(client: TestClient, engine: Engine, name: str) -> None:
     form = client.post("/subscribe", data={**FORM, "name": name})
-    assert form.status_code == 422 and 'id="name-error"' in form.text
+    assert form.status_code == 422
+    assert 'id="name-error"' in form.text
     assert "<img" not in form.text
     as_json = client.post("/subscribe", json={**FORM, "consent": True, "name": name})
-    assert as_json.status_code == 422 and set(as_json.json()["errors"]) == {"name"}
+    assert as_json.status_code == 422
+    assert set(as_json.json()["errors"]) == {"name"}
     assert _rows(engine) == []
 
 
@@ -287,7 +304,8 @@ def test_the_honeypot_over_json_is_accepted_and_stores_nothing(
     client: TestClient, engine: Engine
 ) -> None:
     response = client.post("/subscribe", json={**FORM, "consent": True, "website": "x"})
-    assert response.status_code == 202 and response.json() == {"status": "ok"}
+    assert response.status_code == 202
+    assert response.json() == {"status": "ok"}
     assert _rows(engine) == []
 
 
@@ -308,7 +326,8 @@ def test_every_post_counts_towards_the_ip_limit_and_json_gets_json(client: TestC
     codes = [client.post("/subscribe", data={"email": "nope"}).status_code for _ in range(10)]
     assert codes == [422] * 10
     limited = client.post("/subscribe", json={**FORM, "consent": True})
-    assert limited.status_code == 429 and "wait" in limited.json()["errors"]["form"]
+    assert limited.status_code == 429
+    assert "wait" in limited.json()["errors"]["form"]
 
 
 def test_oversized_bodies_without_a_length_and_as_json(client: TestClient, engine: Engine) -> None:
@@ -321,11 +340,13 @@ def test_oversized_bodies_without_a_length_and_as_json(client: TestClient, engin
         content=chunks(),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert streamed.status_code == 413 and "too large" in streamed.text
+    assert streamed.status_code == 413
+    assert "too large" in streamed.text
     assert streamed.headers["content-type"].startswith("text/plain")
     assert "default-src 'self'" in streamed.headers["content-security-policy"]
     as_json = client.post("/subscribe", json={**FORM, "name": "A" * 9000})
-    assert as_json.status_code == 413 and as_json.json() == {"error": "The request is too large."}
+    assert as_json.status_code == 413
+    assert as_json.json() == {"error": "The request is too large."}
     assert _rows(engine) == []
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiosmtpd.smtp import Envelope
 from sqlalchemy import Engine, select
 
@@ -20,10 +21,13 @@ from drip.db import read_scope, session_scope
 from drip.models import OutboxMessage, OutboxStatus
 from drip.sendlog import MAX_LIMIT, LogFilter, entries
 from drip.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import attempts
 from tests.mailserver import OK, Recorder, serve
-from tests.processes import queue_lessons, start_worker, wait_until
+from tests.processes import queue_lessons, start_worker
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 class CountingSink:
@@ -62,9 +66,9 @@ def kill_points(rng: random.Random, total: int, kills: int, gap: int) -> list[in
 
 
 def test_a_worker_killed_ten_times_mid_send_loses_nothing(
-    database_url: str, engine: Engine, tmp_path: Path
+    database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
 ) -> None:
-    """The issue's crash test: 5,000 queued messages, a real `drip worker` SIGKILLed at
+    """The crash test: 5,000 queued messages, a real `drip worker` SIGKILLed at
     random moments 10 times and restarted; every message arrives, a duplicate only where
     a kill caught it between the server's 250 and the commit, and the send log agrees."""
     sink = CountingSink()
@@ -72,7 +76,7 @@ def test_a_worker_killed_ten_times_mid_send_loses_nothing(
     rng = random.Random(seed)
     note = f"seed {seed}"
     with serve(sink) as server:
-        settings = make_settings(database_url, server.port, tmp_path)
+        settings = make_settings(database_url, server.port)
         expected = queue_lessons(engine, TOTAL)
         assert len(expected) == TOTAL
         log = tmp_path / "worker.log"
@@ -92,7 +96,9 @@ def test_a_worker_killed_ten_times_mid_send_loses_nothing(
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(10)
             assert worker.returncode == -signal.SIGKILL, log.read_text()[-2000:]  # mid-run
-            time.sleep(0.2)  # lets the sink finish a message whose end was already sent
+            # A message whose end was already sent is still counted: wait for the sink
+            # to have handled and closed every connection of the killed worker.
+            wait_until(lambda: server.open_sessions == 0, 10, "the killed worker's sessions")
             marks.append(len(sink.ids))
             assert len(marks) == 1 or marks[-1] > marks[-2], note
         worker = start_worker(settings, log)
@@ -114,7 +120,8 @@ def test_a_worker_killed_ten_times_mid_send_loses_nothing(
     for position, message_id in enumerate(received):
         if message_id in seen:
             kill = bisect.bisect_right(marks, seen[message_id])
-            assert kill < len(marks) and marks[kill] <= position, (
+            assert kill < len(marks), f"{message_id} sent twice without a kill between, {note}"
+            assert marks[kill] <= position, (
                 f"{message_id} sent twice without a kill between, {note}"
             )
             per_kill[kill] += 1
@@ -136,15 +143,13 @@ def running_until(
 ) -> None:
     """Wait for `predicate` while the worker runs; a worker that dies fails the test at once.
     Polled every 10 ms, so a kill lands close to its count however fast delivery gets."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if worker.poll() is not None:
-            raise AssertionError(
-                f"the worker exited ({worker.returncode}): {log.read_text()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; the worker's log ends: {log.read_text()[-2000:]}")
-        time.sleep(0.01)
+
+    def died() -> str | None:
+        if worker.poll() is None:
+            return None
+        return f"the worker exited ({worker.returncode}): {log.read_text()[-2000:]}"
+
+    wait_until(predicate, timeout, "the worker's progress", every=0.01, abort=died)
 
 
 def sent_in_log(engine: Engine) -> Counter[str]:
@@ -176,4 +181,5 @@ def test_sigterm_finishes_in_flight_mail_and_hands_back_the_rest(
     assert {r.status for r in rows} <= {OutboxStatus.sent, OutboxStatus.queued}
     assert all(r.leased_by is None for r in rows)
     sent = {r.message_id for r in rows if r.status == OutboxStatus.sent}
-    assert sent == set(recorder.message_ids()) and len(sent) < len(expected)
+    assert sent == set(recorder.message_ids())
+    assert len(sent) < len(expected)

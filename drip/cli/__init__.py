@@ -1,4 +1,4 @@
-"""The `drip` command: thin wrappers over the modules, with plain one-line errors."""
+"""The `drip` command: thin wrappers over the modules; how they speak is drip.cli.output."""
 
 from __future__ import annotations
 
@@ -6,25 +6,22 @@ import asyncio
 import logging
 import os
 import secrets
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 
 from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
-from drip.clock import parse_instant
-from drip.course import CourseError
-from drip.db import DatabaseError, ensure_schema, get_engine, upgrade
-from drip.newsletter import NewsletterError
-from drip.sending.message import PackMissing
+from drip.cli.output import PROBLEMS, Commands, console, err, problem
+from drip.clock import parse_instant, utcnow
+from drip.db import ensure_schema, get_engine, upgrade
 from drip.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
+    cls=Commands,
     help="drip: a self-hosted email course and newsletter pipeline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,12 +32,7 @@ newsletter_app = typer.Typer(help="Newsletters to every active subscriber.", no_
 app.add_typer(db_app, name="db")
 app.add_typer(newsletter_app, name="newsletter")
 
-console = Console()
-err = Console(stderr=True)
 DEV_STATE = Path(".drip")
-
-#: Errors a user can fix; shown as one plain line, never a traceback.
-PLAIN_ERRORS = (SettingsError, DatabaseError, CourseError, PackMissing, NewsletterError)
 
 
 def _logging() -> None:
@@ -107,10 +99,11 @@ def dev(
     # Show the password only when drip made it up; one the operator set stays unprinted.
     made = overrides.get("admin_password")
     login = f"password {made}" if made else "the password in DRIP_ADMIN_PASSWORD"
-    console.print(f"[bold]drip dev[/] is running.\n  Sign up:  {settings.base_url}/")
-    console.print(f"  Caught mail: {settings.base_url}/admin/outbox")
-    console.print(f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, {login})")
-    console.print(f"  Mail catcher on {settings.smtp_host}:{settings.smtp_port}; Ctrl-C stops.")
+    out = console()
+    out.print(f"[bold]drip dev[/] is running.\n  Sign up:  {settings.base_url}/")
+    out.print(f"  Caught mail: {settings.base_url}/admin/outbox")
+    out.print(f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, {login})")
+    out.print(f"  Mail catcher on {settings.smtp_host}:{settings.smtp_port}; Ctrl-C stops.")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -183,10 +176,10 @@ def tick(
         raise typer.BadParameter(f"not an ISO-8601 time: {now!r}", param_hint="--now") from None
     report = asyncio.run(run_pass(settings, when))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.delivery.counts.items()))
-    console.print(f"queued {report.queued} lessons; delivered: {counts or 'nothing due'}")
+    console().print(f"queued {report.queued} lessons; delivered: {counts or 'nothing due'}")
     if report.delivery.halted:
-        err.print(f"stopped early, the rest is kept for the next pass: {report.delivery.halted}")
-        raise typer.Exit(1)
+        problem(f"stopped early, the rest is kept for the next pass: {report.delivery.halted}")
+        raise typer.Exit(PROBLEMS)
 
 
 @app.command()
@@ -205,14 +198,14 @@ def check(
     if dns:
         report = dns_problems(settings)
         for line in report.found:
-            print(f"✓ {line}")
+            console().print(f"✓ {line}", markup=False)
         found.extend(report.problems)
     for line in found:
-        print(f"✗ {line}", file=sys.stderr)
+        problem(f"✗ {line}")
     if found:
-        raise typer.Exit(1)
+        raise typer.Exit(PROBLEMS)
     what = "settings, database, templates, course and information pack"
-    console.print(f"[green]✓[/] {what}{' and DNS records' if dns else ''} are fine")
+    console().print(f"[green]✓[/] {what}{' and DNS records' if dns else ''} are fine")
 
 
 @db_app.command("upgrade")
@@ -220,7 +213,7 @@ def db_upgrade() -> None:
     """Apply every schema migration not yet applied."""
     settings = load_settings()
     upgrade(get_engine(settings.database_url))
-    console.print("database schema is up to date")
+    console().print("database schema is up to date")
 
 
 @newsletter_app.command("send")
@@ -245,14 +238,14 @@ def newsletter_send(
     if dry_run:
         with session_scope(engine) as session:
             count = newsletter.count_active(session)
-        console.print(f"dry run: {letter.subject!r} would go to {count} active subscribers")
+        console().print(f"dry run: {letter.subject!r} would go to {count} active subscribers")
         return
-    with Progress(console=err, transient=True) as bar:
+    with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("queuing", total=None)
         queued, _ = newsletter.queue(
-            settings, engine, letter, progress=lambda n: bar.advance(task, n)
+            settings, engine, letter, utcnow(), progress=lambda n: bar.advance(task, n)
         )
-    console.print(
+    console().print(
         f"queued {letter.subject!r} for {queued} subscribers (already queued ones skipped)"
     )
 
@@ -264,11 +257,7 @@ app.add_typer(subscribers_app, name="subscribers", help="List, import and export
 
 
 def main() -> None:
-    try:
-        app()
-    except PLAIN_ERRORS as exc:
-        print(f"drip: {exc}", file=sys.stderr)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

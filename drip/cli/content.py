@@ -1,6 +1,6 @@
 """Content commands: `drip pack build` and `drip preview NAME`.
 
-Kept apart from drip/cli.py so the people who write the course can check their
+Kept apart from drip/cli/__init__.py so the people who write the course can check their
 work (render an email with sample data, rebuild the PDF) without touching the
 sending side; the main CLI mounts `pack_app` and `preview`.
 """
@@ -8,35 +8,16 @@ sending side; the main CLI mounts `pack_app` and `preview`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from drip.course import Course, CourseError, load_course
-from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, PackError, build_pack
-from drip.render import SAMPLE_CONTEXT, RenderError, render_email, template_names
+from drip.cli.output import fail
+from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, build_pack
+from drip.render import render_email, sample_context, template_names
 from drip.settings import load_settings
 
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
-
-
-def preview_context(emails_dir: Path, name: str) -> dict[str, Any]:
-    """SAMPLE_CONTEXT, made true to the shipped course for the email being previewed."""
-    context = dict(SAMPLE_CONTEXT)
-    try:
-        course: Course | None = load_course(emails_dir)
-    except CourseError:
-        course = None  # `drip check` reports a broken course; a preview still helps
-    if course is not None:
-        context["course_title"] = course.title
-        context["lesson_total"] = course.total
-        context["lessons"] = course.schedule()
-        for number, lesson in enumerate(course.lessons, start=1):
-            if lesson.template == name:
-                context["lesson_number"] = number
-    if name == "confirm":
-        context["unsubscribe_url"] = None  # as sent: nothing to unsubscribe from yet
-    return context
 
 
 def preview(
@@ -51,22 +32,14 @@ def preview(
     names = template_names(emails_dir)
     if name not in names:
         known = ", ".join(names) or "none"
-        typer.echo(
-            f"drip preview: no email named {name!r} in {emails_dir}/ (known: {known})", err=True
-        )
-        raise typer.Exit(1)
-    try:
-        rendered = render_email(emails_dir, name, preview_context(emails_dir, name))
-    except RenderError as exc:
-        typer.echo(f"drip preview: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"no email named {name!r} in {emails_dir}/ (known: {known})")
+    rendered = render_email(emails_dir, name, sample_context(emails_dir, name))
     typer.echo(f"Subject: {rendered.subject}")
     if out is not None:
         try:
             out.write_text(rendered.html, encoding="utf-8")
         except OSError as exc:
-            typer.echo(f"drip preview: cannot write {out} ({exc.strerror or exc})", err=True)
-            raise typer.Exit(1) from None
+            fail(f"cannot write {out} ({exc.strerror or exc})")
         typer.echo(f"Wrote the HTML part to {out}; open it in a browser.")
     if text:
         typer.echo("")
@@ -84,10 +57,6 @@ def build(
     """Build the information pack PDF from its text source."""
     try:
         build_pack(source, out)
-    except PackError as exc:
-        typer.echo(f"drip pack build: {exc}", err=True)
-        raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"drip pack build: cannot write {out} ({exc.strerror or exc})", err=True)
-        raise typer.Exit(1) from None
+        fail(f"cannot write {out} ({exc.strerror or exc})")
     typer.echo(f"Wrote {out} ({out.stat().st_size // 1024} KB) from {source}")

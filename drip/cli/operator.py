@@ -1,8 +1,8 @@
 """Operator commands: `drip logs` and `drip subscribers list / import / export`.
 
 Thin over drip.sendlog, drip.subscriber_view and drip.subscriber_csv, so the CLI and
-/admin answer the same questions the same way. drip/cli.py mounts `logs` and
-`subscribers_app`; its `main` turns SettingsError and DatabaseError into one plain line.
+/admin answer the same questions the same way. drip/cli/__init__.py mounts `logs` and
+`subscribers_app`; drip.cli.output says how they report problems.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
+from drip.cli.output import PROBLEMS, console, err, fail
+from drip.clock import utcnow
 from drip.db import ensure_schema, get_engine, read_scope
 from drip.sendlog import (
     KINDS,
@@ -41,16 +42,6 @@ from drip.subscriber_csv import (
     import_subscribers,
 )
 from drip.subscriber_view import SubscriberFilter, list_subscribers
-
-
-def console() -> Console:
-    """Made per use, so the width (COLUMNS) and stdout are those of the running command."""
-    return Console(highlight=False)
-
-
-def err() -> Console:
-    return Console(stderr=True, highlight=False)
-
 
 subscribers_app = typer.Typer(help="List, import and export subscribers.", no_args_is_help=True)
 
@@ -111,7 +102,7 @@ def _line(e: LogEntry) -> Text:
 def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
     if json_output:
         for e in rows:
-            sys.stdout.write(json.dumps(e.contract(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(e.as_json(), ensure_ascii=False) + "\n")
         sys.stdout.flush()
     elif streaming:
         for e in rows:
@@ -124,7 +115,7 @@ def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
 
 def show_logs(
     settings: Settings,
-    flt: LogFilter,
+    wanted: LogFilter,
     *,
     json_output: bool = False,
     follow_log: bool = False,
@@ -138,7 +129,7 @@ def show_logs(
     """
     engine = _engine(settings)
     with read_scope(engine) as session:
-        rows = entries(session, flt)
+        rows = entries(session, wanted)
         state = follow_start(session, rows) if follow_log else None
     if state is None:
         _emit(rows, json_output, streaming=False)
@@ -149,7 +140,7 @@ def show_logs(
         while polls is None or done < polls:
             time.sleep(interval)
             with read_scope(engine) as session:
-                _emit(follow(session, flt, state), json_output, streaming=True)
+                _emit(follow(session, wanted, state), json_output, streaming=True)
             done += 1
     except KeyboardInterrupt:
         pass
@@ -172,16 +163,16 @@ def logs(
 ) -> None:
     """The send log, newest first: every attempt, skip and queued message."""
     try:
-        when = parse_since(since) if since else None
+        when = parse_since(since, utcnow()) if since else None
     except ValueError:
         raise typer.BadParameter(
             f"not an ISO-8601 time or span: {since!r}", param_hint="--since"
         ) from None
     try:
-        flt = LogFilter(email=email, kind=kind, status=status, since=when, limit=limit)
+        wanted = LogFilter(email=email, kind=kind, status=status, since=when, limit=limit)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    show_logs(load_settings(), flt, json_output=json_output, follow_log=follow_log)
+    show_logs(load_settings(), wanted, json_output=json_output, follow_log=follow_log)
 
 
 # -- drip subscribers list --------------------------------------------------------------
@@ -197,12 +188,12 @@ def list_command(
 ) -> None:
     """Subscribers, newest first."""
     try:
-        flt = SubscriberFilter(status=status, email_prefix=email, limit=limit)
+        wanted = SubscriberFilter(status=status, email_prefix=email, limit=limit)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     engine = _engine(load_settings())
     with read_scope(engine) as session:
-        rows = list_subscribers(session, flt)
+        rows = list_subscribers(session, wanted)
     if not rows:
         err().print("no subscribers match")
         return
@@ -256,14 +247,14 @@ def import_command(
                 settings,
                 engine,
                 csv_file,
+                now=utcnow(),
                 confirm=confirm,
                 start_course=not no_course,
                 progress=lambda n: bar.advance(task, n),
             )
         except ImportFileError as exc:
             bar.stop()
-            err().print(f"drip: {csv_file}: {exc}", markup=False)
-            raise typer.Exit(2) from None
+            fail(f"{csv_file}: {exc}")
     for line, reason in report.bad:
         err().print(f"line {line}: refused: {reason}", markup=False)
     for line, address in report.skipped[:SKIPPED_SHOWN]:
@@ -279,7 +270,7 @@ def import_command(
         markup=False,
     )
     if report.bad:
-        raise typer.Exit(1)
+        raise typer.Exit(PROBLEMS)
 
 
 # -- drip subscribers export ------------------------------------------------------------

@@ -15,45 +15,38 @@ import asyncio
 import os
 import random
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
-from typing import Any
 
-import markdown
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
 
+from drip.clock import Clock
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
+from drip.followup import follow_up
 from drip.models import (
-    MessageKind,
-    Newsletter,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
-    SubscriberStatus,
 )
-from drip.pack_link import pack_url
-from drip.progress import Pace, after_send
-from drip.render import RenderError, render_email
-from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
-from drip.sending.outbox import Result, claim, record, release
+from drip.progress import Pace
+from drip.sending.message import Envelope
+from drip.sending.outbox import Result, claim, record, release, retry_or_give_up
+from drip.sending.prepare import Preparer
 from drip.sending.ratelimit import Limiter
 from drip.sending.sender import Connection, Outcome, Verdict
 from drip.settings import Settings
-from drip.subscribers import leave
-from drip.tokens import make_token
 
-Clock = Callable[[], datetime]
 #: A claimed row with its message ready to send, or the reason it must not be sent.
 Claimed = tuple[OutboxMessage, Envelope | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
-#: Rows claimed per connection at a time: fewer claim round trips (the claim's latency
-#: was what held PostgreSQL back), yet each row is read and rendered seconds before it goes.
+#: Rows claimed per connection at a time: fewer claim round trips (a claim's latency
+#: can starve the connections), yet each row is read and rendered seconds before it goes.
 CLAIM_PER_SLOT = 8
 
 
@@ -72,23 +65,6 @@ class DeliveryReport:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-def retry_or_give_up(
-    settings: Settings, row: OutboxMessage, outcome: Outcome, now: datetime
-) -> Result:
-    """Exponential backoff with jitter, as Postfix does; failed once the lifetime is spent."""
-    lifetime = timedelta(days=settings.retry_lifetime_days)
-    if now - row.created_at >= lifetime:
-        message = (
-            f"gave up after {row.attempts} attempts over {lifetime.days} days: {outcome.message}"
-        )
-        return Result(OutboxStatus.failed, outcome.code, message)
-    minutes = min(
-        settings.retry_first_minutes * 2 ** max(row.attempts - 1, 0), settings.retry_max_hours * 60
-    )
-    delay = timedelta(minutes=minutes * random.uniform(0.8, 1.2))
-    return Result(OutboxStatus.deferred, outcome.code, outcome.message, now + delay)
 
 
 class Delivery:
@@ -110,10 +86,9 @@ class Delivery:
         self.stop = stop or asyncio.Event()
         self.report = DeliveryReport()
         self.limiter = Limiter(engine, settings.send_rate, clock, chunk=settings.smtp_concurrency)
-        self.secret = settings.require_secret()
+        settings.require_secret()  # missing, it stops the run here, not at the first message
         self.pace = Pace(settings.minutes_per_day)
         self._in_hand: set[int] = set()
-        self._newsletters: dict[int, dict[str, Any]] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
 
@@ -123,6 +98,10 @@ class Delivery:
             return load_course(self.settings.emails_dir)
         except CourseError:
             return None
+
+    @cached_property
+    def preparer(self) -> Preparer:
+        return Preparer(self.settings, self.course, self.clock)
 
     async def run(self) -> DeliveryReport:
         slots = self.settings.smtp_concurrency
@@ -135,7 +114,9 @@ class Delivery:
                 for _ in range(slots):
                     tasks.create_task(self._consume(queue))
         finally:
-            await asyncio.to_thread(release, self.engine, self.worker, list(self._in_hand))
+            await asyncio.to_thread(
+                release, self.engine, self.worker, list(self._in_hand), self.clock()
+            )
         return self.report
 
     async def _produce(self, queue: asyncio.Queue[Claimed | None], slots: int) -> None:
@@ -179,7 +160,9 @@ class Delivery:
 
         Whoever finds no commit under way commits everything pending, so the slots
         share one transaction yet each waits for its own result to be durable. That
-        keeps the crash window to the one message per connection.
+        keeps the crash window to the one message per connection. A database error is
+        every waiting slot's error; anything else fails this slot's task, and the task
+        group cancels the others.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, result, done))
@@ -190,7 +173,7 @@ class Delivery:
                     batch, self._pending = self._pending, []
                     try:
                         await asyncio.to_thread(self._finish, [(r, res) for r, res, _ in batch])
-                    except Exception as exc:
+                    except SQLAlchemyError as exc:
                         for *_, future in batch:
                             future.set_exception(exc)
                     else:
@@ -214,7 +197,7 @@ class Delivery:
             return Result(OutboxStatus.sent, outcome.code, outcome.message)
         if outcome.verdict == Verdict.bounced:
             return Result(OutboxStatus.bounced, outcome.code, outcome.message)
-        return retry_or_give_up(self.settings, row, outcome, self.clock())
+        return retry_or_give_up(self.settings, row, outcome.code, outcome.message, self.clock())
 
     # -- database work, run in a thread -------------------------------------------
 
@@ -231,75 +214,10 @@ class Delivery:
         self._in_hand.update(r.id for r in rows if r.id is not None)
         wanted = {r.subscriber_id for r in rows if r.subscriber_id is not None}
         with read_scope(self.engine) as session:
-            found = session.execute(select(Subscriber).where(Subscriber.id.in_(wanted)))  # type: ignore[union-attr]
+            found = session.execute(select(Subscriber).where(col(Subscriber.id).in_(wanted)))
             subscribers = {s.id: s for s in found.scalars()}
-            for letter_id in {r.newsletter_id for r in rows} - {None} - self._newsletters.keys():
-                self._load_newsletter(session, letter_id)  # type: ignore[arg-type]
-        return [(r, self._prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
-
-    def _prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
-        """Render and build the message, or say why it must not be sent."""
-        if subscriber is None:
-            return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
-        wanted = (
-            SubscriberStatus.pending if row.kind == MessageKind.confirm else SubscriberStatus.active
-        )
-        if subscriber.status != wanted:
-            return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
-        context = self._context(row, subscriber)
-        try:
-            rendered = render_email(self.settings.emails_dir, row.template, context)
-            return compose(
-                self.settings,
-                rendered,
-                email=row.email,
-                name=subscriber.name,
-                message_id=row.message_id,
-                unsubscribe_url=context["unsubscribe_url"],
-                attach_pack=row.kind == MessageKind.welcome
-                and self.settings.pack_delivery == "attach",
-            )
-        except RenderError as exc:
-            return Result(OutboxStatus.failed, None, f"template error: {exc}")
-        except (Unaddressable, ValueError) as exc:
-            return Result(OutboxStatus.failed, None, f"cannot build the message: {exc}")
-        except PackMissing as exc:
-            return retry_or_give_up(
-                self.settings, row, Outcome(Verdict.deferred, None, str(exc)), self.clock()
-            )
-
-    def _context(self, row: OutboxMessage, subscriber: Subscriber) -> dict[str, Any]:
-        base = self.settings.base_url
-        unsubscribe = make_token(self.secret, subscriber.token_salt, "unsubscribe")
-        context: dict[str, Any] = {
-            "name": subscriber.name,
-            "email": subscriber.email,
-            "base_url": base,
-            "course_title": self.course.title if self.course else "",
-            "pack_url": None,
-            "unsubscribe_url": None
-            if row.kind == MessageKind.confirm
-            else f"{base}/unsubscribe/{unsubscribe}",
-        }
-        if row.kind == MessageKind.welcome and self.settings.pack_delivery == "link":
-            assert subscriber.id is not None
-            context["pack_url"] = pack_url(base, self.secret, subscriber.id, subscriber.token_salt)
-        if row.kind == MessageKind.confirm:
-            confirm = make_token(self.secret, subscriber.token_salt, "confirm")
-            context["confirm_url"] = f"{base}/confirm/{confirm}"
-        if row.newsletter_id is not None:
-            context.update(self._newsletters[row.newsletter_id])
-        context.update(row.context)
-        return context
-
-    def _load_newsletter(self, session: Session, newsletter_id: int) -> None:
-        letter = session.get(Newsletter, newsletter_id)
-        body = letter.body_markdown if letter else ""
-        self._newsletters[newsletter_id] = {
-            "subject": letter.subject if letter else "",
-            "content_html": markdown.markdown(body),
-            "content_text": body,
-        }
+            self.preparer.load_newsletters(session, (r.newsletter_id for r in rows))
+        return [(r, self.preparer.prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
 
     def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
         """Record attempts and everything that follows from them, in one transaction.
@@ -308,29 +226,10 @@ class Delivery:
         """
         now = self.clock()
         with session_scope(self.engine) as session:
-            moved = record(session, results, self.worker)
-            followed = [
-                (r, res) for r, res in results if r.id in moved and r.subscriber_id is not None
-            ]
-            course_sent = [
-                r.subscriber_id
-                for r, res in followed
-                if res.status == OutboxStatus.sent
-                and r.kind in (MessageKind.welcome, MessageKind.lesson)
-            ]
-            if course_sent and self.course is not None:
-                after_send(session, course_sent, now, self.course, self.pace)  # type: ignore[arg-type]
-            for row, result in followed:
-                if result.status == OutboxStatus.bounced:
-                    self._suppress(session, row, result, now)
+            moved = record(session, results, self.worker, now)
+            # A row missing from `moved` lost its lease: whoever holds it now follows up.
+            held = [(row, result) for row, result in results if row.id in moved]
+            follow_up(session, held, now, self.course, self.pace)
         for row, result in results:
-            self._in_hand.discard(row.id)  # type: ignore[arg-type]
+            self._in_hand.discard(row.id)
             self.report.add(result.status)
-
-    def _suppress(
-        self, session: Session, row: OutboxMessage, result: Result, now: datetime
-    ) -> None:
-        subscriber = session.get(Subscriber, row.subscriber_id)
-        if subscriber is not None:
-            reason = f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
-            leave(session, subscriber, SubscriberStatus.bounced, now, reason)

@@ -3,15 +3,16 @@
 Every drip email has one of two shapes: text and HTML alternatives, and on the
 welcome the PDF pack beside them. So it is composed straight to bytes with the
 standard library's codecs (quoted-printable, base64, RFC 2047 encoded words)
-rather than through EmailMessage, whose general builder and generator cost about
-1.5 ms a message: most of a worker's time (BENCHMARKS.md). Header values are
-refused if they hold a line break, so a name or subject can never inject a header.
+rather than through EmailMessage, whose general builder and generator were most of a
+worker's time (the figures are in BENCHMARKS.md). Header values are refused if they
+hold a line break, so a name or subject can never inject a header.
 """
 
 from __future__ import annotations
 
 import binascii
 from dataclasses import dataclass
+from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import cache
@@ -20,7 +21,7 @@ from pathlib import Path
 import dkim
 import idna
 
-from drip.clock import utcnow
+from drip.errors import DripError
 from drip.render import Rendered
 from drip.settings import Settings
 
@@ -39,11 +40,11 @@ DKIM_HEADERS = (
 )
 
 
-class PackMissing(Exception):
+class PackMissing(DripError):
     """The information pack file cannot be read."""
 
 
-class Unaddressable(Exception):
+class Unaddressable(DripError):
     """The address cannot be written in a message without SMTPUTF8."""
 
 
@@ -151,15 +152,16 @@ def compose(
     message_id: str,
     unsubscribe_url: str | None,
     attach_pack: bool,
+    now: datetime,
 ) -> Envelope:
-    """The whole message, CRLF line ends, DKIM-signed when configured."""
+    """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`."""
     recipient = ascii_address(email)
     sender = settings.sender_address
     headers = {
         "From": mailbox(sender.display_name, sender.addr_spec, "From"),
         "To": mailbox(name, recipient),
         "Subject": _encoded(rendered.subject, "Subject"),
-        "Date": format_datetime(utcnow()),
+        "Date": format_datetime(now),
         "Message-ID": _checked(message_id, "Message-ID"),
     }
     if unsubscribe_url:

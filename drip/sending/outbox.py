@@ -8,17 +8,28 @@ in one transaction, so the log never disagrees with the outbox.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, String, and_, cast, insert, literal, select, update
-from sqlmodel import Session
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    SQLColumnExpression,
+    String,
+    and_,
+    cast,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlmodel import Session, col
 
-from drip.clock import utcnow
-from drip.db import insert_ignoring, session_scope, unlocked
+from drip.db import insert_ignoring, session_scope, table_of, unlocked
 from drip.models import (
     PENDING_STATUSES,
     RETRYABLE_STATUSES,
@@ -27,6 +38,7 @@ from drip.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from drip.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -57,17 +69,18 @@ def dedupe_key(kind: MessageKind | str, subscriber_id: int, item: str | int | No
 
 
 def dedupe_key_sql(
-    kind: MessageKind | str, subscriber_id: ColumnElement[Any], item: str | int | None = None
+    kind: MessageKind | str, subscriber_id: SQLColumnExpression[Any], item: str | int | None = None
 ) -> ColumnElement[str]:
     """`dedupe_key` as SQL, for a subscriber id column of an INSERT ... SELECT."""
     return literal(_dedupe_prefix(kind, item)) + cast(subscriber_id, String)
 
 
-def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain: str) -> int:
+def enqueue_many(
+    session: Session, messages: Sequence[NewMessage], msgid_domain: str, now: datetime
+) -> int:
     """Queue messages, dropping any whose dedupe key is already queued; returns how many."""
     if not messages:
         return 0
-    now = utcnow()
     rows = [
         {
             "dedupe_key": m.dedupe_key,
@@ -90,13 +103,13 @@ def enqueue_many(session: Session, messages: Sequence[NewMessage], msgid_domain:
     ]
     # A Core insert on the table: the ORM's bulk-insert path costs more and adds nothing here.
     stmt = insert_ignoring(session, OutboxMessage, ["dedupe_key"])
-    result = session.execute(stmt.returning(OutboxMessage.__table__.c.id), rows)
+    result = session.execute(stmt.returning(table_of(OutboxMessage).c.id), rows)
     return len(result.all())
 
 
-def enqueue(session: Session, message: NewMessage, msgid_domain: str) -> bool:
+def enqueue(session: Session, message: NewMessage, msgid_domain: str, now: datetime) -> bool:
     """Queue one message; False when the same email was already queued."""
-    return enqueue_many(session, [message], msgid_domain) == 1
+    return enqueue_many(session, [message], msgid_domain, now) == 1
 
 
 def claim(
@@ -104,19 +117,24 @@ def claim(
 ) -> list[OutboxMessage]:
     """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row."""
     lease_until = now + lease
-    due = and_(OutboxMessage.next_attempt_at <= now)
-    pick = select(OutboxMessage.id).where(due).order_by(OutboxMessage.next_attempt_at).limit(limit)
+    due = and_(col(OutboxMessage.next_attempt_at) <= now)
+    pick = (
+        select(col(OutboxMessage.id))
+        .where(due)
+        .order_by(col(OutboxMessage.next_attempt_at))
+        .limit(limit)
+    )
     # Rows another worker is claiming right now are skipped, not waited for.
     stmt = (
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(unlocked(engine, pick)))
+        .where(col(OutboxMessage.id).in_(unlocked(engine, pick)))
         .where(due)
         .values(
             status=OutboxStatus.sending,
             lease_until=lease_until,
             next_attempt_at=lease_until,
             leased_by=worker,
-            attempts=OutboxMessage.attempts + 1,
+            attempts=col(OutboxMessage.attempts) + 1,
             updated_at=now,
         )
         .returning(OutboxMessage)
@@ -142,8 +160,26 @@ class Result:
         return (self.smtp_message or "")[:1000] or None
 
 
+def retry_or_give_up(
+    settings: Settings, row: OutboxMessage, code: int | None, message: str, now: datetime
+) -> Result:
+    """Exponential backoff with jitter, as Postfix does; failed once the lifetime is spent."""
+    lifetime = timedelta(days=settings.retry_lifetime_days)
+    if now - row.created_at >= lifetime:
+        gave_up = f"gave up after {row.attempts} attempts over {lifetime.days} days: {message}"
+        return Result(OutboxStatus.failed, code, gave_up)
+    minutes = min(
+        settings.retry_first_minutes * 2 ** max(row.attempts - 1, 0), settings.retry_max_hours * 60
+    )
+    delay = timedelta(minutes=minutes * random.uniform(0.8, 1.2))
+    return Result(OutboxStatus.deferred, code, message, now + delay)
+
+
 def record(
-    session: Session, results: Sequence[tuple[OutboxMessage, Result]], worker: str
+    session: Session,
+    results: Sequence[tuple[OutboxMessage, Result]],
+    worker: str,
+    now: datetime,
 ) -> set[int]:
     """Write the attempts and the rows' new states together, in a few statements.
 
@@ -153,9 +189,8 @@ def record(
     """
     if not results:
         return set()
-    now = utcnow()
     session.execute(
-        insert(DeliveryAttempt.__table__),
+        insert(table_of(DeliveryAttempt)),
         [
             {
                 "outbox_id": message.id,
@@ -173,7 +208,7 @@ def record(
     for message, result in results:
         by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
     moved: set[int] = set()
-    table = OutboxMessage.__table__
+    table = table_of(OutboxMessage)
     for result, ids in by_result.items():
         values: dict[str, Any] = {
             "status": result.status,
@@ -198,23 +233,22 @@ def record(
     return moved
 
 
-def release(engine: Engine, worker: str, ids: Iterable[int]) -> int:
+def release(engine: Engine, worker: str, ids: Iterable[int], now: datetime) -> int:
     """Hand back rows claimed but not attempted, e.g. on shutdown, so others take them at once."""
     id_list = list(ids)
     if not id_list:
         return 0
-    now = utcnow()
     with session_scope(engine) as session:
         result = session.execute(
             update(OutboxMessage)
-            .where(OutboxMessage.id.in_(id_list))
-            .where(OutboxMessage.leased_by == worker)
-            .where(OutboxMessage.status == OutboxStatus.sending)
+            .where(col(OutboxMessage.id).in_(id_list))
+            .where(col(OutboxMessage.leased_by) == worker)
+            .where(col(OutboxMessage.status) == OutboxStatus.sending)
             .values(
                 status=OutboxStatus.queued,
                 next_attempt_at=now,
                 **LEASE_CLEARED,
-                attempts=OutboxMessage.attempts - 1,
+                attempts=col(OutboxMessage.attempts) - 1,
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
@@ -222,21 +256,20 @@ def release(engine: Engine, worker: str, ids: Iterable[int]) -> int:
         return result.rowcount  # type: ignore[attr-defined,no-any-return]
 
 
-def skip_for_subscriber(session: Session, subscriber_id: int, reason: str) -> int:
+def skip_for_subscriber(session: Session, subscriber_id: int, reason: str, now: datetime) -> int:
     """Mark every not-yet-sent message to a subscriber as skipped, each with a log row."""
-    now = utcnow()
     ids = list(
         session.execute(
-            select(OutboxMessage.id)
-            .where(OutboxMessage.subscriber_id == subscriber_id)
-            .where(OutboxMessage.status.in_(PENDING_STATUSES))
+            select(col(OutboxMessage.id))
+            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
+            .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
         ).scalars()
     )
     if not ids:
         return 0
     session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(ids))
+        .where(col(OutboxMessage.id).in_(ids))
         .values(
             status=OutboxStatus.skipped,
             next_attempt_at=None,
@@ -260,7 +293,9 @@ def retry(session: Session, outbox_id: int, now: datetime) -> bool:
     """
     moved = session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id, OutboxMessage.status.in_(RETRYABLE_STATUSES))
+        .where(
+            col(OutboxMessage.id) == outbox_id, col(OutboxMessage.status).in_(RETRYABLE_STATUSES)
+        )
         .values(status=OutboxStatus.queued, next_attempt_at=now, **LEASE_CLEARED, updated_at=now)
         .execution_options(synchronize_session=False)
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from drip.db import for_update, insert_ignoring, session_scope
 from drip.models import SendBudget
@@ -29,9 +29,10 @@ def _row(session: Session, now: datetime) -> SendBudget:
     session.execute(
         insert_ignoring(session, SendBudget).values(name=BUCKET, tokens=0.0, refilled_at=now)
     )
-    return session.execute(
-        for_update(session, select(SendBudget).where(SendBudget.name == BUCKET))
+    row: SendBudget = session.execute(
+        for_update(session, select(SendBudget).where(col(SendBudget.name) == BUCKET))
     ).scalar_one()
+    return row
 
 
 def take(engine: Engine, rate: float, wanted: int, now: datetime) -> tuple[int, float]:

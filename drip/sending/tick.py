@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from drip.clock import utcnow
+from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, WorkerHeartbeat
 from drip.progress import queue_due_lessons
-from drip.sending.delivery import Clock, Delivery, DeliveryReport, worker_name
+from drip.sending.delivery import Delivery, DeliveryReport, worker_name
 from drip.settings import Settings
 
 QUEUE_BATCH = 500
@@ -29,13 +29,6 @@ QUEUE_BATCH = 500
 class PassReport:
     queued: int
     delivery: DeliveryReport
-
-
-def travelling_clock(now: datetime | None) -> Clock:
-    if now is None:
-        return utcnow
-    started = utcnow()
-    return lambda: now + (utcnow() - started)
 
 
 def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
@@ -55,7 +48,9 @@ def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
 def _more_due(session: Session, now: datetime) -> bool:
     return (
         session.execute(
-            select(CourseProgress.subscriber_id).where(CourseProgress.next_due_at <= now).limit(1)
+            select(col(CourseProgress.subscriber_id))
+            .where(col(CourseProgress.next_due_at) <= now)
+            .limit(1)
         ).first()
         is not None
     )

@@ -1,8 +1,9 @@
 """`drip worker`: APScheduler runs a pass every DRIP_WORKER_INTERVAL seconds.
 
 APScheduler is only this process's timer; the database coordinates workers
-(shared/DESIGN.md). `coalesce` and `max_instances=1` keep one pass at a time, and
-a generous misfire grace stops a busy machine from silently skipping passes.
+(the outbox's leases, drip.sending.outbox). `coalesce` and `max_instances=1` keep
+one pass at a time, and a generous misfire grace stops a busy machine from silently
+skipping passes.
 On SIGTERM/SIGINT the current pass finishes the messages on the wire, hands the
 rest back, and the process exits.
 """

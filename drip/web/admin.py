@@ -16,16 +16,10 @@ import binascii
 import hashlib
 import hmac
 import json
-import mailbox
-import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email import policy
-from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -38,12 +32,14 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
+from drip import catcher
 from drip.clock import utcnow
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.models import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
+    SUBSCRIBED_STATUSES,
     CourseProgress,
     OutboxMessage,
     Subscriber,
@@ -59,6 +55,7 @@ from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_
 from drip.settings import Settings
 from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline
 from drip.subscribers import leave
+from drip.web.chart import sends_chart
 from drip.web.proxies import client_key
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -271,92 +268,9 @@ def _environment() -> Environment:
     return env
 
 
-@dataclass(frozen=True)
-class Bar:
-    x: float
-    y: float
-    width: float
-    height: float
-    label: str
-    count: int
-
-
-@dataclass(frozen=True)
-class Chart:
-    width: int
-    height: int
-    bars: list[Bar]
-    top: int
-    ticks: list[tuple[float, str]]
-
-
-def sends_chart(days: list[tuple[Any, int]], width: int = 720, height: int = 180) -> Chart:
-    """Bar geometry for the sends-per-day SVG, computed here so the template only draws."""
-    top = max((n for _, n in days), default=0) or 1
-    slot = width / max(len(days), 1)
-    bars = [
-        Bar(
-            x=round(i * slot + slot * 0.1, 2),
-            y=round(height - n / top * height, 2),
-            width=round(slot * 0.8, 2),
-            height=round(n / top * height, 2),
-            label=day.isoformat(),
-            count=n,
-        )
-        for i, (day, n) in enumerate(days)
-    ]
-    ticks = [(b.x + b.width / 2, b.label[5:]) for i, b in enumerate(bars) if i % 7 == 0]
-    return Chart(width, height, bars, top, ticks)
-
-
 def _page_link(path: str, params: dict[str, Any]) -> str:
     kept = {k: v for k, v in params.items() if v not in (None, "")}
     return f"{path}?{urlencode(kept)}" if kept else path
-
-
-# -- the caught mail of `drip dev` --------------------------------------------------------
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _maildir(settings: Settings) -> mailbox.Maildir:
-    """The catcher's Maildir; made whole if missing (Maildir(create=True) alone leaves an
-    existing but empty folder without its tmp/new/cur)."""
-    for sub in ("tmp", "new", "cur"):
-        (settings.catcher_dir / sub).mkdir(parents=True, exist_ok=True)
-    return mailbox.Maildir(settings.catcher_dir, create=True)
-
-
-def _delivered_at(key: str) -> float:
-    """Maildir names start with the delivery time in seconds."""
-    try:
-        return float(key.split(".", 1)[0])
-    except ValueError:
-        return 0.0
-
-
-def _caught(box: mailbox.Maildir, key: str) -> EmailMessage | None:
-    try:
-        with box.get_file(key) as handle:
-            message = BytesParser(policy=policy.default).parse(handle)  # type: ignore[arg-type]
-    except (KeyError, FileNotFoundError):
-        return None
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def _leaves(message: Message) -> list[Message]:
-    return [part for part in message.walk() if not part.is_multipart()]
-
-
-def _body(message: EmailMessage, subtype: str) -> str | None:
-    part = message.get_body(preferencelist=(subtype,))
-    if part is None:
-        return None
-    try:
-        return str(part.get_content())  # type: ignore[attr-defined]
-    except (LookupError, ValueError):
-        return None
 
 
 # -- the router -----------------------------------------------------------------------------
@@ -416,16 +330,16 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         form = {"email": email, "kind": kind, "status": status, "since": since}
         error, rows = None, []
         try:
-            when = parse_since(since) if since.strip() else None
+            when = parse_since(since, utcnow()) if since.strip() else None
         except ValueError:
             error = f"since: not an ISO-8601 time or a span such as 2h: {since!r}"
         if error is None:
             try:
-                flt = LogFilter(
+                wanted = LogFilter(
                     email=email, kind=kind, status=status, since=when, limit=limit, before_id=before
                 )
                 with read_scope(engine) as session:
-                    rows = entries(session, flt)
+                    rows = entries(session, wanted)
             except ValueError as exc:
                 error = str(exc)
         older = None
@@ -453,9 +367,9 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
     ) -> HTMLResponse:
         error, rows = None, []
         try:
-            flt = SubscriberFilter(status=status, email_prefix=q, limit=PAGE, before_id=before)
+            wanted = SubscriberFilter(status=status, email_prefix=q, limit=PAGE, before_id=before)
             with read_scope(engine) as session:
-                rows = list_subscribers(session, flt)
+                rows = list_subscribers(session, wanted)
         except ValueError as exc:
             error = str(exc)
         older = None
@@ -491,7 +405,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             progress=progress,
             retryable={str(s) for s in RETRYABLE_STATUSES},
             final={str(s) for s in FINAL_STATUSES},
-            can_leave=found.status in (SubscriberStatus.pending, SubscriberStatus.active),
+            can_leave=found.status in SUBSCRIBED_STATUSES,
             deleted=found.email == anonymous_address(subscriber_id),
         )
 
@@ -563,49 +477,26 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
 
     @router.get("/outbox", response_class=HTMLResponse)
     def outbox(request: Request) -> HTMLResponse:
-        box = _maildir(settings)
-        keys = sorted(box.keys(), key=_delivered_at, reverse=True)
-        parser = BytesHeaderParser(policy=policy.default)
-        rows = []
-        for key in keys[:OUTBOX_SHOWN]:
-            try:
-                with box.get_file(key) as handle:
-                    headers = parser.parse(handle)  # type: ignore[arg-type]
-            except (KeyError, FileNotFoundError):
-                continue  # removed meanwhile
-            rows.append(
-                {
-                    "key": key,
-                    "date": str(headers.get("Date", "")),
-                    "to": str(headers.get("To", "")),
-                    "subject": str(headers.get("Subject", "")),
-                }
-            )
+        rows, total = catcher.newest(settings.catcher_dir, OUTBOX_SHOWN)
         return render(
             request,
             "outbox.html",
             rows=rows,
-            total=len(keys),
+            total=total,
             shown=OUTBOX_SHOWN,
             directory=str(settings.catcher_dir),
         )
 
     @router.get("/outbox/{key}", response_class=HTMLResponse)
     def caught(request: Request, key: str) -> HTMLResponse:
-        message = _caught(_maildir(settings), key)
+        message = catcher.read(settings.catcher_dir, key)
         if message is None:
             return problem(request, 404, "No such message", "It is not in the catcher's mailbox.")
-        html = _body(message, "html")
-        parts = _leaves(message)
+        html = catcher.body(message, "html")
         attachments = [
-            {
-                "n": n,
-                "filename": part.get_filename() or f"part-{n}",
-                "type": part.get_content_type(),
-                "size": len(part.get_payload(decode=True) or b""),
-            }
-            for n, part in enumerate(parts)
-            if part.get_content_disposition() == "attachment" or part.get_filename()
+            {"n": p.n, "filename": p.shown_name, "type": p.type, "size": p.size}
+            for p in catcher.parts(message)
+            if p.is_attachment
         ]
         response = render(
             request,
@@ -615,7 +506,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             headers=[(name, str(value)) for name, value in message.items()],
             # Links in the email open in a new tab rather than inside the frame.
             srcdoc=None if html is None else '<base target="_blank">' + html,
-            text=_body(message, "plain"),
+            text=catcher.body(message, "plain"),
             attachments=attachments,
         )
         response.headers["Content-Security-Policy"] = _MAIL_CSP
@@ -623,17 +514,16 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
 
     @router.get("/outbox/{key}/part/{n}", response_model=None)
     def part(request: Request, key: str, n: int) -> Response:
-        message = _caught(_maildir(settings), key)
-        parts = _leaves(message) if message is not None else []
+        message = catcher.read(settings.catcher_dir, key)
+        parts = catcher.parts(message) if message is not None else []
         if not 0 <= n < len(parts):
             return problem(request, 404, "No such part", "The message has no such part.")
         chosen = parts[n]
-        name = _SAFE_NAME.sub("_", chosen.get_filename() or "").strip("._") or f"part-{n}"
         return Response(
-            chosen.get_payload(decode=True) or b"",
-            media_type=chosen.get_content_type(),
+            chosen.payload,
+            media_type=chosen.type,
             headers={
-                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Disposition": f'attachment; filename="{chosen.download_name}"',
                 # Whatever the part is, the browser must not run it as a page of this site.
                 "Content-Security-Policy": "sandbox; default-src 'none'",
             },

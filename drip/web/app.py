@@ -37,6 +37,7 @@ from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
+from drip.web.signup_writer import Writer
 
 HERE = Path(__file__).parent
 MAX_BODY = 8 * 1024
@@ -141,9 +142,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """Move what start-up built out of the cycle collector's way.
 
     Modules, routes, templates and the ORM's mappers live as long as the process, yet
-    every full collection walks them all: 40-160 ms pauses of the event loop, several
-    a minute under signups (each leaves its address in the rate-limit window), which
-    made the signup p99. Frozen, a full collection walks only what came after.
+    every full collection walks them all, pausing the event loop several times a minute
+    under signups (BENCHMARKS.md). Frozen, a full collection walks only what came after.
     """
     gc.freeze()
     yield
@@ -161,7 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
     facts = _course_facts(settings)
     per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
     per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
-    writer = signup.Writer(engine, settings)
+    writer = Writer(engine, settings)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
@@ -200,7 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
         fields = await _fields(request, wants_json)
         if fields is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
-        checked = signup.check(settings=settings, **fields)  # type: ignore[arg-type]
+        checked = signup.check(settings=settings, **fields)
         if checked.errors:
             if wants_json:
                 return JSONResponse({"errors": checked.errors}, status_code=422)

@@ -1,0 +1,53 @@
+"""How every `drip` command speaks: results on stdout, problems on stderr, one exit rule.
+
+- exit 0: done;
+- exit 1: the command ran and reports problems it found (`drip check`'s list, rows
+  an import refused, a pass that stopped early), each on its own line on stderr;
+- exit 2: the command could not run: bad usage (typer's message), or a `DripError`
+  (drip.errors) shown as one line, `drip: <what to fix>`, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from drip.errors import DripError
+
+#: The command ran and found problems.
+PROBLEMS = 1
+#: The command could not run.
+CANNOT_RUN = 2
+
+
+def console() -> Console:
+    """Made per use, so the width (COLUMNS) and stdout are those of the running command."""
+    return Console(highlight=False)
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def problem(line: str) -> None:
+    """One problem the command found, on stderr, as plain text."""
+    err().print(line, markup=False, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop: the command cannot run, for the reason given."""
+    problem(f"drip: {message}")
+    raise typer.Exit(CANNOT_RUN)
+
+
+class Commands(TyperGroup):
+    """drip's command group: a DripError from any command, however deep, is `fail`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DripError as exc:
+            fail(str(exc))

@@ -1,0 +1,113 @@
+"""A claimed outbox row made ready to send: its template context, rendered and composed.
+
+A row is rendered when it is claimed, seconds before it is sent, so an unsubscribe or
+a fixed template counts until then. `email_context` is the one place an email's
+template variables are put together from a subscriber; `drip preview` and `drip check`
+use drip.render's sample values instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlmodel import Session
+
+from drip.clock import Clock
+from drip.course import Course
+from drip.models import (
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from drip.newsletter import stored_context
+from drip.pack_link import pack_url
+from drip.render import RenderError, render_email
+from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
+from drip.sending.outbox import Result, retry_or_give_up
+from drip.settings import Settings
+from drip.tokens import make_token
+
+
+def email_context(
+    settings: Settings,
+    secret: str,
+    course: Course | None,
+    row: OutboxMessage,
+    subscriber: Subscriber,
+    newsletter: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The template variables of `row`'s email to `subscriber`: links, course, newsletter,
+    and last the values fixed when the row was queued."""
+    base = settings.base_url
+    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
+    context: dict[str, Any] = {
+        "name": subscriber.name,
+        "email": subscriber.email,
+        "base_url": base,
+        "course_title": course.title if course else "",
+        "pack_url": None,
+        "unsubscribe_url": None
+        if row.kind == MessageKind.confirm
+        else f"{base}/unsubscribe/{unsubscribe}",
+    }
+    if row.kind == MessageKind.welcome and settings.pack_delivery == "link":
+        assert subscriber.id is not None
+        context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)
+    if row.kind == MessageKind.confirm:
+        confirm = make_token(secret, subscriber.token_salt, "confirm")
+        context["confirm_url"] = f"{base}/confirm/{confirm}"
+    if newsletter is not None:
+        context.update(newsletter)
+    context.update(row.context)
+    return context
+
+
+class Preparer:
+    """Builds claimed rows' messages for one delivery run; keeps the newsletters it read."""
+
+    def __init__(self, settings: Settings, course: Course | None, clock: Clock) -> None:
+        self.settings = settings
+        self.secret = settings.require_secret()
+        self.course = course
+        self.clock = clock
+        self._newsletters: dict[int, dict[str, Any]] = {}
+
+    def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
+        """Read the newsletters these rows carry, each once per run."""
+        for letter_id in set(ids) - {None} - self._newsletters.keys():
+            assert letter_id is not None
+            self._newsletters[letter_id] = stored_context(session, letter_id)
+
+    def prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
+        """Render and build the message, or say why it must not be sent."""
+        if subscriber is None:
+            return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
+        wanted = (
+            SubscriberStatus.pending if row.kind == MessageKind.confirm else SubscriberStatus.active
+        )
+        if subscriber.status != wanted:
+            return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
+        letter = self._newsletters.get(row.newsletter_id) if row.newsletter_id else None
+        context = email_context(self.settings, self.secret, self.course, row, subscriber, letter)
+        try:
+            rendered = render_email(self.settings.emails_dir, row.template, context)
+            return compose(
+                self.settings,
+                rendered,
+                email=row.email,
+                name=subscriber.name,
+                message_id=row.message_id,
+                unsubscribe_url=context["unsubscribe_url"],
+                attach_pack=row.kind == MessageKind.welcome
+                and self.settings.pack_delivery == "attach",
+                now=self.clock(),
+            )
+        except RenderError as exc:
+            return Result(OutboxStatus.failed, None, f"template error: {exc}")
+        except (Unaddressable, ValueError) as exc:
+            return Result(OutboxStatus.failed, None, f"cannot build the message: {exc}")
+        except PackMissing as exc:
+            return retry_or_give_up(self.settings, row, None, str(exc), self.clock())
