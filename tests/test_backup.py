@@ -23,10 +23,11 @@ from drip.db import get_engine, session_scope, upgrade
 from drip.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 from drip.sending.tick import run_pass
 from drip.settings import Settings
-from tests.conftest import PG_ADMIN, make_settings
+from tests.conftest import PG_ADMIN, SettingsFactory
 from tests.factories import many_active
 from tests.mailserver import MailServer, Recorder, serve
-from tests.processes import queue_lessons, start_worker, wait_until
+from tests.processes import queue_lessons, start_worker
+from tests.waiting import wait_until
 
 WORKER_SECRET = "x" * 32  # the key tests.processes.start_worker gives its worker
 
@@ -77,7 +78,12 @@ def drip_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
-    settings: Settings, engine: Engine, empty_url: str, mail_server: MailServer, tmp_path: Path
+    settings: Settings,
+    engine: Engine,
+    empty_url: str,
+    mail_server: MailServer,
+    tmp_path: Path,
+    make_settings: SettingsFactory,
 ) -> None:
     everything = queue_lessons(engine, 300)
     worker = start_worker(settings, tmp_path / "worker.log")
@@ -104,7 +110,7 @@ def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
     # The restored system delivers the rest, once each, and nothing it already sent.
     second = Recorder()
     with serve(second) as sink:
-        restored_settings = make_settings(empty_url, sink.port, tmp_path, secret_key=WORKER_SECRET)
+        restored_settings = make_settings(empty_url, sink.port, secret_key=WORKER_SECRET)
         # A day on: the snapshot's leases and any deferral are over (no course is running).
         later = utcnow() + timedelta(days=1)
 
@@ -134,11 +140,11 @@ def test_a_restore_holds_exactly_what_was_backed_up(
 
 
 def test_a_sqlite_backup_moves_into_postgresql(
-    tmp_path: Path, mail_server: MailServer, pg_url: str
+    tmp_path: Path, mail_server: MailServer, pg_url: str, make_settings: SettingsFactory
 ) -> None:
     sqlite_url = f"sqlite:///{tmp_path / 'subscribers.db'}"
     upgrade(get_engine(sqlite_url))
-    source = make_settings(sqlite_url, mail_server.port, tmp_path)
+    source = make_settings(sqlite_url, mail_server.port)
     queue_lessons(get_engine(sqlite_url), 30)
     asyncio.run(run_pass(source))
     backup(sqlite_url, tmp_path / "move.backup")
