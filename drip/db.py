@@ -13,6 +13,7 @@ not holding. Other modules call these helpers and never ask which database it is
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -43,6 +44,11 @@ Bind = Session | Connection | Engine
 def _is_sqlite(bind: Bind) -> bool:
     engine = bind.get_bind() if isinstance(bind, Session) else bind
     return engine.dialect.name == "sqlite"
+
+
+def is_postgresql(bind: Bind) -> bool:
+    """For the few tasks that are different work on each database (backups), not SQL."""
+    return not _is_sqlite(bind)
 
 
 #: A SELECT of any columns.
@@ -154,10 +160,10 @@ def read_scope(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def _alembic_config(engine: Engine) -> Any:
+def _alembic_config(engine: Engine, output: io.StringIO | None = None) -> Any:
     from alembic.config import Config
 
-    config = Config()
+    config = Config(output_buffer=output)
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
     return config
@@ -168,6 +174,24 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
 
     command.upgrade(_alembic_config(engine), "head")
+
+
+def upgrade_sql(engine: Engine) -> str:
+    """The SQL `upgrade` would run on this database, without running it."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
+        raise DatabaseError(
+            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
+        ) from None
+    output = io.StringIO()
+    start = f"{current[0]}:head" if current else "head"
+    command.upgrade(_alembic_config(engine, output), start, sql=True)
+    return output.getvalue()
 
 
 def schema_state(engine: Engine) -> str:

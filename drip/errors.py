@@ -8,6 +8,7 @@ own words. Anything else that escapes is a bug in drip.
     DripError
     ├── SettingsError       a DRIP_* setting is missing or wrong          (drip.settings)
     ├── DatabaseError       the database is unreachable or out of date    (drip.db)
+    │   └── BackupError     a backup or restore cannot go ahead           (drip.backup)
     ├── CourseError         emails/course.toml, with every problem        (drip.course)
     ├── RenderError         an email template, with its name and line     (drip.render)
     ├── PackError           the information pack's source                 (drip.pack)

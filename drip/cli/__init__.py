@@ -17,7 +17,7 @@ from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, problem
 from drip.clock import parse_instant, utcnow
-from drip.db import ensure_schema, get_engine, upgrade
+from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
 from drip.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -209,11 +209,46 @@ def check(
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(
+    sql: Annotated[
+        bool, typer.Option("--sql", help="print the SQL it would run, run nothing")
+    ] = False,
+) -> None:
     """Apply every schema migration not yet applied."""
     settings = load_settings()
-    upgrade(get_engine(settings.database_url))
+    engine = get_engine(settings.database_url)
+    if sql:
+        print(upgrade_sql(engine), end="")
+        return
+    upgrade(engine)
     console().print("database schema is up to date")
+
+
+@app.command("backup")
+def backup_command(
+    file: Annotated[Path, typer.Argument(help="where to write the copy")],
+) -> None:
+    """A consistent copy of the whole database, taken while drip runs."""
+    from drip.backup import backup
+
+    settings = load_settings()
+    copied = backup(settings.database_url, file)
+    console().print(f"backed up {copied.summary()} to {file}")
+
+
+@app.command("restore")
+def restore_command(
+    file: Annotated[Path, typer.Argument(help="a file made by drip backup")],
+    force: Annotated[
+        bool, typer.Option("--force", help="replace what a non-empty database holds")
+    ] = False,
+) -> None:
+    """Load a backup into an empty database (SQLite backups also into PostgreSQL)."""
+    from drip.backup import restore
+
+    settings = load_settings()
+    copied = restore(settings.database_url, file, force=force)
+    console().print(f"restored {copied.summary()} from {file}")
 
 
 @newsletter_app.command("send")

@@ -9,12 +9,23 @@ import drip.models  # noqa: F401 - registers the tables on SQLModel.metadata
 
 engine = context.config.attributes["engine"]
 
-with engine.begin() as connection:
+if context.is_offline_mode():
+    # `drip db upgrade --sql`: print the statements instead of running them.
     context.configure(
-        connection=connection,
+        url=engine.url,
         target_metadata=SQLModel.metadata,
         render_as_batch=True,
-        compare_type=True,
+        literal_binds=True,
     )
     with context.begin_transaction():
         context.run_migrations()
+else:
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=SQLModel.metadata,
+            render_as_batch=True,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
