@@ -391,3 +391,27 @@ def test_outbox_lists_and_shows_caught_mail(client: TestClient, admin_settings: 
     assert part.headers["content-disposition"] == 'attachment; filename="info-pack.pdf"'
     assert client.get(f"/admin/outbox/{key}/part/99").status_code == 404
     assert client.get("/admin/outbox/no-such-key").status_code == 404
+
+
+def test_a_caught_mail_with_a_hostile_header_lists_and_shows_escaped(
+    client: TestClient, admin_settings: Settings
+) -> None:
+    """One mail whose To: holds an encoded word that decodes to CR LF made /admin/outbox
+    answer 500 until 200 newer mails arrived; headers that decode to markup are shown
+    escaped, and control characters not at all."""
+    raw = (
+        b"To: =?utf-8?q?Sam=0D=0A?= <sam@example.com>\r\n"
+        b"Cc: =?utf-8?q?=3Cscript=3Ealert(1)=3C/script=3E?= <cy@example.com>\r\n"
+        b"Subject: =?utf-8?q?=3Cscript=3Ealert(2)=3C/script=3E=1B[31m?=\r\n"
+        b"Date: not a date\r\n"
+        b"Content-Type: text/plain\r\n\r\nHello\r\n"
+    )
+    key = mailbox.Maildir(admin_settings.catcher_dir, create=True).add(raw)
+    listing = client.get("/admin/outbox")
+    assert listing.status_code == 200
+    assert "sam@example.com" in listing.text and "&lt;script&gt;alert(2)" in listing.text
+    page = client.get(f"/admin/outbox/{key}")
+    assert page.status_code == 200
+    assert "sam@example.com" in page.text and "&lt;script&gt;alert(1)" in page.text
+    for text in (listing.text, page.text):
+        assert "<script>" not in text and "\x1b" not in text

@@ -502,8 +502,8 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             request,
             "outbox_message.html",
             key=key,
-            subject=str(message.get("Subject", "")),
-            headers=[(name, str(value)) for name, value in message.items()],
+            subject=catcher.header(message, "Subject"),
+            headers=catcher.header_pairs(message),
             # Links in the email open in a new tab rather than inside the frame.
             srcdoc=None if html is None else '<base target="_blank">' + html,
             text=catcher.body(message, "plain"),
