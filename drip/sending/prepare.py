@@ -44,7 +44,9 @@ def email_context(
     base = settings.base_url
     unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
     context: dict[str, Any] = {
-        "name": subscriber.name,
+        # The confirmation goes to an address nobody has vouched for yet: none of the
+        # visitor's words go in it (a name with a link would make drip a spam cannon).
+        "name": "" if row.kind == MessageKind.confirm else subscriber.name,
         "email": subscriber.email,
         "base_url": base,
         "course_title": course.title if course else "",
@@ -98,7 +100,7 @@ class Preparer:
                 self.settings,
                 rendered,
                 email=row.email,
-                name=subscriber.name,
+                name=context["name"],
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
                 attach_pack=row.kind == MessageKind.welcome
