@@ -28,6 +28,7 @@ from drip.render import RenderError, render_email
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
 from drip.settings import Settings
+from drip.subscribers import confirm_salt
 from drip.tokens import make_token
 
 
@@ -59,7 +60,7 @@ def email_context(
         assert subscriber.id is not None
         context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)
     if row.kind == MessageKind.confirm:
-        confirm = make_token(secret, subscriber.token_salt, "confirm")
+        confirm = make_token(secret, confirm_salt(subscriber), "confirm")
         context["confirm_url"] = f"{base}/confirm/{confirm}"
     if newsletter is not None:
         context.update(newsletter)
