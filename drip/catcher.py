@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+import unicodedata
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
@@ -109,12 +110,37 @@ def newest(directory: Path, limit: int) -> tuple[list[Caught], int]:
         rows.append(
             Caught(
                 key=key,
-                date=str(headers.get("Date", "")),
-                to=str(headers.get("To", "")),
-                subject=str(headers.get("Subject", "")),
+                date=header(headers, "Date"),
+                to=header(headers, "To"),
+                subject=header(headers, "Subject"),
             )
         )
     return rows, len(keys)
+
+
+def _printable(text: str) -> str:
+    """Control characters (a decoded CR LF, an escape) shown as U+FFFD, never passed on."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def header_pairs(message: Message) -> list[tuple[str, str]]:
+    """Every header as (name, readable text): decoded where the email package can, else
+    the raw value as it came. A header it refuses (an encoded word that decodes to a line
+    break inside an address raises ValueError) must not break the page that lists it."""
+    pairs = []
+    for name, raw in message.raw_items():
+        try:
+            value = str(message.policy.header_fetch_parse(name, raw))
+        except Exception:  # noqa: BLE001 - any parser failure: show the raw text instead
+            value = str(raw)
+        pairs.append((name, _printable(value)))
+    return pairs
+
+
+def header(message: Message, name: str) -> str:
+    """One header as `header_pairs` reads it; "" if the message has none."""
+    wanted = name.lower()
+    return next((value for key, value in header_pairs(message) if key.lower() == wanted), "")
 
 
 def read(directory: Path, key: str) -> EmailMessage | None:

@@ -72,6 +72,13 @@ def insert_ignoring(
     return dialect_insert(table_of(model)).on_conflict_do_nothing(index_elements=key)
 
 
+def upsert(bind: Bind, model: type[SQLModel] | Table) -> postgresql.Insert | sqlite.Insert:
+    """A Core INSERT that takes ON CONFLICT clauses (`on_conflict_do_update`): both
+    databases have them, each in its own dialect's class."""
+    dialect_insert = sqlite.insert if _is_sqlite(bind) else postgresql.insert
+    return dialect_insert(table_of(model))
+
+
 def for_update(bind: Bind, stmt: SelectT, *, skip_locked: bool = False, of: Any = None) -> SelectT:
     """`stmt` locking the rows it reads until the transaction ends, where that takes
     a row lock: PostgreSQL. On SQLite, BEGIN IMMEDIATE already holds the one write lock.

@@ -104,6 +104,9 @@ class Subscriber(SQLModel, table=True):
     confirm_sent_at: datetime | None = _when()
     #: Random salt; tokens are HMACs of it under DRIP_SECRET_KEY, stored only as hashes.
     token_salt: str = Field(max_length=64)
+    #: The confirmation token's own salt, renewed when a confirmation is asked for again
+    #: after leaving, so an old link no longer works; NULL: the token comes from token_salt.
+    confirm_salt: str | None = Field(default=None, max_length=64)
     confirm_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     unsubscribe_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
 
@@ -257,3 +260,20 @@ class SendingHold(SQLModel, table=True):
     paused_at: datetime | None = _when()
     reason: str | None = Field(default=None, max_length=1000)
     resumed_at: datetime | None = _when()
+
+
+class RateLimit(SQLModel, table=True):
+    """One client's or one mailbox's standing against a limit (drip.limits), shared by
+    every web process. Times are seconds since the epoch: the arithmetic stays in SQL."""
+
+    __tablename__ = "rate_limit"
+
+    bucket: str = Field(primary_key=True, max_length=16)
+    key: str = Field(primary_key=True, max_length=64)
+    #: The limit's clock: when the key's next hit would be on time (signups), or when
+    #: its next login attempt may be checked (admin).
+    at: float
+    #: Login attempts without a success since the key was last forgiven.
+    count: int = 0
+    #: After this the row says nothing the absence of a row would not; then it is purged.
+    expires: float = Field(index=True)

@@ -8,11 +8,8 @@ active (no enumeration); only what is queued differs.
 from __future__ import annotations
 
 import re
-import threading
-import time
 import unicodedata
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -25,7 +22,7 @@ from sqlmodel import Session
 
 from drip.db import lock, session_scope
 from drip.errors import DripError
-from drip.models import SUBSCRIBED_STATUSES, SubscriberStatus
+from drip.models import SUBSCRIBED_STATUSES, Subscriber, SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
@@ -38,6 +35,7 @@ from drip.subscribers import (
     insert_new,
     leave,
     queue_confirmation,
+    renew_confirm_token,
 )
 
 NAME_MAX = 100
@@ -145,9 +143,11 @@ def subscribe(
     if created or subscriber.status == SubscriberStatus.pending:
         queue_confirmation(session, settings, subscriber, now)
     elif subscriber.status == SubscriberStatus.unsubscribed:
-        # Coming back is a fresh opt-in: confirm again before anything is sent.
+        # Coming back is a fresh opt-in: confirm again, with a new link, before anything
+        # is sent.
         subscriber.status = SubscriberStatus.pending
         subscriber.name = signup.name or subscriber.name
+        renew_confirm_token(settings, subscriber)
         session.add(subscriber)
         queue_confirmation(session, settings, subscriber, now)
     # Active: nothing new. Bounced or complained: suppressed, nothing is sent.
@@ -224,16 +224,44 @@ def store_many(
 
 
 class Confirmation(StrEnum):
+    ready = "ready"
     confirmed = "confirmed"
     already = "already"
     expired = "expired"
     unknown = "unknown"
 
 
+def confirmation_state(
+    session: Session, settings: Settings, token: str, now: datetime
+) -> Confirmation:
+    """What a confirmation link would do, changing nothing: `ready` means it would confirm.
+
+    For GET, which mail scanners send for every link in a message: only a POST confirms.
+    """
+    subscriber = find_by_token(session, token, "confirm")
+    if subscriber is None:
+        return Confirmation.unknown
+    if subscriber.status == SubscriberStatus.active:
+        return Confirmation.already
+    if subscriber.status != SubscriberStatus.pending:
+        return Confirmation.unknown
+    if _expired(settings, subscriber, now):
+        return Confirmation.expired
+    return Confirmation.ready
+
+
+def _expired(settings: Settings, subscriber: Subscriber, now: datetime) -> bool:
+    ttl = timedelta(hours=settings.confirm_ttl_hours)
+    return now - (subscriber.confirm_sent_at or subscriber.created_at) > ttl
+
+
 def confirm(
     session: Session, settings: Settings, token: str, now: datetime, ip: str | None
 ) -> Confirmation:
-    """Activate the subscriber behind a confirmation link, once, whoever clicks twice."""
+    """Activate the subscriber behind a confirmation link, once, whoever clicks twice.
+
+    `ip`: the address of whoever confirmed (the POST's client), kept as consent.
+    """
     subscriber = find_by_token(session, token, "confirm")
     if subscriber is None:
         return Confirmation.unknown
@@ -244,9 +272,7 @@ def confirm(
         return Confirmation.already
     if subscriber.status != SubscriberStatus.pending:
         return Confirmation.unknown  # unsubscribed or suppressed: the old link no longer works
-    ttl = timedelta(hours=settings.confirm_ttl_hours)
-    sent = subscriber.confirm_sent_at or subscriber.created_at
-    if now - sent > ttl:
+    if _expired(settings, subscriber, now):
         return Confirmation.expired
     activate(session, settings, subscriber, now, ip=ip)
     return Confirmation.confirmed
@@ -265,35 +291,3 @@ def unsubscribe(session: Session, token: str, now: datetime) -> bool:
 def is_unsubscribe_token(session: Session, token: str) -> bool:
     """Whether a link is real, before showing its button (read-only)."""
     return find_by_token(session, token, "unsubscribe") is not None
-
-
-class SlidingWindow:
-    """At most `limit` hits per key in `seconds`, in this process's memory.
-
-    Enough for one web process; several processes behind a balancer each keep their
-    own count, so the effective limit multiplies by their number.
-    """
-
-    def __init__(
-        self, limit: int, seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit = limit
-        self.seconds = seconds
-        self.clock = clock
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and now - hits[0] > self.seconds:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return False
-            hits.append(now)
-            if len(self._hits) > 100_000:  # forget idle keys so memory stays bounded
-                self._hits = {
-                    k: v for k, v in self._hits.items() if v and now - v[-1] < self.seconds
-                }
-            return True

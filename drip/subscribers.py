@@ -8,6 +8,7 @@ and leaving cancels everything not yet sent.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from drip.models import MessageKind, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
 from drip.settings import Settings
-from drip.tokens import hash_token, new_salt, token_hashes
+from drip.tokens import hash_token, make_token, new_salt, token_hashes
 
 
 def email_key(address: str) -> str:
@@ -43,6 +44,22 @@ def find_by_token(session: Session, token: str, purpose: str) -> Subscriber | No
     return session.execute(
         select(Subscriber).where(column == hash_token(token))
     ).scalar_one_or_none()
+
+
+def confirm_salt(subscriber: Subscriber) -> str:
+    """The salt the confirmation token is made from (its own once renewed)."""
+    return subscriber.confirm_salt or subscriber.token_salt
+
+
+def renew_confirm_token(settings: Settings, subscriber: Subscriber) -> None:
+    """A new confirmation token for a confirmation asked for again after leaving: a link
+    from before (in an old email, a mail scanner's cache) no longer works. The
+    unsubscribe token stays, so links in mail already sent still let them leave."""
+    salt = new_salt()
+    subscriber.confirm_salt = salt
+    subscriber.confirm_token_hash = hash_token(
+        make_token(settings.require_secret(), salt, "confirm")
+    )
 
 
 def add_subscriber(
@@ -195,6 +212,8 @@ def leave(
         subscriber.status = status
         if status == SubscriberStatus.unsubscribed:
             subscriber.unsubscribed_at = now
+        # The confirmation link dies with leaving: a random hash no token can match.
+        subscriber.confirm_token_hash = secrets.token_hex(32)
         session.add(subscriber)
     stop_course(session, subscriber.id)
     return skip_for_subscriber(session, subscriber.id, reason, now)

@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, select
 from starlette.exceptions import StarletteDeprecationWarning
 
-from drip.db import read_scope
-from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.db import get_engine, read_scope
+from drip.models import OutboxMessage, OutboxStatus, RateLimit, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.web.admin import CLOSED, build_admin_router
 from drip.web.app import create_app
@@ -109,27 +109,41 @@ def test_each_failure_waits_longer(admin_settings: Settings) -> None:
     assert anonymous.get("/admin", headers=_basic(USER, PASSWORD)).status_code == 200
 
 
-async def _guesses(app: FastAPI, passwords: list[str]) -> list[tuple[int, float]]:
-    """Send the passwords at once from one address, each 10 ms after the one before."""
+async def _guesses(
+    app: FastAPI, passwords: list[str], then: tuple[str, ...] = (), engine: Engine | None = None
+) -> list[tuple[int, float]]:
+    """Send the passwords at once from one address; then, once each of them holds its
+    turn in the database, the passwords of `then`."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
 
-        async def attempt(n: int, password: str) -> tuple[int, float]:
-            await asyncio.sleep(n * 0.01)
+        async def attempt(password: str) -> tuple[int, float]:
             started = time.monotonic()
             response = await client.get("/admin", headers=_basic(USER, password))
             return response.status_code, time.monotonic() - started
 
-        return await asyncio.gather(*(attempt(n, p) for n, p in enumerate(passwords)))
+        first = [asyncio.create_task(attempt(p)) for p in passwords]
+        if then:
+            assert engine is not None
+            while _attempts_held(engine) < len(passwords):
+                await asyncio.sleep(0.01)
+        return await asyncio.gather(*first, *(attempt(p) for p in then))
+
+
+def _attempts_held(engine: Engine) -> int:
+    with read_scope(engine) as session:
+        row = session.execute(select(RateLimit).where(RateLimit.key == "127.0.0.1")).scalar()
+        return row.count if row else 0
 
 
 async def test_parallel_guesses_queue_behind_the_delay(admin_settings: Settings) -> None:
     """Guesses sent at once are checked one after another, each after the wait of the
-    one before: the right password, sent last, is let in only after those waits (0.1 +
-    0.2 + 0.3 s), so parallel connections cannot outrun the delay."""
+    one before: the right password, sent after them, is let in only after those waits
+    (0.1 + 0.2 + 0.3 s), so parallel connections cannot outrun the delay."""
     app = FastAPI()
     app.include_router(build_admin_router(admin_settings, failure_delay=0.1))
-    results = await _guesses(app, ["guess-1", "guess-2", "guess-3", PASSWORD])
+    engine = get_engine(admin_settings.database_url)
+    results = await _guesses(app, ["guess-1", "guess-2", "guess-3"], (PASSWORD,), engine)
     assert [code for code, _ in results] == [401, 401, 401, 200]
     assert results[3][1] >= 0.5, results
 
@@ -137,14 +151,16 @@ async def test_parallel_guesses_queue_behind_the_delay(admin_settings: Settings)
 async def test_a_flood_of_guesses_from_one_address_is_turned_away_unchecked(
     admin_settings: Settings,
 ) -> None:
-    """Past four requests waiting from one address, the rest get 429 at once, checked
-    not at all: the right password among them is refused too."""
+    """Past four attempts waiting from one address (turns at 0, 1, 3 and 6 steps), the
+    rest get 429 at once, checked not at all: the right password among them is refused
+    too."""
     app = FastAPI()
-    app.include_router(build_admin_router(admin_settings, failure_delay=0.1))
-    results = await _guesses(app, [f"guess-{n}" for n in range(4)] + [PASSWORD] * 4)
+    app.include_router(build_admin_router(admin_settings, failure_delay=0.5))
+    engine = get_engine(admin_settings.database_url)
+    results = await _guesses(app, [f"guess-{n}" for n in range(4)], (PASSWORD,) * 4, engine)
     codes = [code for code, _ in results]
     assert codes == [401] * 4 + [429] * 4, results
-    assert all(waited < 0.2 for code, waited in results if code == 429), results
+    assert all(waited < 0.5 for code, waited in results if code == 429), results
     # Once the queue has drained, the right password gets in (after the delay earned).
     assert (await _guesses(app, [PASSWORD]))[0][0] == 200
 
@@ -391,3 +407,27 @@ def test_outbox_lists_and_shows_caught_mail(client: TestClient, admin_settings: 
     assert part.headers["content-disposition"] == 'attachment; filename="info-pack.pdf"'
     assert client.get(f"/admin/outbox/{key}/part/99").status_code == 404
     assert client.get("/admin/outbox/no-such-key").status_code == 404
+
+
+def test_a_caught_mail_with_a_hostile_header_lists_and_shows_escaped(
+    client: TestClient, admin_settings: Settings
+) -> None:
+    """One mail whose To: holds an encoded word that decodes to CR LF made /admin/outbox
+    answer 500 until 200 newer mails arrived; headers that decode to markup are shown
+    escaped, and control characters not at all."""
+    raw = (
+        b"To: =?utf-8?q?Sam=0D=0A?= <sam@example.com>\r\n"
+        b"Cc: =?utf-8?q?=3Cscript=3Ealert(1)=3C/script=3E?= <cy@example.com>\r\n"
+        b"Subject: =?utf-8?q?=3Cscript=3Ealert(2)=3C/script=3E=1B[31m?=\r\n"
+        b"Date: not a date\r\n"
+        b"Content-Type: text/plain\r\n\r\nHello\r\n"
+    )
+    key = mailbox.Maildir(admin_settings.catcher_dir, create=True).add(raw)
+    listing = client.get("/admin/outbox")
+    assert listing.status_code == 200
+    assert "sam@example.com" in listing.text and "&lt;script&gt;alert(2)" in listing.text
+    page = client.get(f"/admin/outbox/{key}")
+    assert page.status_code == 200
+    assert "sam@example.com" in page.text and "&lt;script&gt;alert(1)" in page.text
+    for text in (listing.text, page.text):
+        assert "<script>" not in text and "\x1b" not in text

@@ -68,6 +68,23 @@ def test_confirmation_has_no_unsubscribe_header(settings: Settings, recorder: Re
     assert f"{settings.base_url}/confirm/" in _parts(message)["text/plain"].get_content()
 
 
+def test_the_confirmation_carries_none_of_the_visitors_words(
+    settings: Settings, recorder: Recorder
+) -> None:
+    """The confirmation goes to an address nobody has vouched for: a name with a link in
+    it went into its greeting and To:, so the form sent anyone's words to any inbox."""
+    spam = "Win 1000 EUR at spam.example"
+    subscriber(settings, "victim@example.com", active=False, name=spam)
+    tick(settings)
+    recorder.wait_for(1)
+    [raw] = recorder.raw
+    assert b"spam" not in raw.lower() and b"1000" not in raw
+    [message] = recorder.messages
+    assert message["To"] == "victim@example.com"
+    text = message.get_body(preferencelist=("plain",))
+    assert text is not None and "Hi," in text.get_content()
+
+
 def test_temporary_failures_are_retried_then_sent(
     settings: Settings, recorder: Recorder, engine: Engine
 ) -> None:

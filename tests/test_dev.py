@@ -123,7 +123,8 @@ def test_a_newcomer_sees_the_whole_course_arrive(
     assert text is not None
     link = re.search(r"http://\S+/confirm/\S+", text.get_content())
     assert link is not None
-    assert httpx.get(link.group(0)).status_code == 200
+    assert httpx.get(link.group(0)).status_code == 200  # one button, nothing confirmed yet
+    assert httpx.post(link.group(0)).status_code == 200
     # One course day lasts about a second: the welcome and every lesson arrive in turn.
     wait_until(lambda: len(_caught(mail)) >= 4, 60, "the welcome and the first lessons")
     attachments = [[p.get_filename() for p in m.iter_attachments()] for m in _caught(mail)]

@@ -49,6 +49,32 @@ def test_a_name_cannot_inject_headers() -> None:
     assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
 
 
+def test_no_encoded_word_from_a_name_survives_into_to() -> None:
+    """A name that is itself an RFC 2047 word (it passed the signup checks: no CR, LF, <
+    or >) went into To: as it was, and mail clients decoded it to a line break or markup.
+    drip encodes such a name itself, so it decodes to exactly what was typed."""
+    for name in (
+        "=?utf-8?q?Sam=0D=0A?=",
+        "=?utf-8?q?=3Cscript=3Ealert(1)=3C/script=3E?=",
+        "=?UTF-8?B?PHNjcmlwdD4=?=",
+        "Sam =?iso-8859-1?q?=0A?= Smith",
+    ):
+        data = compose(
+            load_settings(_env_file=None),
+            RENDERED,
+            email="ann@example.com",
+            name=name,
+            message_id="<1@example.org>",
+            unsubscribe_url=None,
+            attach_pack=False,
+        ).data
+        to_line = next(line for line in data.split(b"\r\n") if line.startswith(b"To:"))
+        assert name.encode() not in to_line, to_line
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        assert parsed["To"].addresses[0].display_name == name
+        assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
+
+
 def test_the_message_carries_every_part_and_header(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     envelope = compose(

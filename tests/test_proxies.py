@@ -12,6 +12,8 @@ from sqlalchemy import Engine, select
 from drip.db import read_scope
 from drip.models import Subscriber
 from drip.settings import Settings, SettingsError, parse_networks
+from drip.subscribers import confirm_salt
+from drip.tokens import make_token
 from drip.web.proxies import limit_key, parse_ip, real_client
 from tests.conftest import SettingsFactory
 from tests.processes import drip_serve
@@ -99,8 +101,23 @@ def test_drip_serve_believes_a_trusted_proxy_and_stores_only_ips(
         assert _posts(base, ["198.51.100.1"], "cy@example.com") == [429]
         # A visitor's forged hop on the left changes nothing: the proxy's entry counts.
         assert _posts(base, ["6.6.6.6, 198.51.100.1"], "dee@example.com") == [429]
-        # Garbage from the proxy is not stored: the consent IP is an address or nothing.
-        assert _posts(base, ["<b>not-an-ip</b>"], "eve@example.com") == [303]
+        assert _posts(base, ["198.51.100.9"], "eve@example.com") == [303]
+        # Confirmed through the proxy: the consent IP is the reader's, and never a string
+        # that is not an address (the proxy's own address stands in for it).
+        for email, hop in (("ann@example.com", "198.51.100.7"), ("eve@example.com", "<b>x</b>")):
+            confirmed = httpx.post(
+                f"{base}/confirm/{_confirm_token(settings, engine, email)}",
+                headers={"X-Forwarded-For": hop},
+                timeout=10,
+            )
+            assert confirmed.status_code == 200
     with read_scope(engine) as session:
-        stored = set(session.execute(select(Subscriber.email)).scalars())
-    assert {"ann@example.com", "bob@example.com", "eve@example.com"} <= stored
+        consent = dict(session.execute(select(Subscriber.email, Subscriber.consent_ip)).all())
+    assert consent["ann@example.com"] == "198.51.100.7"
+    assert consent["eve@example.com"] == "127.0.0.1"
+
+
+def _confirm_token(settings: Settings, engine: Engine, email: str) -> str:
+    with read_scope(engine) as session:
+        sub = session.execute(select(Subscriber).where(Subscriber.email == email)).scalar_one()
+    return make_token(settings.require_secret(), confirm_salt(sub), "confirm")

@@ -240,6 +240,7 @@ def test_every_token_route_is_fuzzed(world: World) -> None:
     found = {(method, route.path) for method, route in token_routes(world.app)}
     assert found >= {
         ("GET", "/confirm/{token}"),
+        ("POST", "/confirm/{token}"),
         ("GET", "/unsubscribe/{token}"),
         ("POST", "/unsubscribe/{token}"),
     }

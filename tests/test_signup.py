@@ -76,14 +76,6 @@ def test_an_unknown_time_zone_falls_back_to_the_default(zone: str) -> None:
     assert checked.signup.timezone == "Europe/London"
 
 
-def test_sliding_window_limits_per_key() -> None:
-    window = signup.SlidingWindow(limit=2, seconds=60)
-    assert window.allow("a")
-    assert window.allow("a")
-    assert not window.allow("a")
-    assert window.allow("b")
-
-
 def _outbox(engine: Engine) -> list[OutboxMessage]:
     with session_scope(engine) as session:
         return list(session.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
@@ -151,17 +143,6 @@ def test_names_are_tidied_and_tabs_or_separators_refused() -> None:
     assert checked.signup.name == "Ann Marie"
     for bad in ("Ann\tMarie", "Ann\u2028Marie", "Ann\u200bMarie", "Ann\x1b[31m"):
         assert "name" in _check(name=bad).errors
-
-
-def test_a_sliding_window_forgets_old_hits() -> None:
-    seconds = [0.0]
-    window = signup.SlidingWindow(limit=1, seconds=60, clock=lambda: seconds[0])
-    assert window.allow("a")
-    assert not window.allow("a")
-    seconds[0] = 59.0
-    assert not window.allow("a")
-    seconds[0] = 61.0
-    assert window.allow("a")
 
 
 def test_the_same_new_address_at_once_is_one_subscriber(settings: Settings, engine: Engine) -> None:

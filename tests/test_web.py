@@ -16,6 +16,7 @@ from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
+from drip.subscribers import confirm_salt
 from drip.tokens import make_token
 from drip.web.app import create_app
 from tests.factories import subscriber
@@ -51,7 +52,8 @@ def _rows(engine: Engine) -> list[OutboxMessage]:
 def _token(settings: Settings, engine: Engine, purpose: str, email: str = "ann@example.com") -> str:
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber).where(Subscriber.email_key == email)).scalar_one()
-    return make_token(settings.require_secret(), sub.token_salt, purpose)  # type: ignore[arg-type]
+    salt = confirm_salt(sub) if purpose == "confirm" else sub.token_salt
+    return make_token(settings.require_secret(), salt, purpose)  # type: ignore[arg-type]
 
 
 def test_the_form_page(client: TestClient) -> None:
@@ -205,15 +207,95 @@ def test_confirmation_activates_once_and_queues_the_welcome(
 ) -> None:
     client.post("/subscribe", data=FORM)
     token = _token(settings, engine, "confirm")
-    first = client.get(f"/confirm/{token}")
+    first = client.post(f"/confirm/{token}")
     assert first.status_code == 200
     assert "information pack is on its way" in first.text
-    again = client.get(f"/confirm/{token}")
+    again = client.post(f"/confirm/{token}")
     assert again.status_code == 200
     assert "Already confirmed" in again.text
+    assert "Already confirmed" in client.get(f"/confirm/{token}").text
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm, MessageKind.welcome]
-    assert client.get(f"/confirm/{token[:-2]}xx").status_code == 404
-    assert client.get("/confirm/" + "A" * 5000).status_code == 404
+    for method in ("GET", "POST"):
+        assert client.request(method, f"/confirm/{token[:-2]}xx").status_code == 404
+        assert client.request(method, "/confirm/" + "A" * 5000).status_code == 404
+
+
+def _subscriber(engine: Engine, email: str = "ann@example.com") -> Subscriber:
+    with session_scope(engine) as session:
+        return session.execute(select(Subscriber).where(Subscriber.email_key == email)).scalar_one()
+
+
+def test_a_get_on_a_confirmation_link_changes_nothing(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    """Mail scanners fetch every link in a message: a GET confirmed, and recorded the
+    scanner's address as the reader's consent. Now it shows one button, nothing more."""
+    client.post("/subscribe", data=FORM)
+    token = _token(settings, engine, "confirm")
+    for _ in range(3):
+        page = client.get(f"/confirm/{token}")
+        assert page.status_code == 200
+        assert page.text.count("<button") == 1
+        assert f'<form method="post" action="/confirm/{token}">' in page.text
+    sub = _subscriber(engine)
+    assert sub.status == SubscriberStatus.pending and sub.consent_ip is None
+    assert [r.kind for r in _rows(engine)] == [MessageKind.confirm]
+    assert client.head(f"/confirm/{token}").status_code in (200, 405)
+    assert _subscriber(engine).status == SubscriberStatus.pending
+
+
+def test_the_post_that_confirms_records_its_own_address(settings: Settings, engine: Engine) -> None:
+    app = create_app(settings)
+    TestClient(app, client=("192.0.2.50", 1000)).post("/subscribe", data=FORM)
+    token = _token(settings, engine, "confirm")
+    TestClient(app, client=("203.0.113.66", 1000)).get(f"/confirm/{token}")  # a scanner
+    reader = TestClient(app, client=("2001:db8::7", 1000))
+    assert reader.post(f"/confirm/{token}").status_code == 200
+    sub = _subscriber(engine)
+    assert sub.status == SubscriberStatus.active and sub.consent_ip == "2001:db8::7"
+
+
+def test_a_confirmation_posted_from_another_site_is_refused(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    url = f"/confirm/{_token(settings, engine, 'confirm')}"
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "https://blog.example"},
+    ):
+        refused = client.post(url, headers=headers)
+        assert refused.status_code == 403, headers
+    assert _subscriber(engine).status == SubscriberStatus.pending
+    # Chromium's own form, under Referrer-Policy: no-referrer, says Origin: null.
+    own = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    assert client.post(url, headers=own).status_code == 200
+    assert _subscriber(engine).status == SubscriberStatus.active
+
+
+def test_after_leaving_the_old_confirmation_link_never_works_again(
+    client: TestClient, settings: Settings, engine: Engine
+) -> None:
+    """Unsubscribe, sign up again: a new confirmation with a new link; the old one (in
+    the first email, or a scanner's cache) is dead, while the unsubscribe link stays."""
+    client.post("/subscribe", data=FORM)
+    old = _token(settings, engine, "confirm")
+    leave = _token(settings, engine, "unsubscribe")
+    assert client.post(f"/confirm/{old}").status_code == 200
+    assert client.post(f"/unsubscribe/{leave}").status_code == 200
+    assert client.get(f"/confirm/{old}").status_code == 404
+    assert client.post("/subscribe", data=FORM).status_code == 303
+    assert _subscriber(engine).status == SubscriberStatus.pending
+    for method in ("GET", "POST"):
+        assert client.request(method, f"/confirm/{old}").status_code == 404
+    assert _subscriber(engine).status == SubscriberStatus.pending
+    new = _token(settings, engine, "confirm")
+    assert new != old
+    assert client.post(f"/confirm/{new}").status_code == 200
+    assert _subscriber(engine).status == SubscriberStatus.active
+    assert client.get(f"/unsubscribe/{leave}").status_code == 200
 
 
 def test_an_expired_confirmation_says_so(
@@ -366,7 +448,7 @@ def test_signing_up_again_after_the_link_expired_sends_a_fresh_one(
     assert client.get(f"/confirm/{token}").status_code == 410
     assert client.post("/subscribe", data=FORM).status_code == 303
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm, MessageKind.confirm]
-    assert client.get(f"/confirm/{token}").status_code == 200
+    assert "information pack is on its way" in client.post(f"/confirm/{token}").text
 
 
 def test_unsubscribing_before_confirming_kills_the_link(

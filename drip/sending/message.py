@@ -83,13 +83,20 @@ def _encoded(value: str, header: str) -> str:
 
 
 def mailbox(name: str, address: str, header: str = "To") -> str:
-    """`Name <addr>` with the name quoted or encoded as needed; whitespace runs become one space."""
+    """`Name <addr>` with the name quoted or encoded as needed; whitespace runs become one space.
+
+    A name that holds "=?" is always written as our own encoded words: otherwise a
+    visitor's `=?utf-8?q?...?=` would reach the reader's mail client as an encoded word,
+    which decodes to any text (line breaks, markup), quoted or not. Encoded by us, it
+    decodes to exactly the characters the visitor typed.
+    """
     clean = " ".join(name.split())
     if not clean:
         return address
-    if clean.isascii():
+    if clean.isascii() and "=?" not in clean:
         return formataddr((clean, address))
-    return f"{_encoded(clean, header)} <{address}>"
+    encoded = Header(_checked(clean, header), "utf-8", header_name=header).encode(linesep=CRLF)
+    return f"{encoded} <{address}>"
 
 
 def _quoted_printable(text: str) -> str:

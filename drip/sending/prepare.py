@@ -28,6 +28,7 @@ from drip.render import RenderError, render_email
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
 from drip.settings import Settings
+from drip.subscribers import confirm_salt
 from drip.tokens import make_token
 
 
@@ -44,7 +45,9 @@ def email_context(
     base = settings.base_url
     unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
     context: dict[str, Any] = {
-        "name": subscriber.name,
+        # The confirmation goes to an address nobody has vouched for yet: none of the
+        # visitor's words go in it (a name with a link would make drip a spam cannon).
+        "name": "" if row.kind == MessageKind.confirm else subscriber.name,
         "email": subscriber.email,
         "base_url": base,
         "course_title": course.title if course else "",
@@ -57,7 +60,7 @@ def email_context(
         assert subscriber.id is not None
         context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)
     if row.kind == MessageKind.confirm:
-        confirm = make_token(secret, subscriber.token_salt, "confirm")
+        confirm = make_token(secret, confirm_salt(subscriber), "confirm")
         context["confirm_url"] = f"{base}/confirm/{confirm}"
     if newsletter is not None:
         context.update(newsletter)
@@ -98,7 +101,7 @@ class Preparer:
                 self.settings,
                 rendered,
                 email=row.email,
-                name=subscriber.name,
+                name=context["name"],
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
                 attach_pack=row.kind == MessageKind.welcome

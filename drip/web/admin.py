@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from drip import catcher
 from drip.clock import utcnow
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
+from drip.limits import LoginPace, Turn, login_succeeded, login_turn
 from drip.models import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
@@ -102,27 +102,24 @@ def _digest(value: bytes) -> bytes:
 
 
 class AdminGuard:
-    """HTTP Basic for one operator, compared in constant time, with failures slowed.
+    """HTTP Basic for one operator, compared in constant time, with attempts paced.
 
-    Each wrong password from an address waits `step` seconds more than the last (up
-    to `max_delay`), forgiven after `forget_after` seconds of quiet; the wait is an
-    asyncio sleep, so other requests are served meanwhile. An address's credentials
-    are checked one request at a time, the wait included, so guesses sent in parallel
-    queue behind it instead of outrunning it; past `max_waiting` queued requests an
-    address gets 429 without a check.
+    Each attempt from a client is given a turn in the database (drip.limits.login_turn),
+    so the pace holds across every `drip serve` process: its credentials are checked
+    at that turn, and a wrong answer comes `n * step` seconds later (up to `max_delay`)
+    for the n-th attempt without a success. Attempts sent in parallel therefore queue
+    one behind another instead of outrunning the delay, and one whose turn is too far
+    off gets 429 without a check. The waits are asyncio sleeps, so other requests are
+    served meanwhile; the pace is per client (drip.web.proxies), so an attacker's
+    guesses never delay the operator at another address.
     """
 
     def __init__(self, settings: Settings, step: float = 1.0, max_delay: float = 10.0) -> None:
         self.user = (settings.admin_user or "").encode()
         secret = settings.admin_password.get_secret_value() if settings.admin_password else ""
         self.password = secret.encode()
-        self.step = step
-        self.max_delay = max_delay
-        self.forget_after = 900.0
-        self.failures: dict[str, tuple[int, float]] = {}
-        self.max_waiting = 4
-        #: Per address: its lock and how many requests hold or wait for it (gone at 0).
-        self._gates: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.pace = LoginPace(step=step, max_delay=max_delay)
+        self.engine = get_engine(settings.database_url)
         self._csrf_key = secrets.token_bytes(32)
 
     @property
@@ -151,17 +148,13 @@ class AdminGuard:
         good_password = secrets.compare_digest(_digest(password), _digest(self.password))
         return good_user & good_password
 
-    def _delay(self, address: str) -> float:
-        now = time.monotonic()
-        count, last = self.failures.get(address, (0, now))
-        if now - last > self.forget_after:
-            count = 0
-        count += 1
-        self.failures[address] = (count, now)
-        if len(self.failures) > 10_000:  # many addresses: keep memory bounded, drop the oldest
-            by_age = sorted(self.failures.items(), key=lambda item: item[1][1])
-            self.failures = dict(by_age[len(by_age) // 2 :])
-        return min(count * self.step, self.max_delay)
+    def _turn(self, client: str) -> Turn | None:
+        with session_scope(self.engine) as session:
+            return login_turn(session, client, utcnow(), self.pace)
+
+    def _succeeded(self, client: str) -> None:
+        with session_scope(self.engine) as session:
+            login_succeeded(session, client, utcnow())
 
     async def check(self, request: Request) -> Response | None:
         """None when the request may go on; otherwise the answer to give."""
@@ -170,26 +163,19 @@ class AdminGuard:
         header = request.headers.get("authorization")
         if not header:  # a browser's first bare request: ask, without a wait
             return self._unauthorized()
-        address = client_key(request)
-        lock, waiting = self._gates.get(address) or (asyncio.Lock(), 0)
-        if waiting >= self.max_waiting:
+        client = client_key(request)
+        turn = await asyncio.to_thread(self._turn, client)
+        if turn is None:
             return PlainTextResponse(
                 "429: too many login attempts at once from here; wait and try again",
                 status_code=429,
-                headers={"Retry-After": str(int(self.max_delay))},
+                headers={"Retry-After": str(int(self.pace.max_delay))},
             )
-        self._gates[address] = (lock, waiting + 1)
-        try:
-            async with lock:
-                if self.credentials_ok(header):
-                    return None
-                await asyncio.sleep(self._delay(address))
-        finally:
-            held, count = self._gates[address]
-            if count > 1:
-                self._gates[address] = (held, count - 1)
-            else:
-                del self._gates[address]
+        await _sleep_until(turn.check_at)
+        if self.credentials_ok(header):
+            await asyncio.to_thread(self._succeeded, client)
+            return None
+        await _sleep_until(turn.answer_at)
         return self._unauthorized()
 
     def _unauthorized(self) -> Response:
@@ -198,6 +184,12 @@ class AdminGuard:
             status_code=401,
             headers={"WWW-Authenticate": REALM},
         )
+
+
+async def _sleep_until(moment: datetime) -> None:
+    wait = (moment - utcnow()).total_seconds()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 def _invalid(exc: RequestValidationError) -> Response:
@@ -502,8 +494,8 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             request,
             "outbox_message.html",
             key=key,
-            subject=str(message.get("Subject", "")),
-            headers=[(name, str(value)) for name, value in message.items()],
+            subject=catcher.header(message, "Subject"),
+            headers=catcher.header_pairs(message),
             # Links in the email open in a new tab rather than inside the frame.
             srcdoc=None if html is None else '<base target="_blank">' + html,
             text=catcher.body(message, "plain"),

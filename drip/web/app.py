@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +33,7 @@ from drip import pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
+from drip.limits import SignupLimits
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
@@ -152,16 +153,14 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> FastAPI:
     """The whole web app for these settings; no module-level state, so tests build many.
 
-    Rate limits are in-memory sliding windows of this process (see SlidingWindow).
-    Behind a reverse proxy, list it in DRIP_TRUSTED_PROXIES so the client's address,
+    Rate limits live in the database (drip.limits), shared by every process. Behind a
+    reverse proxy, list it in DRIP_TRUSTED_PROXIES so the client's address,
     not the proxy's, is what gets limited and recorded (drip.web.proxies).
     """
     engine = get_engine(settings.database_url)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     facts = _course_facts(settings)
-    per_ip = signup.SlidingWindow(limit=settings.signups_per_ip_per_minute, seconds=60)
-    per_address = signup.SlidingWindow(limit=settings.signups_per_address_per_hour, seconds=3600)
-    writer = Writer(engine, settings)
+    writer = Writer(engine, settings, limits=SignupLimits.of(settings))
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
@@ -193,22 +192,19 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/subscribe", response_model=None)
     async def subscribe(request: Request) -> Response:
         wants_json = request.headers.get("content-type", "").startswith("application/json")
-        # Every post counts against the client's IP (bots, typos and honeypot hits too);
-        # a valid one also against the email address it names.
-        if not per_ip.allow(client_key(request)):
-            return _slow_down(request, wants_json)
         fields = await _fields(request, wants_json)
-        if fields is None:
+        checked = None if fields is None else signup.check(settings=settings, **fields)
+        # Every post counts against the client (bots, typos and honeypot hits too); a
+        # valid one also against the mailbox it names. In the database: every process.
+        item = checked.signup if checked is not None else None
+        if not await writer.store(item, client_key(request)):
+            return _slow_down(request, wants_json)
+        if fields is None or checked is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
-        checked = signup.check(settings=settings, **fields)
         if checked.errors:
             if wants_json:
                 return JSONResponse({"errors": checked.errors}, status_code=422)
             return page(request, "signup.html", 422, values=fields, errors=checked.errors)
-        if checked.signup is not None:
-            if not per_address.allow(checked.signup.email.lower()):
-                return _slow_down(request, wants_json)
-            await writer.store(checked.signup)
         if wants_json:
             return JSONResponse({"status": "ok"}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
@@ -234,9 +230,31 @@ def create_app(settings: Settings) -> FastAPI:
         return page(request, "privacy.html")
 
     @app.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm_page(request: Request, token: str) -> HTMLResponse:
+        # Changes nothing: mail scanners fetch every link of a message, and a GET that
+        # confirmed recorded their address as the reader's consent. The button POSTs.
+        with read_scope(engine) as session:
+            state = signup.confirmation_state(session, settings, token[:100], utcnow())
+        if state == signup.Confirmation.ready:
+            return page(request, "confirm.html", token=token)
+        return confirmed(request, state)
+
+    @app.post("/confirm/{token}", response_class=HTMLResponse)
     def confirm(request: Request, token: str) -> HTMLResponse:
+        # The token in the URL is the credential (no cookie to ride on); refusing posts
+        # from other sites keeps a page elsewhere from confirming a link it learnt.
+        if _cross_site(request, settings):
+            return message(
+                request,
+                "Please confirm from the link in your email",
+                "Open the link from the email we sent you and press the button there.",
+                status=403,
+            )
         with session_scope(engine) as session:
             outcome = signup.confirm(session, settings, token[:100], utcnow(), client_ip(request))
+        return confirmed(request, outcome)
+
+    def confirmed(request: Request, outcome: signup.Confirmation) -> HTMLResponse:
         if outcome == signup.Confirmation.confirmed:
             return message(
                 request,
@@ -322,6 +340,27 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app
+
+
+def _cross_site(request: Request, settings: Settings) -> bool:
+    """Whether a browser says this request came from another site's page.
+
+    `Sec-Fetch-Site` where the browser sends it (every current one does); else an
+    `Origin` that is neither DRIP_BASE_URL's nor the host asked for. `Origin: null` is
+    what Chromium sends for our own form under `Referrer-Policy: no-referrer`, so it
+    proves nothing either way. A client that sends neither (curl, a script, an old
+    browser) is not a cross-site page, and is let through.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return False
+    base = urlsplit(settings.base_url)
+    if origin == f"{base.scheme}://{base.netloc}":
+        return False
+    return urlsplit(origin).netloc != request.headers.get("host", "")
 
 
 async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:

@@ -1,14 +1,16 @@
-"""The web app's signup writer: one thread stores the signups that arrive together.
+"""The web app's signup writer: one thread counts the posts that arrive together against
+the rate limits and stores their signups.
 
 Why: a signup is a short write and SQLite takes one writer at a time. Threads of
 the pool racing for BEGIN IMMEDIATE wait in SQLite's busy handler, which sleeps
 between tries, so under load a signup could wait for seconds. One thread
-writes in arrival order instead, and signups that arrived meanwhile share one
-transaction (on PostgreSQL, one commit to disk), so the cost of each falls as the
-load rises. The thread ends when idle and starts again on the next signup.
+writes in arrival order instead, and posts that arrived meanwhile share one
+transaction for their limits and one for their signups (on PostgreSQL, one commit
+to disk each), so the cost of each falls as the load rises. The thread ends when
+idle and starts again on the next post.
 
-The rules of a signup stay in drip.signup (`store_many`); this is only how the web
-process hands them over.
+The rules of a signup stay in drip.signup (`store_many`), those of the limits in
+drip.limits; this is only how the web process hands them over.
 """
 
 from __future__ import annotations
@@ -17,16 +19,31 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
 from drip.clock import Clock, utcnow
+from drip.db import session_scope
+from drip.limits import SignupLimits, purge
 from drip.settings import Settings
 from drip.signup import Signup, store_many
 
+#: How often the writer deletes limit rows that no longer limit anyone.
+PURGE_EVERY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class _Job:
+    signup: Signup | None
+    client: str
+    future: Future[bool]
+
 
 class Writer:
-    """Stores the web app's signups from one thread, whatever arrived together in one go."""
+    """Counts the web app's posts and stores their signups from one thread, whatever
+    arrived together in one go. Without `limits`, every post is let through."""
 
     def __init__(
         self,
@@ -35,24 +52,31 @@ class Writer:
         batch: int = 128,
         idle: float = 10.0,
         clock: Clock = utcnow,
+        *,
+        limits: SignupLimits | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.settings = settings
         self.batch = batch
         self.idle = idle
-        self._queue: queue.SimpleQueue[tuple[Signup, Future[None]]] = queue.SimpleQueue()
+        self.limits = limits
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._purged: datetime | None = None
 
-    async def store(self, item: Signup) -> None:
-        """Return once the signup is committed; raise what storing it raised."""
-        await asyncio.wrap_future(self.submit(item))
+    async def store(self, item: Signup | None, client: str = "unknown") -> bool:
+        """Once the post is counted and its signup (if any) committed: whether the limits
+        let it through. Raises what storing it raised."""
+        return await asyncio.wrap_future(self.submit(item, client))
 
-    def submit(self, item: Signup) -> Future[None]:
-        future: Future[None] = Future()
+    def submit(self, item: Signup | None, client: str = "unknown") -> Future[bool]:
+        """`item`: a valid signup, or None for a post that stores nothing (still counted
+        against `client`, the key drip.web.proxies gives the post's client)."""
+        future: Future[bool] = Future()
         with self._lock:
-            self._queue.put((item, future))
+            self._queue.put(_Job(item, client, future))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="drip-signup-writer", daemon=True
@@ -77,12 +101,32 @@ class Writer:
                     break
             self._write(batch)
 
-    def _write(self, batch: list[tuple[Signup, Future[None]]]) -> None:
+    def _admit(self, batch: list[_Job], now: datetime) -> list[bool]:
+        limits = self.limits
+        if limits is None:
+            return [True] * len(batch)
+        with session_scope(self.engine) as session:
+            admitted = [
+                limits.admit(session, job.client, job.signup.email if job.signup else None, now)
+                for job in batch
+            ]
+            if self._purged is None or now - self._purged > PURGE_EVERY:
+                purge(session, now)
+                self._purged = now
+        return admitted
+
+    def _write(self, batch: list[_Job]) -> None:
         try:
-            store_many(self.engine, self.settings, [item for item, _ in batch], self.clock())
+            now = self.clock()
+            admitted = self._admit(batch, now)
+            signups = [
+                job.signup for job, ok in zip(batch, admitted, strict=True) if ok and job.signup
+            ]
+            if signups:
+                store_many(self.engine, self.settings, signups, now)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, future in batch:
-                future.set_exception(exc)
+            for job in batch:
+                job.future.set_exception(exc)
         else:
-            for _, future in batch:
-                future.set_result(None)
+            for job, ok in zip(batch, admitted, strict=True):
+                job.future.set_result(ok)
