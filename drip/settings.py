@@ -241,6 +241,10 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(
             "DRIP_DKIM_DOMAIN, DRIP_DKIM_SELECTOR and DRIP_DKIM_PRIVATE_KEY: set all three or none"
         )
+    if bool(settings.postmark_webhook_user) != bool(settings.postmark_webhook_password):
+        raise SettingsError(
+            "DRIP_POSTMARK_WEBHOOK_USER and DRIP_POSTMARK_WEBHOOK_PASSWORD: set both or neither"
+        )
     if bool(settings.admin_user) != bool(settings.admin_password):
         raise SettingsError("DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD: set both or neither")
     return settings
