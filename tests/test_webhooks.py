@@ -503,6 +503,9 @@ def test_no_body_gets_a_5xx_or_changes_anything(world: World) -> None:
         json.dumps({"signature": {"timestamp": "1", "token": "t", "signature": "s"}}).encode(),
         json.dumps([{"email": None, "event": ["bounce"]}]).encode(),
         b"{" * 5000,
+        b"[" * 3000 + b"]" * 3000,  # past the JSON parser's recursion limit
+        b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        b"1" * 5000,  # past int's digit limit
         os.urandom(2048),
     ]
     bodies += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 400))) for _ in range(20)]

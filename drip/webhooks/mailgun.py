@@ -51,7 +51,7 @@ def verify(settings: Settings, signature: dict[str, Any], now: datetime) -> str:
 def parse(settings: Settings, body: bytes, now: datetime) -> Batch:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise Refused(403, "no Mailgun signature") from None
     payload = as_dict(payload)
     token = verify(settings, as_dict(payload.get("signature")), now)

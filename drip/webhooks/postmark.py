@@ -51,7 +51,7 @@ def parse(settings: Settings, authorization: str | None, body: bytes) -> Batch:
     authenticate(settings, authorization)
     try:
         record = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise Malformed("not JSON") from None
     return Batch(events(as_dict(record)))
 

@@ -76,7 +76,7 @@ def parse(
     verify(settings, signature, timestamp, body, now)
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise Malformed("not JSON") from None
     if not isinstance(payload, list):
         raise Malformed("not a list of events")

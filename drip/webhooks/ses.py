@@ -169,7 +169,7 @@ def parse(settings: Settings, certificates: Certificates, body: bytes) -> Batch 
     """A verified notification's events, or a word for what else was done ("subscribed")."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise Refused(403, "not an SNS message") from None
     if not isinstance(message, dict):
         raise Refused(403, "not an SNS message")
@@ -182,7 +182,7 @@ def parse(settings: Settings, certificates: Certificates, body: bytes) -> Batch 
         return "unsubscribed"
     try:
         notification = json.loads(message["Message"])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Malformed("the SNS Message is not SES JSON") from None
     return Batch(events(as_dict(notification)))
 
