@@ -66,7 +66,7 @@ class OutboxStatus(StrEnum):
     deferred = "deferred"
     failed = "failed"
     bounced = "bounced"
-    #: Only in the send log: a complaint reported about a message already sent.
+    #: Delivered, then reported as spam by its reader (a feedback report or webhook).
     complained = "complained"
     skipped = "skipped"
 
@@ -174,8 +174,7 @@ class OutboxMessage(SQLModel, table=True):
     leased_by: str | None = Field(default=None, max_length=100)
     last_smtp_code: int | None = None
     last_smtp_message: str | None = Field(default=None, max_length=1000)
-    #: Indexed: a bounce or complaint reported later finds its message by this header.
-    message_id: str = Field(sa_column=Column(String(250), nullable=False, index=True))
+    message_id: str = Field(sa_column=Column(String(250), nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
