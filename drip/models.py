@@ -66,6 +66,8 @@ class OutboxStatus(StrEnum):
     deferred = "deferred"
     failed = "failed"
     bounced = "bounced"
+    #: Delivered, then reported as spam by its reader (a feedback report or webhook).
+    complained = "complained"
     skipped = "skipped"
 
 

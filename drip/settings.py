@@ -88,6 +88,24 @@ class Settings(BaseSettings):
     #: The DNS server `drip check --dns` asks, as HOST or HOST:PORT; the system's when unset.
     dns_server: str | None = None
 
+    # Bounce and complaint webhooks: each closed (403) until its proof is configured.
+    #: Comma-separated SNS TopicArns whose SES notifications are believed.
+    ses_topic_arns: str = ""
+    #: Tests only: an origin (http://127.0.0.1:PORT) also trusted for SNS certificate and
+    #: subscribe URLs, besides https://sns.<region>.amazonaws.com.
+    sns_cert_origin: str | None = None
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+    mailgun_signing_key: SecretStr | None = None
+    #: SendGrid's verification key for the signed event webhook (base64 DER or PEM).
+    sendgrid_public_key: str | None = None
+
+    # Sender health: newsletters pause when a rate over the last 7 days passes its limit.
+    max_bounce_percent: float = Field(2.0, gt=0, le=100)
+    max_complaint_percent: float = Field(0.1, gt=0, le=100)
+    #: Fewer delivered messages than this in the window prove nothing either way.
+    health_min_messages: int = Field(100, ge=1)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -131,6 +149,31 @@ class Settings(BaseSettings):
         if value:
             _host_port(value, 53)
         return value or None
+
+    @field_validator("sendgrid_public_key")
+    @classmethod
+    def _sendgrid_key(cls, value: str | None) -> str | None:
+        if value:
+            from drip.webhooks.sendgrid import public_key
+
+            try:
+                public_key(value)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "must be SendGrid's verification key (base64 DER or PEM of a P-256 key)"
+                ) from None
+        return value or None
+
+    @field_validator("sns_cert_origin")
+    @classmethod
+    def _sns_origin(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://127.", "http://[::1]", "http://localhost")):
+            raise ValueError("is for tests only: a loopback http:// origin")
+        return value or None
+
+    @property
+    def ses_topic_arn_list(self) -> list[str]:
+        return [a.strip() for a in self.ses_topic_arns.split(",") if a.strip()]
 
     @property
     def dns_server_address(self) -> tuple[str, int]:
@@ -197,6 +240,10 @@ def load_settings(**overrides: object) -> Settings:
     if any(partial) and not all(partial):
         raise SettingsError(
             "DRIP_DKIM_DOMAIN, DRIP_DKIM_SELECTOR and DRIP_DKIM_PRIVATE_KEY: set all three or none"
+        )
+    if bool(settings.postmark_webhook_user) != bool(settings.postmark_webhook_password):
+        raise SettingsError(
+            "DRIP_POSTMARK_WEBHOOK_USER and DRIP_POSTMARK_WEBHOOK_PASSWORD: set both or neither"
         )
     if bool(settings.admin_user) != bool(settings.admin_password):
         raise SettingsError("DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD: set both or neither")

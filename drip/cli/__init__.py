@@ -285,6 +285,20 @@ def newsletter_send(
     )
 
 
+@newsletter_app.command("resume")
+def newsletter_resume() -> None:
+    """Let newsletters go again after sender health paused them (see /admin)."""
+    from drip import health
+
+    settings = load_settings()
+    engine = get_engine(settings.database_url)
+    _ready(settings)
+    if health.resume(engine, utcnow()):
+        console.print("newsletter sending resumed; the next pass carries on where it stopped")
+    else:
+        console.print("newsletter sending was not paused")
+
+
 app.add_typer(pack_app, name="pack", help="The information pack PDF.")
 app.command("preview")(preview)
 app.command("logs")(logs)

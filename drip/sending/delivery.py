@@ -16,18 +16,20 @@ import os
 import random
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
+from drip import health
 from drip.clock import Clock
 from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
 from drip.followup import follow_up
 from drip.models import (
+    MessageKind,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
@@ -48,6 +50,8 @@ LEASE_MARGIN = 0.2
 #: Rows claimed per connection at a time: fewer claim round trips (a claim's latency
 #: can starve the connections), yet each row is read and rendered seconds before it goes.
 CLAIM_PER_SLOT = 8
+#: How often a long delivery run judges sender health again (drip.health).
+HEALTH_EVERY = timedelta(seconds=60)
 
 
 def worker_name() -> str:
@@ -91,6 +95,7 @@ class Delivery:
         self._in_hand: set[int] = set()
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
+        self._judged_at: datetime | None = None
 
     @cached_property
     def course(self) -> Course | None:
@@ -208,7 +213,7 @@ class Delivery:
         per connection, so each is still rendered moments before it is sent.
         """
         lease = timedelta(seconds=self.settings.lease_seconds)
-        rows = claim(self.engine, self.worker, self.clock(), limit, lease)
+        rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held())
         if not rows:
             return []
         self._in_hand.update(r.id for r in rows if r.id is not None)
@@ -218,6 +223,15 @@ class Delivery:
             subscribers = {s.id: s for s in found.scalars()}
             self.preparer.load_newsletters(session, (r.newsletter_id for r in rows))
         return [(r, self.preparer.prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
+
+    def _held(self) -> frozenset[MessageKind]:
+        """Kinds sender health holds back; judged afresh at most once a minute of sending."""
+        now = self.clock()
+        if self._judged_at is None or now - self._judged_at >= HEALTH_EVERY:
+            self._judged_at = now
+            health.judge(self.settings, self.engine, now)
+        with read_scope(self.engine) as session:
+            return health.held_kinds(session)
 
     def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
         """Record attempts and everything that follows from them, in one transaction.

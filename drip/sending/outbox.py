@@ -9,7 +9,7 @@ in one transaction, so the log never disagrees with the outbox.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
@@ -113,11 +113,21 @@ def enqueue(session: Session, message: NewMessage, msgid_domain: str, now: datet
 
 
 def claim(
-    engine: Engine, worker: str, now: datetime, limit: int, lease: timedelta
+    engine: Engine,
+    worker: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    held: Collection[MessageKind] = (),
 ) -> list[OutboxMessage]:
-    """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row."""
+    """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row.
+
+    Rows of a `held` kind (newsletters paused by sender health) stay where they are.
+    """
     lease_until = now + lease
     due = and_(col(OutboxMessage.next_attempt_at) <= now)
+    if held:
+        due = and_(due, col(OutboxMessage.kind).not_in(list(held)))
     pick = (
         select(col(OutboxMessage.id))
         .where(due)

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
+from drip import health
 from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
@@ -78,5 +79,7 @@ async def run_pass(
     queued = await asyncio.to_thread(queue_due, settings, engine, clock())
     delivery = Delivery(settings, engine, worker=worker, clock=clock, stop=stop)
     report = await delivery.run()
+    # Bounces and complaints of this pass (or reported since) may pause newsletters.
+    await asyncio.to_thread(health.judge, settings, engine, clock())
     await asyncio.to_thread(beat, engine, worker, clock(), queued, report.total)
     return PassReport(queued=queued, delivery=report)

@@ -31,7 +31,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
-from drip import catcher
+from drip import catcher, health
 from drip.clock import utcnow
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
@@ -74,6 +74,8 @@ DONE = {
     "deleted": "Personal data deleted; the anonymous counts remain.",
     "retried": "The message is queued again; the next pass sends it.",
     "not-retried": "Nothing to retry: the message is no longer failed or bounced.",
+    "resumed": "Newsletter sending resumed; the next pass carries on where it stopped.",
+    "not-paused": "Newsletter sending was not paused.",
 }
 
 _BASE_CSP = (
@@ -300,14 +302,23 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         now = utcnow()
         with read_scope(engine) as session:
             board: Dashboard = dashboard(session, now)
+            sender = health.health(settings, session, now)
         return render(
             request,
             "dashboard.html",
             board=board,
+            health=sender,
             chart=sends_chart(board.sends_per_day),
             workers_alive=board.workers_alive(WORKER_SILENCE),
             subscribers_total=sum(board.subscribers.values()),
         )
+
+    @router.post("/newsletters/resume", response_model=None)
+    def resume_newsletters(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        done = "resumed" if health.resume(engine, utcnow()) else "not-paused"
+        return RedirectResponse(f"/admin?done={done}", 303)
 
     @router.get("/log", response_class=HTMLResponse)
     def log(

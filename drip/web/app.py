@@ -39,6 +39,7 @@ from drip.settings import Settings
 from drip.web.admin import build_admin_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
 from drip.web.signup_writer import Writer
+from drip.web.webhooks import MAX_WEBHOOK_BODY, build_webhook_router
 
 HERE = Path(__file__).parent
 MAX_BODY = 8 * 1024
@@ -54,7 +55,7 @@ SECURITY_HEADERS = {
 
 
 class Guard:
-    """Bounds request bodies (413) and adds the security headers to every response."""
+    """Bounds request bodies (413; webhooks get more room) and adds the security headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -78,7 +79,8 @@ class Guard:
         headers = dict(scope.get("headers", []))
         as_json = headers.get(b"content-type", b"").startswith(b"application/json")
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        limit = MAX_WEBHOOK_BODY if scope["path"].startswith("/webhooks/") else MAX_BODY
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _too_large(send_secured, as_json)
             return
         body, more = b"", True
@@ -88,7 +90,7 @@ class Guard:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > MAX_BODY:
+            if len(body) > limit:
                 await _too_large(send_secured, as_json)
                 return
         replayed = False
@@ -174,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(ClientAddress, trusted=settings.trusted_proxy_networks)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(build_admin_router(settings))
+    app.include_router(build_webhook_router(settings, engine))
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.update(facts)
