@@ -176,17 +176,18 @@ def _alembic_config(engine: Engine, output: io.StringIO | None = None) -> Any:
     return config
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every migration not yet applied."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration not yet applied (up to `revision`)."""
     from alembic import command
 
-    command.upgrade(_alembic_config(engine), "head")
+    command.upgrade(_alembic_config(engine), revision)
 
 
 def upgrade_sql(engine: Engine) -> str:
     """The SQL `upgrade` would run on this database, without running it."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     try:
         with engine.connect() as conn:
@@ -195,6 +196,9 @@ def upgrade_sql(engine: Engine) -> str:
         raise DatabaseError(
             f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
         ) from None
+    heads = ScriptDirectory.from_config(_alembic_config(engine)).get_heads()
+    if set(current) == set(heads):
+        return "-- the database schema is up to date: nothing to run\n"
     output = io.StringIO()
     start = f"{current[0]}:head" if current else "head"
     command.upgrade(_alembic_config(engine, output), start, sql=True)

@@ -7,12 +7,9 @@ import os
 import stat
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
@@ -23,29 +20,13 @@ from drip.db import get_engine, session_scope, upgrade
 from drip.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 from drip.sending.tick import run_pass
 from drip.settings import Settings
-from tests.conftest import PG_ADMIN, SettingsFactory
+from tests.conftest import SettingsFactory
 from tests.factories import many_active
 from tests.mailserver import MailServer, Recorder, serve
 from tests.processes import queue_lessons, start_worker
 from tests.waiting import wait_until
 
 WORKER_SECRET = "x" * 32  # the key tests.processes.start_worker gives its worker
-
-
-@pytest.fixture
-def empty_url(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """A second, empty database on the same kind of server as `database_url`."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'restored.db'}"
-        return
-    name = f"drip_restore_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def table_rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
@@ -80,7 +61,7 @@ def drip_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
     settings: Settings,
     engine: Engine,
-    empty_url: str,
+    empty_database_url: str,
     mail_server: MailServer,
     tmp_path: Path,
     make_settings: SettingsFactory,
@@ -95,9 +76,9 @@ def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
         worker.terminate()
         worker.wait(30)
 
-    restored = restore(empty_url, tmp_path / "mid-send.backup")
+    restored = restore(empty_database_url, tmp_path / "mid-send.backup")
     assert restored.rows["outbox"] == copy.rows["outbox"] == len(everything)
-    target = get_engine(empty_url)
+    target = get_engine(empty_database_url)
     snapshot_sent = sent_ids(target)
     assert snapshot_sent, "the snapshot holds the messages sent before it"
     # A consistent snapshot: each message it calls sent has its 250 attempt, and no more.
@@ -110,7 +91,7 @@ def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
     # The restored system delivers the rest, once each, and nothing it already sent.
     second = Recorder()
     with serve(second) as sink:
-        restored_settings = make_settings(empty_url, sink.port, secret_key=WORKER_SECRET)
+        restored_settings = make_settings(empty_database_url, sink.port, secret_key=WORKER_SECRET)
         # A day on: the snapshot's leases and any deferral are over (no course is running).
         later = utcnow() + timedelta(days=1)
 
@@ -126,7 +107,7 @@ def test_a_backup_taken_mid_send_restores_and_carries_on_without_a_duplicate(
 
 
 def test_a_restore_holds_exactly_what_was_backed_up(
-    settings: Settings, engine: Engine, empty_url: str, tmp_path: Path
+    settings: Settings, engine: Engine, empty_database_url: str, tmp_path: Path
 ) -> None:
     queue_lessons(engine, 40)
     asyncio.run(run_pass(settings))
@@ -134,9 +115,9 @@ def test_a_restore_holds_exactly_what_was_backed_up(
     assert before["delivery_attempt"], "something was sent before the backup"
 
     backup(settings.database_url, tmp_path / "copy.backup")
-    restore(empty_url, tmp_path / "copy.backup")
+    restore(empty_database_url, tmp_path / "copy.backup")
 
-    assert table_rows(get_engine(empty_url)) == before
+    assert table_rows(get_engine(empty_database_url)) == before
 
 
 def test_a_sqlite_backup_moves_into_postgresql(
@@ -193,14 +174,16 @@ def test_a_postgresql_backup_does_not_restore_into_sqlite(pg_url: str, tmp_path:
         restore(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "pg.backup")
 
 
-def test_backup_and_restore_commands(database_url: str, empty_url: str, tmp_path: Path) -> None:
+def test_backup_and_restore_commands(
+    database_url: str, empty_database_url: str, tmp_path: Path
+) -> None:
     many_active(get_engine(database_url), 4)
     env = {"DRIP_DATABASE_URL": database_url, "DRIP_SECRET_KEY": WORKER_SECRET}
     made = drip_cli("backup", str(tmp_path / "cli.backup"), env=env)
     assert made.returncode == 0, made.stderr
     assert "4 subscribers" in made.stdout
 
-    into = {**env, "DRIP_DATABASE_URL": empty_url}
+    into = {**env, "DRIP_DATABASE_URL": empty_database_url}
     assert drip_cli("restore", str(tmp_path / "cli.backup"), env=into).returncode == 0
     again = drip_cli("restore", str(tmp_path / "cli.backup"), env=into)
     assert again.returncode == 2
