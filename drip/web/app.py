@@ -37,6 +37,7 @@ from drip.limits import SignupLimits
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
+from drip.web.metrics import build_metrics_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
 from drip.web.signup_writer import Writer
 from drip.web.webhooks import MAX_WEBHOOK_BODY, build_webhook_router
@@ -177,6 +178,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(build_admin_router(settings))
     app.include_router(build_webhook_router(settings, engine))
+    app.include_router(build_metrics_router(settings, engine))
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.update(facts)
