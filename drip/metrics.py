@@ -20,7 +20,9 @@ from sqlmodel import Session, col
 
 from drip.db import read_scope
 from drip.health import rates_since
-from drip.models import PENDING_STATUSES as PENDING
+from drip.models import (
+    UNSENT_STATUSES as UNSENT,
+)
 from drip.models import (
     DeliveryAttempt,
     OutboxMessage,
@@ -69,14 +71,14 @@ def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
         by_status.add_metric([str(status)], count)
     yield by_status
     oldest = session.execute(
-        select(func.min(col(OutboxMessage.next_attempt_at)))
-        .where(col(OutboxMessage.status).in_(PENDING))
-        .where(col(OutboxMessage.next_attempt_at) <= now)
+        select(func.min(col(OutboxMessage.due_at)))
+        .where(col(OutboxMessage.status).in_(UNSENT))
+        .where(col(OutboxMessage.due_at) <= now)
     ).scalar()
     waited = (now - oldest).total_seconds() if oldest is not None else 0.0
     yield GaugeMetricFamily(
         "drip_outbox_oldest_due_seconds",
-        "How long the oldest message that is due has waited (0 when none is due).",
+        "How long the oldest message not yet sent has waited since it fell due (0: none).",
         value=waited,
     )
 
