@@ -77,6 +77,8 @@ FINAL_STATUSES = frozenset(
 )
 #: Statuses a worker may still act on: waiting for their first or next attempt.
 PENDING_STATUSES = (OutboxStatus.queued, OutboxStatus.deferred)
+#: Statuses of a message that is due or being sent and not yet out: how long mail waits.
+UNSENT_STATUSES = (*PENDING_STATUSES, OutboxStatus.sending)
 #: Statuses an operator may queue again.
 RETRYABLE_STATUSES = (OutboxStatus.failed, OutboxStatus.bounced)
 #: Messages not attempted yet (claimed counts as not yet: the send log shows `queued`).
@@ -95,13 +97,14 @@ class Subscriber(SQLModel, table=True):
         default=SubscriberStatus.pending, sa_column=Column(String(16), nullable=False, index=True)
     )
     timezone: str = Field(default="UTC", max_length=64)
+    #: Indexed, as confirmed_at: /metrics counts the last day's signups and confirmations.
     created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
     )
     consent_at: datetime | None = _when()
     consent_source: str = Field(default="", max_length=64)
     consent_ip: str | None = Field(default=None, max_length=64)
-    confirmed_at: datetime | None = _when()
+    confirmed_at: datetime | None = _when(index=True)
     unsubscribed_at: datetime | None = _when()
     confirm_sent_at: datetime | None = _when()
     #: Random salt; tokens are HMACs of it under DRIP_SECRET_KEY, stored only as hashes.
@@ -279,3 +282,13 @@ class RateLimit(SQLModel, table=True):
     count: int = 0
     #: After this the row says nothing the absence of a row would not; then it is purged.
     expires: float = Field(index=True)
+
+
+class Alert(SQLModel, table=True):
+    """One watched condition: raised while `raised_at` is set (drip.alerts)."""
+
+    __tablename__ = "alert"
+
+    name: str = Field(primary_key=True, max_length=32)
+    raised_at: datetime | None = _when()
+    detail: str | None = Field(default=None, max_length=1000)

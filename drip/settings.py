@@ -100,11 +100,28 @@ class Settings(BaseSettings):
     #: SendGrid's verification key for the signed event webhook (base64 DER or PEM).
     sendgrid_public_key: str | None = None
 
+    # Operations: metrics, alerts and logs.
+    #: Opens GET /metrics to `Authorization: Bearer <token>`; /metrics answers 404 without it.
+    metrics_token: SecretStr | None = None
+    #: A URL that gets a JSON POST when something is wrong, and again when it clears.
+    alert_webhook: str | None = None
+    #: How long a condition lasts before it is an alert: no worker pass, a due message
+    #: waiting, SMTP failing.
+    alert_after_minutes: float = Field(15.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
+
     # Sender health: newsletters pause when a rate over the last 7 days passes its limit.
     max_bounce_percent: float = Field(2.0, gt=0, le=100)
     max_complaint_percent: float = Field(0.1, gt=0, le=100)
     #: Fewer delivered messages than this in the window prove nothing either way.
     health_min_messages: int = Field(100, ge=1)
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _alert_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod

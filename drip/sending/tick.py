@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from drip import health
+from drip import alerts, health
 from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
@@ -82,4 +82,6 @@ async def run_pass(
     # Bounces and complaints of this pass (or reported since) may pause newsletters.
     await asyncio.to_thread(health.judge, settings, engine, clock())
     await asyncio.to_thread(beat, engine, worker, clock(), queued, report.total)
+    # Whatever is wrong now (or cleared) goes to DRIP_ALERT_WEBHOOK, not by email.
+    await asyncio.to_thread(alerts.check, settings, engine, clock())
     return PassReport(queued=queued, delivery=report)

@@ -7,9 +7,10 @@ framing, sniffing and any script or style not served by drip itself.
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,10 +27,10 @@ from fastapi.responses import (
 )
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from drip import pack_link, signup
+from drip import alerts, pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
@@ -37,6 +38,7 @@ from drip.limits import SignupLimits
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
 from drip.web.admin import build_admin_router
+from drip.web.metrics import build_metrics_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
 from drip.web.signup_writer import Writer
 from drip.web.webhooks import MAX_WEBHOOK_BODY, build_webhook_router
@@ -140,16 +142,31 @@ def _course_facts(settings: Settings) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """Move what start-up built out of the cycle collector's way.
+def _lifespan(
+    settings: Settings, engine: Engine
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Move what start-up built out of the cycle collector's way, and watch for alerts.
 
-    Modules, routes, templates and the ORM's mappers live as long as the process, yet
-    every full collection walks them all, pausing the event loop several times a minute
-    under signups (BENCHMARKS.md). Frozen, a full collection walks only what came after.
-    """
-    gc.freeze()
-    yield
+        Modules, routes, templates and the ORM's mappers live as long as the process, yet
+        every full collection walks them all, pausing the event loop several times a
+        minute under signups (BENCHMARKS.md). Frozen, a full collection walks only what
+        came after. The alert watch notices when no worker is left (drip.alerts).
+        """
+        gc.freeze()
+        if settings.alert_webhook is None:
+            yield
+            return
+        watcher = asyncio.create_task(alerts.watch(settings, engine))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+
+    return lifespan
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -165,7 +182,9 @@ def create_app(settings: Settings) -> FastAPI:
     writer = Writer(engine, settings, limits=SignupLimits.of(settings))
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
+    app = FastAPI(
+        docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(settings, engine)
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origin_list,
@@ -177,6 +196,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(build_admin_router(settings))
     app.include_router(build_webhook_router(settings, engine))
+    app.include_router(build_metrics_router(settings, engine))
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.update(facts)

@@ -1,0 +1,177 @@
+"""Prometheus metrics, read from the database at each scrape.
+
+Every worker writes its state to the database (outbox rows, attempts, heartbeats, the
+shared send budget), so any process answers for all of them and a scrape needs no
+process-local counters. Each figure is one grouped query read in one snapshot.
+Attempts are counted over the last hour (`drip_delivery_attempts_last_hour`): a
+range on the attempt's time index, cheap whatever the size of the send log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
+
+from drip.db import read_scope
+from drip.health import rates_since
+from drip.models import (
+    UNSENT_STATUSES as UNSENT,
+)
+from drip.models import (
+    DeliveryAttempt,
+    OutboxMessage,
+    SendBudget,
+    Subscriber,
+    WorkerHeartbeat,
+)
+from drip.sending.ratelimit import BUCKET
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECENT = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def smtp_class(code: int | None) -> str:
+    """'2xx', '4xx', '5xx', or 'none' when no SMTP reply was had (a refused connection)."""
+    return f"{code // 100}xx" if code else "none"
+
+
+class DripCollector(Collector):
+    """Yields drip's metrics from one read-only transaction per scrape."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
+        with read_scope(self.engine) as session:
+            yield from _outbox(session, now)
+            yield from _attempts(session, now)
+            yield from _budget(session, now)
+            yield from _workers(session)
+            yield from _subscribers(session, now)
+            yield from _rates(session, now)
+
+
+def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
+    by_status = GaugeMetricFamily(
+        "drip_outbox_messages", "Outbox rows by status.", labels=["status"]
+    )
+    rows = session.execute(
+        select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
+    )
+    for status, count in rows:
+        by_status.add_metric([str(status)], count)
+    yield by_status
+    oldest = session.execute(
+        select(func.min(col(OutboxMessage.due_at)))
+        .where(col(OutboxMessage.status).in_(UNSENT))
+        .where(col(OutboxMessage.due_at) <= now)
+    ).scalar()
+    waited = (now - oldest).total_seconds() if oldest is not None else 0.0
+    yield GaugeMetricFamily(
+        "drip_outbox_oldest_due_seconds",
+        "How long the oldest message not yet sent has waited since it fell due (0: none).",
+        value=waited,
+    )
+
+
+def _attempts(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
+    family = GaugeMetricFamily(
+        "drip_delivery_attempts_last_hour",
+        "Send attempts in the last hour by message kind, outcome and SMTP reply class.",
+        labels=["kind", "status", "smtp_class"],
+    )
+    rows = session.execute(
+        select(
+            col(OutboxMessage.kind),
+            col(DeliveryAttempt.status),
+            col(DeliveryAttempt.smtp_code),
+            func.count(),
+        )
+        .join(OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id))
+        .where(col(DeliveryAttempt.at) > now - RECENT)
+        .group_by(
+            col(OutboxMessage.kind), col(DeliveryAttempt.status), col(DeliveryAttempt.smtp_code)
+        )
+    )
+    merged: dict[tuple[str, str, str], int] = {}
+    for kind, status, code, count in rows:
+        key = (str(kind), str(status), smtp_class(code))
+        merged[key] = merged.get(key, 0) + count
+    for labels, count in sorted(merged.items()):
+        family.add_metric(list(labels), count)
+    yield family
+
+
+def _budget(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
+    tokens = GaugeMetricFamily(
+        "drip_send_budget_tokens", "Messages the shared send rate allows at once now."
+    )
+    paused = GaugeMetricFamily(
+        "drip_send_paused_seconds",
+        "Seconds left of a pause every worker keeps after a 421 or a throttle (0: sending).",
+    )
+    budget = session.get(SendBudget, BUCKET)
+    tokens.add_metric([], budget.tokens if budget else 0.0)
+    until = budget.paused_until if budget else None
+    paused.add_metric([], max(0.0, (until - now).total_seconds()) if until else 0.0)
+    yield tokens
+    yield paused
+
+
+def _workers(session: Session) -> Iterator[GaugeMetricFamily]:
+    family = GaugeMetricFamily(
+        "drip_worker_last_pass_timestamp_seconds",
+        "When each worker last finished a scheduler pass (Unix time).",
+        labels=["worker"],
+    )
+    for beat in session.execute(select(WorkerHeartbeat)).scalars():
+        family.add_metric([beat.worker], beat.last_pass_at.timestamp())
+    yield family
+
+
+def _subscribers(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
+    by_status = GaugeMetricFamily("drip_subscribers", "Subscribers by status.", labels=["status"])
+    rows = session.execute(
+        select(col(Subscriber.status), func.count()).group_by(col(Subscriber.status))
+    )
+    for status, count in rows:
+        by_status.add_metric([str(status)], count)
+    yield by_status
+    signups = session.execute(
+        select(func.count()).where(col(Subscriber.created_at) > now - DAY)
+    ).scalar_one()
+    confirmed = session.execute(
+        select(func.count()).where(col(Subscriber.confirmed_at) > now - DAY)
+    ).scalar_one()
+    yield GaugeMetricFamily("drip_signups_last_day", "Signups in the last 24 hours.", signups)
+    yield GaugeMetricFamily(
+        "drip_confirmations_last_day", "Confirmations in the last 24 hours.", confirmed
+    )
+
+
+def _rates(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
+    rates = rates_since(session, now - timedelta(days=7))
+    family = GaugeMetricFamily(
+        "drip_feedback_percent_7d",
+        "Hard bounces and complaints as a percentage of messages delivered in 7 days.",
+        labels=["kind"],
+    )
+    family.add_metric(["bounce"], rates.bounce_percent)
+    family.add_metric(["complaint"], rates.complaint_percent)
+    yield family
+
+
+def render(engine: Engine, clock: Callable[[], datetime]) -> bytes:
+    """The Prometheus text exposition of drip's metrics, now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DripCollector(engine, clock))
+    return generate_latest(registry)
