@@ -67,8 +67,10 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     assert sent_newsletters(engine, OutboxStatus.bounced) == 6
     with read_scope(engine) as session:
         hold = health.hold(session)
-        assert hold is not None and hold.paused_at is not None
-        assert hold.reason is not None and "hard bounces at 3.00% (6 of 200" in hold.reason
+        assert hold is not None
+        assert hold.paused_at is not None
+        assert hold.reason is not None
+        assert "hard bounces at 3.00% (6 of 200" in hold.reason
 
     # Paused: a second newsletter stays queued; course mail still goes.
     newsletter.queue(settings, engine, letter(tmp_path, "Second"))
@@ -82,8 +84,10 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     client = TestClient(create_app(settings), headers={"Authorization": f"Basic {token}"})
     page = client.get("/admin")
     assert page.status_code == 200
-    assert "Newsletter sending is paused" in page.text and "hard bounces at 3.00%" in page.text
-    assert "Last 7 days" in page.text and "First" in page.text
+    assert "Newsletter sending is paused" in page.text
+    assert "hard bounces at 3.00%" in page.text
+    assert "Last 7 days" in page.text
+    assert "First" in page.text
     # The resume button needs the CSRF token.
     assert client.post("/admin/newsletters/resume", data={"csrf": "0" * 64}).status_code == 403
     with read_scope(engine) as session:
@@ -93,7 +97,8 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     done = client.post(
         "/admin/newsletters/resume", data={"csrf": csrf.group(1)}, follow_redirects=False
     )
-    assert done.status_code == 303 and done.headers["location"] == "/admin?done=resumed"
+    assert done.status_code == 303
+    assert done.headers["location"] == "/admin?done=resumed"
     assert "Newsletter sending is paused" not in client.get("/admin").text
 
     # Resumed: the rest goes, and the old bounces do not pause it again.
@@ -131,17 +136,22 @@ def test_complaints_reported_later_count_and_pause(
             assert apply(session, row, event, now)
     with read_scope(engine) as session:
         board = health.health(settings, session, now)
-    assert board.last_7_days.complained == 1 and board.last_7_days.delivered == 200
+    assert board.last_7_days.complained == 1
+    assert board.last_7_days.delivered == 200
     [(subject, rates)] = board.newsletters
-    assert subject == "Loud" and rates.complaint_percent == 0.5
+    assert subject == "Loud"
+    assert rates.complaint_percent == 0.5
     reason = health.judge(settings, engine, now)
-    assert reason is not None and reason.startswith("complaints at 0.50%")
+    assert reason is not None
+    assert reason.startswith("complaints at 0.50%")
 
 
 def test_drip_newsletter_resume(settings: Settings, engine: Engine) -> None:
     with session_scope(engine) as session:
         session.add(health.SendingHold(name="newsletter", paused_at=utcnow(), reason="test"))
     result = drip("newsletter", "resume", env=_env(settings))
-    assert result.returncode == 0 and "resumed" in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "resumed" in result.stdout, result.stderr
     again = drip("newsletter", "resume", env=_env(settings))
-    assert again.returncode == 0 and "was not paused" in again.stdout
+    assert again.returncode == 0
+    assert "was not paused" in again.stdout
