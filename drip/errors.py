@@ -16,7 +16,10 @@ own words. Anything else that escapes is a bug in drip.
     ├── Unaddressable       an address a message cannot carry             (drip.sending.message)
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
-    └── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
+    ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
+    ├── Refused             a webhook request proving nothing: 401, 403   (drip.webhooks.events)
+    ├── Malformed           a signed webhook body no provider sends: 400  (drip.webhooks.events)
+    └── Replayed            a signed webhook request accepted before      (drip.webhooks.recording)
 
 Each class lives beside the code that raises it; this module holds the base and
 the map. Delivery turns RenderError, PackMissing and Unaddressable into a message's

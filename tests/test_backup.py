@@ -135,7 +135,8 @@ def test_a_sqlite_backup_moves_into_postgresql(
     assert table_rows(get_engine(pg_url)) == table_rows(get_engine(sqlite_url))
     # New rows in PostgreSQL take ids after the copied ones.
     more = many_active(get_engine(pg_url), 1, prefix="m")
-    assert more[0].id is not None and more[0].id > 30
+    assert more[0].id is not None
+    assert more[0].id > 30
 
 
 def test_restore_refuses_a_database_that_holds_data_unless_forced(
@@ -187,5 +188,6 @@ def test_backup_and_restore_commands(
     assert drip_cli("restore", str(tmp_path / "cli.backup"), env=into).returncode == 0
     again = drip_cli("restore", str(tmp_path / "cli.backup"), env=into)
     assert again.returncode == 2
-    assert again.stderr.startswith("drip: ") and "--force" in again.stderr
+    assert again.stderr.startswith("drip: ")
+    assert "--force" in again.stderr
     assert "Traceback" not in again.stderr

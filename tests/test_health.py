@@ -20,7 +20,7 @@ from drip.settings import Settings
 from drip.web.app import create_app
 from drip.webhooks.events import ProviderEvent
 from drip.webhooks.recording import apply
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import many_active, outbox, subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
 from tests.test_cli import _env, drip
@@ -53,25 +53,28 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     engine: Engine,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    make_settings: SettingsFactory,
 ) -> None:
     settings = make_settings(
-        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
+        database_url, mail_server.port, admin_user=USER, admin_password=PASSWORD
     )
     many_active(engine, 200)
     # 6 of 200 refused: 3% hard bounces, over the 2% limit.
     recorder.replies = [NO_SUCH_USER] * 6
-    newsletter.queue(settings, engine, letter(tmp_path, "First"))
+    newsletter.queue(settings, engine, letter(tmp_path, "First"), utcnow())
     with caplog.at_level(logging.WARNING, logger="drip.health"):
         tick(settings)
     assert "newsletter sending paused: hard bounces at 3.00%" in caplog.text
     assert sent_newsletters(engine, OutboxStatus.bounced) == 6
     with read_scope(engine) as session:
         hold = health.hold(session)
-        assert hold is not None and hold.paused_at is not None
-        assert hold.reason is not None and "hard bounces at 3.00% (6 of 200" in hold.reason
+        assert hold is not None
+        assert hold.paused_at is not None
+        assert hold.reason is not None
+        assert "hard bounces at 3.00% (6 of 200" in hold.reason
 
     # Paused: a second newsletter stays queued; course mail still goes.
-    newsletter.queue(settings, engine, letter(tmp_path, "Second"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Second"), utcnow())
     subscriber(settings, "new@example.com")
     before = sent_newsletters(engine)
     report = tick(settings)
@@ -82,8 +85,10 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     client = TestClient(create_app(settings), headers={"Authorization": f"Basic {token}"})
     page = client.get("/admin")
     assert page.status_code == 200
-    assert "Newsletter sending is paused" in page.text and "hard bounces at 3.00%" in page.text
-    assert "Last 7 days" in page.text and "First" in page.text
+    assert "Newsletter sending is paused" in page.text
+    assert "hard bounces at 3.00%" in page.text
+    assert "Last 7 days" in page.text
+    assert "First" in page.text
     # The resume button needs the CSRF token.
     assert client.post("/admin/newsletters/resume", data={"csrf": "0" * 64}).status_code == 403
     with read_scope(engine) as session:
@@ -93,7 +98,8 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     done = client.post(
         "/admin/newsletters/resume", data={"csrf": csrf.group(1)}, follow_redirects=False
     )
-    assert done.status_code == 303 and done.headers["location"] == "/admin?done=resumed"
+    assert done.status_code == 303
+    assert done.headers["location"] == "/admin?done=resumed"
     assert "Newsletter sending is paused" not in client.get("/admin").text
 
     # Resumed: the rest goes, and the old bounces do not pause it again.
@@ -108,7 +114,7 @@ def test_one_bounce_in_ten_is_too_few_to_judge(
 ) -> None:
     many_active(engine, 10)
     recorder.replies = [NO_SUCH_USER]
-    newsletter.queue(settings, engine, letter(tmp_path, "Small"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Small"), utcnow())
     tick(settings)
     assert sent_newsletters(engine, OutboxStatus.bounced) == 1  # 10%, but only 10 messages
     with read_scope(engine) as session:
@@ -121,7 +127,7 @@ def test_complaints_reported_later_count_and_pause(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
     many_active(engine, 200)
-    newsletter.queue(settings, engine, letter(tmp_path, "Loud"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Loud"), utcnow())
     tick(settings)
     rows = [r for r in outbox(engine) if r.kind == MessageKind.newsletter]
     now = utcnow()
@@ -131,17 +137,22 @@ def test_complaints_reported_later_count_and_pause(
             assert apply(session, row, event, now)
     with read_scope(engine) as session:
         board = health.health(settings, session, now)
-    assert board.last_7_days.complained == 1 and board.last_7_days.delivered == 200
+    assert board.last_7_days.complained == 1
+    assert board.last_7_days.delivered == 200
     [(subject, rates)] = board.newsletters
-    assert subject == "Loud" and rates.complaint_percent == 0.5
+    assert subject == "Loud"
+    assert rates.complaint_percent == 0.5
     reason = health.judge(settings, engine, now)
-    assert reason is not None and reason.startswith("complaints at 0.50%")
+    assert reason is not None
+    assert reason.startswith("complaints at 0.50%")
 
 
 def test_drip_newsletter_resume(settings: Settings, engine: Engine) -> None:
     with session_scope(engine) as session:
         session.add(health.SendingHold(name="newsletter", paused_at=utcnow(), reason="test"))
     result = drip("newsletter", "resume", env=_env(settings))
-    assert result.returncode == 0 and "resumed" in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "resumed" in result.stdout, result.stderr
     again = drip("newsletter", "resume", env=_env(settings))
-    assert again.returncode == 0 and "was not paused" in again.stdout
+    assert again.returncode == 0
+    assert "was not paused" in again.stdout

@@ -150,7 +150,8 @@ def test_under_attack_the_operator_at_another_address_gets_a_turn_at_once(
         _turn(engine, "203.0.113.9", T0 + timedelta(seconds=n), pace)
     assert _turn(engine, "203.0.113.9", T0 + timedelta(seconds=20), pace) is None
     operator = _turn(engine, "198.51.100.4", T0 + timedelta(seconds=20), pace)
-    assert operator is not None and operator.check_at == T0 + timedelta(seconds=20)
+    assert operator is not None
+    assert operator.check_at == T0 + timedelta(seconds=20)
 
 
 def test_purge_deletes_only_rows_that_limit_no_one(engine: Engine) -> None:

@@ -67,6 +67,7 @@ def test_no_encoded_word_from_a_name_survives_into_to() -> None:
             message_id="<1@example.org>",
             unsubscribe_url=None,
             attach_pack=False,
+            now=NOW,
         ).data
         to_line = next(line for line in data.split(b"\r\n") if line.startswith(b"To:"))
         assert name.encode() not in to_line, to_line

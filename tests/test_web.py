@@ -238,7 +238,8 @@ def test_a_get_on_a_confirmation_link_changes_nothing(
         assert page.text.count("<button") == 1
         assert f'<form method="post" action="/confirm/{token}">' in page.text
     sub = _subscriber(engine)
-    assert sub.status == SubscriberStatus.pending and sub.consent_ip is None
+    assert sub.status == SubscriberStatus.pending
+    assert sub.consent_ip is None
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm]
     assert client.head(f"/confirm/{token}").status_code in (200, 405)
     assert _subscriber(engine).status == SubscriberStatus.pending
@@ -252,7 +253,8 @@ def test_the_post_that_confirms_records_its_own_address(settings: Settings, engi
     reader = TestClient(app, client=("2001:db8::7", 1000))
     assert reader.post(f"/confirm/{token}").status_code == 200
     sub = _subscriber(engine)
-    assert sub.status == SubscriberStatus.active and sub.consent_ip == "2001:db8::7"
+    assert sub.status == SubscriberStatus.active
+    assert sub.consent_ip == "2001:db8::7"
 
 
 def test_a_confirmation_posted_from_another_site_is_refused(

@@ -216,11 +216,14 @@ def test_a_signed_ses_bounce_bounces_the_subscriber(world: World, version: str) 
     assert response.json() == {"status": "ok", "recorded": 1}
     assert world.status() == SubscriberStatus.bounced
     logged = attempts(world.engine)[-1]
-    assert logged.status == OutboxStatus.bounced and logged.outbox_id == world.row.id
-    assert logged.smtp_message is not None and logged.smtp_message.startswith("ses webhook")
+    assert logged.status == OutboxStatus.bounced
+    assert logged.outbox_id == world.row.id
+    assert logged.smtp_message is not None
+    assert logged.smtp_message.startswith("ses webhook")
     # The same notification again (SNS retries) records nothing twice.
     again = world.client.post("/webhooks/ses", content=sns(world, version=version))
-    assert again.status_code == 200 and len(attempts(world.engine)) == 2
+    assert again.status_code == 200
+    assert len(attempts(world.engine)) == 2
 
 
 def test_a_ses_complaint_marks_the_subscriber_complained(world: World) -> None:
@@ -293,7 +296,8 @@ def test_a_subscription_confirmation_is_confirmed_only_when_signed(world: World)
     response = world.client.post(
         "/webhooks/ses", content=sns(world, kind="SubscriptionConfirmation")
     )
-    assert response.status_code == 200 and response.json() == {"status": "subscribed"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "subscribed"}
     assert [h for h in world.files.hits if h.startswith("/confirm")] == ["/confirm?Token=abc"]
     unchanged(world)
 
@@ -335,7 +339,8 @@ def test_a_postmark_hard_bounce_with_credentials_bounces(world: World) -> None:
         json=postmark_bounce(Content=content),
         headers=basic("postmark", "pm-secret-password"),
     )
-    assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 1, response.text
     assert world.status() == SubscriberStatus.bounced
 
 
@@ -346,7 +351,8 @@ def test_a_postmark_spam_complaint_without_message_id_finds_the_last_message(
     response = world.client.post(
         "/webhooks/postmark", json=complaint, headers=basic("postmark", "pm-secret-password")
     )
-    assert response.status_code == 200 and response.json()["recorded"] == 1
+    assert response.status_code == 200
+    assert response.json()["recorded"] == 1
     assert world.status() == SubscriberStatus.complained
 
 
@@ -401,10 +407,12 @@ def mailgun(world: World, *, key: str = MAILGUN_KEY, at: datetime | None = None)
 def test_a_signed_mailgun_failure_bounces_once_and_a_replay_is_refused(world: World) -> None:
     body = mailgun(world)
     response = world.client.post("/webhooks/mailgun", content=body)
-    assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 1, response.text
     assert world.status() == SubscriberStatus.bounced
     replay = world.client.post("/webhooks/mailgun", content=body)
-    assert replay.status_code == 403 and "already" in replay.text
+    assert replay.status_code == 403
+    assert "already" in replay.text
     assert len(attempts(world.engine)) == 2
 
 
@@ -456,7 +464,8 @@ def sendgrid_bounce(world: World) -> list[dict[str, Any]]:
 def test_a_signed_sendgrid_bounce_bounces(world: World) -> None:
     body, headers = sendgrid(world, sendgrid_bounce(world))
     response = world.client.post("/webhooks/sendgrid", content=body, headers=headers)
-    assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 1, response.text
     assert world.status() == SubscriberStatus.bounced
 
 
@@ -521,5 +530,6 @@ def test_no_body_gets_a_5xx_or_changes_anything(world: World) -> None:
         assert authorised.status_code < 500
     for body, headers in signed_junk:
         response = world.client.post("/webhooks/sendgrid", content=body, headers=headers)
-        assert response.status_code == 200 and response.json()["recorded"] == 0
+        assert response.status_code == 200
+        assert response.json()["recorded"] == 0
     unchanged(world)

@@ -6,13 +6,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from drip.errors import DripError
+
 Kind = Literal["hard_bounce", "soft_bounce", "complaint"]
 #: A signed request's timestamp may be this far from our clock (Mailgun, SendGrid).
 FRESH_SECONDS = 600
 _MESSAGE_ID = re.compile(r"^Message-ID:[ \t]*(<[^<>\s]{1,240}>)", re.I | re.M)
 
 
-class Refused(Exception):
+class Refused(DripError):
     """The request proves nothing: answered with `status` (401 or 403) and changes nothing."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -21,7 +23,7 @@ class Refused(Exception):
         self.reason = reason
 
 
-class Malformed(Exception):
+class Malformed(DripError):
     """Signed, but not a body this provider sends: answered 400, changes nothing."""
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlmodel import Session, col
 
 from drip.db import session_scope
+from drip.errors import DripError
 from drip.models import (
     DeliveryAttempt,
     OutboxMessage,
@@ -31,7 +32,7 @@ from drip.webhooks.events import FRESH_SECONDS, Batch, ProviderEvent
 log = logging.getLogger("drip.webhooks")
 
 
-class Replayed(Exception):
+class Replayed(DripError):
     """This signed request was accepted before."""
 
 
