@@ -125,7 +125,9 @@ async def _guesses(
         first = [asyncio.create_task(attempt(p)) for p in passwords]
         if then:
             assert engine is not None
-            while _attempts_held(engine) < len(passwords):
+            deadline = time.monotonic() + 30
+            while (held := _attempts_held(engine)) < len(passwords):
+                assert time.monotonic() < deadline, f"only {held} attempts hold a turn"
                 await asyncio.sleep(0.01)
         return await asyncio.gather(*first, *(attempt(p) for p in then))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from drip.clock import Clock, utcnow
 from drip.db import session_scope
@@ -32,6 +33,8 @@ from drip.signup import Signup, store_many
 
 #: How often the writer deletes limit rows that no longer limit anyone.
 PURGE_EVERY = timedelta(minutes=10)
+#: Tries of a batch's limits when the database aborts its transaction (a deadlock).
+ADMIT_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -105,15 +108,26 @@ class Writer:
         limits = self.limits
         if limits is None:
             return [True] * len(batch)
-        with session_scope(self.engine) as session:
-            admitted = [
-                limits.admit(session, job.client, job.signup.email if job.signup else None, now)
-                for job in batch
-            ]
-            if self._purged is None or now - self._purged > PURGE_EVERY:
-                purge(session, now)
-                self._purged = now
-        return admitted
+        for attempt in range(1, ADMIT_TRIES + 1):
+            try:
+                with session_scope(self.engine) as session:
+                    admitted = [
+                        limits.admit(
+                            session, job.client, job.signup.email if job.signup else None, now
+                        )
+                        for job in batch
+                    ]
+                    if self._purged is None or now - self._purged > PURGE_EVERY:
+                        purge(session, now)
+                        self._purged = now
+                return admitted
+            except OperationalError:
+                # On PostgreSQL two processes' batches can lock the same two rows in
+                # opposite orders; the server then aborts one of them. Nothing of it
+                # was counted, so counting the batch again is exact.
+                if attempt == ADMIT_TRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     def _write(self, batch: list[_Job]) -> None:
         try:
