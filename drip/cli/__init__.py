@@ -294,9 +294,9 @@ def newsletter_resume() -> None:
     engine = get_engine(settings.database_url)
     _ready(settings)
     if health.resume(engine, utcnow()):
-        console.print("newsletter sending resumed; the next pass carries on where it stopped")
+        console().print("newsletter sending resumed; the next pass carries on where it stopped")
     else:
-        console.print("newsletter sending was not paused")
+        console().print("newsletter sending was not paused")
 
 
 app.add_typer(pack_app, name="pack", help="The information pack PDF.")
