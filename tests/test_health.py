@@ -20,7 +20,7 @@ from drip.settings import Settings
 from drip.web.app import create_app
 from drip.webhooks.events import ProviderEvent
 from drip.webhooks.recording import apply
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import many_active, outbox, subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
 from tests.test_cli import _env, drip
@@ -53,14 +53,15 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     engine: Engine,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    make_settings: SettingsFactory,
 ) -> None:
     settings = make_settings(
-        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
+        database_url, mail_server.port, admin_user=USER, admin_password=PASSWORD
     )
     many_active(engine, 200)
     # 6 of 200 refused: 3% hard bounces, over the 2% limit.
     recorder.replies = [NO_SUCH_USER] * 6
-    newsletter.queue(settings, engine, letter(tmp_path, "First"))
+    newsletter.queue(settings, engine, letter(tmp_path, "First"), utcnow())
     with caplog.at_level(logging.WARNING, logger="drip.health"):
         tick(settings)
     assert "newsletter sending paused: hard bounces at 3.00%" in caplog.text
@@ -71,7 +72,7 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
         assert hold.reason is not None and "hard bounces at 3.00% (6 of 200" in hold.reason
 
     # Paused: a second newsletter stays queued; course mail still goes.
-    newsletter.queue(settings, engine, letter(tmp_path, "Second"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Second"), utcnow())
     subscriber(settings, "new@example.com")
     before = sent_newsletters(engine)
     report = tick(settings)
@@ -108,7 +109,7 @@ def test_one_bounce_in_ten_is_too_few_to_judge(
 ) -> None:
     many_active(engine, 10)
     recorder.replies = [NO_SUCH_USER]
-    newsletter.queue(settings, engine, letter(tmp_path, "Small"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Small"), utcnow())
     tick(settings)
     assert sent_newsletters(engine, OutboxStatus.bounced) == 1  # 10%, but only 10 messages
     with read_scope(engine) as session:
@@ -121,7 +122,7 @@ def test_complaints_reported_later_count_and_pause(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
     many_active(engine, 200)
-    newsletter.queue(settings, engine, letter(tmp_path, "Loud"))
+    newsletter.queue(settings, engine, letter(tmp_path, "Loud"), utcnow())
     tick(settings)
     rows = [r for r in outbox(engine) if r.kind == MessageKind.newsletter]
     now = utcnow()
