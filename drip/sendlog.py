@@ -33,7 +33,7 @@ from drip.models import (
 from drip.subscribers import find_by_email
 
 #: The statuses a log entry can have (`sending` shows as `queued`).
-LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "skipped")
+LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "complained", "skipped")
 KINDS = tuple(k.value for k in MessageKind)
 #: The fields of one `drip logs --json` line, in order (README: Commands).
 JSON_FIELDS = (
