@@ -160,8 +160,13 @@ def compose(
     unsubscribe_url: str | None,
     attach_pack: bool,
     now: datetime,
+    envelope_sender: str | None = None,
 ) -> Envelope:
-    """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`."""
+    """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`.
+
+    `envelope_sender` (MAIL FROM, the Return-Path) is the sender's address unless given:
+    the delivery gives a VERP address with DRIP_BOUNCE_DOMAIN (drip.verp).
+    """
     recipient = ascii_address(email)
     sender = settings.sender_address
     headers = {
@@ -185,7 +190,7 @@ def compose(
     if settings.dkim_enabled:
         signed = [h for h in DKIM_HEADERS if h in headers] + ["Content-Type"]
         data = _sign(settings, data, signed)
-    return Envelope(sender=sender.addr_spec, recipient=recipient, data=data)
+    return Envelope(sender=envelope_sender or sender.addr_spec, recipient=recipient, data=data)
 
 
 @cache
