@@ -183,6 +183,36 @@ def tick(
 
 
 @app.command()
+def inbound(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (25 for a public MX)")] = 2525,
+) -> None:
+    """An SMTP server taking bounces and complaints for bounces+TAG@DRIP_BOUNCE_DOMAIN."""
+    from drip.inbound import run_inbound
+
+    settings = load_settings()
+    settings.require_secret()
+    if not settings.bounce_domain:
+        raise SettingsError(
+            "DRIP_BOUNCE_DOMAIN: not set; drip inbound takes mail for bounces+TAG@ that domain"
+        )
+    _ready(settings)
+    _logging()
+
+    def ready() -> None:
+        console.print(
+            f"drip inbound: mail for bounces+TAG@{settings.bounce_domain} on {host}:{port}"
+        )
+
+    engine = get_engine(settings.database_url)
+    try:
+        asyncio.run(run_inbound(settings, engine, host, port, ready=ready))
+    except OSError as exc:
+        print(f"drip: cannot listen on {host}:{port} ({exc.strerror or exc})", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def check(
     dns: Annotated[
         bool,
