@@ -15,10 +15,23 @@ User and password are URL-encoded (`%40` for an `@` in the user name).
 
 from __future__ import annotations
 
+import imaplib
+import poplib
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from drip.settings import Settings
+
 SCHEMES = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
+#: Messages read in one pass at most; the rest wait for the next pass.
+MAX_PER_PASS = 200
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,12 @@ class MailboxURL:
     def tls(self) -> bool:
         return self.scheme.endswith("s")
 
-    def __repr__(self) -> str:  # never the password
-        return f"MailboxURL({self.scheme}://{self.user}@{self.host}:{self.port}/{self.folder})"
+    def __str__(self) -> str:  # never the password
+        folder = f"/{self.folder}" if self.imap else ""
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}{folder}"
 
-    __str__ = __repr__
+    def __repr__(self) -> str:
+        return f"MailboxURL({self})"
 
 
 def parse_url(text: str) -> MailboxURL:
@@ -73,3 +88,113 @@ def parse_url(text: str) -> MailboxURL:
         password=unquote(parts.password),
         folder=folder,
     )
+
+
+class MailboxError(Exception):
+    """The mailbox cannot be read; the message says why, never with the password."""
+
+
+@dataclass
+class MailboxReport:
+    read: int = 0
+    recorded: int = 0
+    #: Read but not recorded (no report, or one that proves nothing): left in the mailbox.
+    left: int = 0
+
+
+#: Reads one raw message; True once it is recorded (or was before), so it may go.
+Take = Callable[[bytes], bool]
+
+
+def drain(url: MailboxURL, take: Take, timeout: float, limit: int = MAX_PER_PASS) -> MailboxReport:
+    """Read up to `limit` messages, deleting those `take` recorded."""
+    try:
+        return _imap(url, take, timeout, limit) if url.imap else _pop3(url, take, timeout, limit)
+    except (OSError, imaplib.IMAP4.error, poplib.error_proto) as exc:
+        reason = str(exc).replace(url.password, "***") if url.password else str(exc)
+        raise MailboxError(f"DRIP_BOUNCE_MAILBOX: cannot read {url}: {reason}") from None
+
+
+def _imap(url: MailboxURL, take: Take, timeout: float, limit: int) -> MailboxReport:
+    if url.tls:
+        client: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+            url.host, url.port, ssl_context=ssl.create_default_context(), timeout=timeout
+        )
+    else:
+        client = imaplib.IMAP4(url.host, url.port, timeout=timeout)
+    report = MailboxReport()
+    try:
+        client.login(url.user, url.password)
+        status, _ = client.select(_quoted(url.folder))
+        if status != "OK":
+            raise MailboxError(f"DRIP_BOUNCE_MAILBOX: no folder {url.folder!r} on {url.host}")
+        # Unseen only: what drip read and could not use is marked seen and left for a person.
+        _, found = client.uid("SEARCH", "UNSEEN", "UNDELETED")
+        uids = [u.decode("ascii") for u in (found[0] or b"").split()[:limit]] if found else []
+        for uid in uids:
+            _, parts = client.uid("FETCH", uid, "(BODY.PEEK[])")
+            raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
+            if not isinstance(raw, bytes):
+                continue
+            report.read += 1
+            if take(raw):
+                client.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
+                report.recorded += 1
+            else:
+                client.uid("STORE", uid, "+FLAGS.SILENT", "(\\Seen)")
+                report.left += 1
+        if report.recorded:
+            client.expunge()
+        client.close()
+    finally:
+        try:
+            client.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass
+    return report
+
+
+def _pop3(url: MailboxURL, take: Take, timeout: float, limit: int) -> MailboxReport:
+    if url.tls:
+        client: poplib.POP3 = poplib.POP3_SSL(
+            url.host, url.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        client = poplib.POP3(url.host, url.port, timeout=timeout)
+    report = MailboxReport()
+    try:
+        client.user(url.user)
+        client.pass_(url.password)
+        count, _ = client.stat()
+        for number in range(1, min(count, limit) + 1):
+            _, lines, _ = client.retr(number)
+            report.read += 1
+            if take(b"\r\n".join(lines) + b"\r\n"):
+                client.dele(number)
+                report.recorded += 1
+            else:
+                report.left += 1
+        client.quit()  # deletions take effect here; a dropped session deletes nothing
+    except BaseException:
+        client.close()
+        raise
+    return report
+
+
+def _quoted(folder: str) -> str:
+    return f'"{folder}"'
+
+
+def read_bounce_mailbox(settings: Settings, engine: Engine, now: datetime) -> MailboxReport | None:
+    """One pass over DRIP_BOUNCE_MAILBOX (None when unset): what the worker runs each pass."""
+    if settings.bounce_mailbox is None:
+        return None
+    from drip.bounces import take
+    from drip.feedback import Recorded
+
+    url = parse_url(settings.bounce_mailbox.get_secret_value())
+
+    def record(raw: bytes) -> bool:
+        return take(engine, settings, raw, now, source="mailbox") != Recorded.unknown
+
+    return drain(url, record, settings.smtp_timeout)

@@ -141,7 +141,7 @@ def _delivery_status(part: Message) -> tuple[Finding | None, bool]:
 def _non_standard(message: Message) -> Finding | None:
     try:
         _temporary, permanent = all_failures(message)
-    except Exception:  # noqa: BLE001 - a detector choking on odd mail means "not understood"
+    except Exception:
         log.warning("the bounce detectors could not read a message", exc_info=True)
         return None
     if not permanent:

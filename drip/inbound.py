@@ -90,7 +90,7 @@ class InboundHandler:
                 what = await asyncio.to_thread(
                     handler, self.settings, self.engine, tag, data, utcnow()
                 )
-            except Exception:  # noqa: BLE001 - the sending server keeps it and retries
+            except Exception:
                 log.exception("could not record a message for %s", address)
                 return "451 4.3.0 Cannot record the message now, try again later"
             log.info("mail for %s from %s: %s", address, envelope.mail_from or "<>", what)

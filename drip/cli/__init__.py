@@ -177,6 +177,13 @@ def tick(
     report = asyncio.run(run_pass(settings, when))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.delivery.counts.items()))
     console().print(f"queued {report.queued} lessons; delivered: {counts or 'nothing due'}")
+    if report.mailbox is not None:
+        box = report.mailbox
+        console().print(
+            f"bounce mailbox: read {box.read}, recorded {box.recorded}, left {box.left}"
+        )
+    if report.mailbox_error:
+        problem(report.mailbox_error)
     if report.delivery.halted:
         problem(f"stopped early, the rest is kept for the next pass: {report.delivery.halted}")
         raise typer.Exit(PROBLEMS)
