@@ -198,3 +198,23 @@ def read_bounce_mailbox(settings: Settings, engine: Engine, now: datetime) -> Ma
         return take(engine, settings, raw, now, source="mailbox") != Recorded.unknown
 
     return drain(url, record, settings.smtp_timeout)
+
+
+def setting_problems(settings: Settings) -> list[str]:
+    """What `drip check` can tell about the bounce settings without reaching the mailbox."""
+    from drip.deliverability import is_loopback
+
+    found: list[str] = []
+    if settings.bounce_mailbox is not None:
+        url = parse_url(settings.bounce_mailbox.get_secret_value())
+        if not url.tls and not is_loopback(url.host):
+            found.append(
+                f"DRIP_BOUNCE_MAILBOX: {url.scheme}:// sends the password in clear to "
+                f"{url.host}; use {url.scheme}s://"
+            )
+        if not settings.bounce_domain:
+            found.append(
+                "DRIP_BOUNCE_MAILBOX is set but DRIP_BOUNCE_DOMAIN is not: without VERP "
+                "addresses no bounce in it can be tied to a message"
+            )
+    return found

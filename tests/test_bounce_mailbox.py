@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from drip import verp
-from drip.bounce_mailbox import MailboxError, drain, parse_url
+from drip.bounce_mailbox import MailboxError, drain, parse_url, setting_problems
 from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings, SettingsError, load_settings
@@ -160,3 +160,35 @@ def test_a_bad_mailbox_url_stops_at_start_naming_the_setting_not_the_password(ur
         load_settings(bounce_mailbox=url, _env_file=None)
     message = str(caught.value)
     assert message.startswith("DRIP_BOUNCE_MAILBOX: ") and "pw-xyz" not in message
+
+
+def test_check_names_a_password_sent_in_clear_and_a_mailbox_without_verp() -> None:
+    def problems(**values: str) -> list[str]:
+        return setting_problems(load_settings(_env_file=None, secret_key=SECRET, **values))
+
+    assert problems(bounce_domain=DOMAIN, bounce_mailbox="imaps://u:pw-xyz@mail.example.com") == []
+    assert problems(bounce_domain=DOMAIN, bounce_mailbox="imap://u:pw-xyz@127.0.0.1:1143") == []
+    [clear] = problems(bounce_domain=DOMAIN, bounce_mailbox="pop3://u:pw-xyz@mail.example.com")
+    assert clear.startswith("DRIP_BOUNCE_MAILBOX: pop3:// sends the password in clear")
+    assert "pw-xyz" not in clear
+    [no_verp] = problems(bounce_mailbox="imaps://u:pw-xyz@mail.example.com")
+    assert "DRIP_BOUNCE_DOMAIN is not" in no_verp
+
+
+def test_drip_check_refuses_a_bad_mailbox_url_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "drip.cli", "check"],
+        env={"PATH": "/usr/bin:/bin", "DRIP_BOUNCE_MAILBOX": "imap://mail.example.com/INBOX"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "drip: DRIP_BOUNCE_MAILBOX: needs a user and a password: "
+        "imap://user:password@mail.example.com"
+    ]
