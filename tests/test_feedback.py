@@ -62,6 +62,7 @@ def test_a_hard_bounce_stops_all_mail_and_shows_on_its_message(
     assert _row(engine, row.id).status == OutboxStatus.bounced
     [line] = _log(engine, "gone@example.com", "bounced")
     assert line.outbox_id == row.id and line.smtp_code == 550 and line.kind == "lesson"
+    assert line.attempts == 1  # the report is shown on the message, not counted as a try
     assert line.smtp_message == "hard bounce (inbound): 5.1.1 user unknown"
     # The next lesson is never queued nor sent.
     sent = len(recorder.messages)

@@ -312,6 +312,8 @@ def retry(session: Session, outbox_id: int, now: datetime) -> bool:
     return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+#: The `worker` of a send-log row that records a report (`report:inbound`), not an attempt.
+REPORT_WORKER_PREFIX = "report:"
 #: How far a report moves a message on: a later, weaker report never moves it back.
 _REPORT_RANK = {
     OutboxStatus.sent: 0,
@@ -345,7 +347,7 @@ def record_report(
             status=status,
             smtp_code=smtp_code,
             smtp_message=logged,
-            worker=f"report:{source}"[:100],
+            worker=f"{REPORT_WORKER_PREFIX}{source}"[:100],
         )
     )
     weaker = [s for s, rank in _REPORT_RANK.items() if rank < _REPORT_RANK[status]]
