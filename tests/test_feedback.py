@@ -107,7 +107,7 @@ def test_a_complaint_is_final_and_survives_bounces_and_retries(
     )
     assert _status(engine, row.subscriber_id) == SubscriberStatus.complained
     assert _row(engine, row.id).status == OutboxStatus.complained
-    # The operator cannot retry a complained message; retrying another leaves them out.
+    # The operator can retry nothing of theirs: not the complained message, nor another.
     with session_scope(engine) as session:
         assert not retry_message(session, row.id, sent_at)  # type: ignore[arg-type]
         welcome = session.execute(
@@ -116,8 +116,9 @@ def test_a_complaint_is_final_and_survives_bounces_and_retries(
         welcome.status = OutboxStatus.failed
         session.add(welcome)
     with session_scope(engine) as session:
-        assert retry_message(session, welcome.id, sent_at)  # type: ignore[arg-type]
+        assert not retry_message(session, welcome.id, sent_at)  # type: ignore[arg-type]
     assert _status(engine, row.subscriber_id) == SubscriberStatus.complained
+    assert _row(engine, welcome.id).status == OutboxStatus.failed
     sent = len(recorder.messages)
     tick(settings, sent_at + timedelta(days=30))
     assert len(recorder.messages) == sent
