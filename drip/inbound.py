@@ -32,6 +32,8 @@ log = logging.getLogger("drip.inbound")
 
 #: Bounces and complaints are small; a report quoting a whole welcome email with its pack is not.
 DATA_SIZE_LIMIT = 10 * 1024 * 1024
+#: A bounce goes to one address; a few more are allowed, not one message recorded a thousand times.
+MAX_RECIPIENTS = 10
 
 #: A route takes (settings, engine, the address's tag or None, the raw message, now) and
 #: says in a few words what became of the message, for the log.
@@ -74,6 +76,8 @@ class InboundHandler:
     ) -> str:
         if route(address, self.domain) is None:
             return "550 5.1.1 No such user here"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -114,3 +114,11 @@ Content-Disposition: inline
 --{boundary}--
 """
     return text.replace("\n", "\r\n").encode("ascii", "replace")
+
+
+def forged_original(recipient: str, message_id: str = "<forged@attacker.example>") -> bytes:
+    """What a forger can write: an "original" to a subscriber, without drip's signed tag."""
+    return (
+        f"From: Trigger Point Course <course@localhost>\r\nTo: {recipient}\r\n"
+        f"Subject: Lesson 1\r\nMessage-ID: {message_id}\r\n\r\nHello\r\n"
+    ).encode()

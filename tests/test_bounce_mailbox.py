@@ -18,7 +18,7 @@ from tests.conftest import SECRET, make_settings
 from tests.dovecot import Dovecot, dovecot
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
-from tests.reports import arf, dsn
+from tests.reports import arf, dsn, forged_original
 
 DOMAIN = "bounces.example.com"
 VACATION = (
@@ -64,11 +64,13 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
 ) -> None:
     settings = _settings(database_url, mail_server, tmp_path, mailbox.url(scheme))
     row, sent_at = lesson_sent(settings, "gone@example.com")
-    kept, _ = lesson_sent(settings, "kept@example.com")
     original = recorder.raw[-1]
+    kept, _ = lesson_sent(settings, "kept@example.com")
     forged = f"bounces+{kept.id}-{'a' * 12}@{DOMAIN}"
     mailbox.deliver(dsn(to=_address(row), recipient="gone@example.com", original=original))
-    mailbox.deliver(dsn(to=forged, recipient="kept@example.com", original=original))
+    mailbox.deliver(
+        dsn(to=forged, recipient="kept@example.com", original=forged_original("kept@example.com"))
+    )
     mailbox.deliver(VACATION)
 
     report = tick(settings, sent_at + timedelta(minutes=5))

@@ -17,7 +17,7 @@ from drip.settings import Settings
 from tests.conftest import SECRET, make_settings
 from tests.factories import lesson_sent, subscriber
 from tests.mailserver import MailServer, Recorder
-from tests.reports import arf, dsn
+from tests.reports import arf, dsn, forged_original
 
 DOMAIN = "bounces.example.com"
 SAMPLES = Path(__file__).parent / "data" / "bounces"
@@ -129,11 +129,28 @@ def test_when_the_envelope_is_lost_the_quoted_return_path_still_names_the_messag
     assert _status(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
 
 
+def test_when_a_relay_rewrote_the_return_path_the_quoted_header_names_the_message(
+    bounce_settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    row, _ = lesson_sent(bounce_settings, "rewritten@example.com")
+    complaint = arf(
+        to="feedback@relay.example.org",
+        original=recorder.raw[-1],  # as sent: X-Drip-Bounce, no Return-Path of ours
+        return_path="0100018c-relay-rewrote@amazonses.example",
+    )
+    assert take(engine, bounce_settings, complaint, utcnow(), source="mailbox") == (
+        Recorded.recorded
+    )
+    assert _status(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
+
+
 def test_forged_and_unsigned_reports_change_nothing(
     bounce_settings: Settings, engine: Engine, recorder: Recorder
 ) -> None:
     row, _ = lesson_sent(bounce_settings, "target@example.com")
     assert row.id is not None
+    # The forger knows the address and even the Message-ID, not the secret key.
+    original = forged_original("target@example.com", row.message_id)
     forged = f"bounces+{row.id}-{'a' * 12}@{DOMAIN}"
     for to, envelope_tag in [
         (forged, f"{row.id}-{'a' * 12}"),
@@ -141,8 +158,8 @@ def test_forged_and_unsigned_reports_change_nothing(
         (f"bounces@{DOMAIN}", None),
         ("target@example.com", None),
     ]:
-        report = dsn(to=to, recipient="target@example.com", original=recorder.raw[-1])
-        complaint = arf(to=to, original=recorder.raw[-1])
+        report = dsn(to=to, recipient="target@example.com", original=original)
+        complaint = arf(to=to, original=original, return_path=forged)
         for data in (report, complaint):
             outcome = take(
                 engine, bounce_settings, data, utcnow(), source="inbound", envelope_tag=envelope_tag

@@ -19,7 +19,7 @@ from tests.conftest import SECRET, make_settings
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
 from tests.processes import start_inbound
-from tests.reports import arf, dsn
+from tests.reports import arf, dsn, forged_original
 
 DOMAIN = "bounces.example.com"
 
@@ -85,7 +85,7 @@ def test_forged_unsigned_and_foreign_mail_changes_nothing(
     bounce_settings: Settings, engine: Engine, recorder: Recorder, inbound_port: int
 ) -> None:
     row, _ = lesson_sent(bounce_settings, "target@example.com")
-    original = recorder.raw[-1]
+    original = forged_original("target@example.com", row.message_id)
     for to in (
         f"bounces+{row.id}-{'a' * 12}@{DOMAIN}",  # forged signature
         f"bounces+{row.id}@{DOMAIN}",  # unsigned
@@ -97,6 +97,12 @@ def test_forged_unsigned_and_foreign_mail_changes_nothing(
     for to in (f"postmaster@{DOMAIN}", "bounces@example.org", f"reply+1-x@{DOMAIN}"):
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             _send(inbound_port, to, dsn(to=to, recipient="x@example.com", original=original))
+    # One message for many addresses is taken for a few, not for a thousand.
+    with smtplib.SMTP("127.0.0.1", inbound_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("")
+        codes = [client.rcpt(f"bounces+{n}-{'a' * 12}@{DOMAIN}")[0] for n in range(12)]
+    assert codes == [250] * 10 + [452] * 2
     assert _states(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
 
 

@@ -58,8 +58,9 @@ def test_each_message_goes_out_from_its_own_signed_bounce_address(
     for row in rows:
         assert row.id is not None
         assert verp.address(SECRET, DOMAIN, row.id, row.message_id) in senders
-    # The From header stays the author's.
+    # The From header stays the author's; the bounce address rides in a header too.
     assert all(str(m["From"]).endswith("<course@localhost>") for m in recorder.messages)
+    assert sorted(str(m["X-Drip-Bounce"]) for m in recorder.messages) == sorted(senders)
 
 
 def test_without_a_bounce_domain_the_sender_is_the_envelope_sender(
@@ -74,3 +75,4 @@ def test_without_a_bounce_domain_the_sender_is_the_envelope_sender(
     subscriber(settings, "plain@example.com")
     tick(settings)
     assert senders == ["course@localhost"]
+    assert recorder.messages[0]["X-Drip-Bounce"] is None

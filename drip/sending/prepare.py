@@ -79,7 +79,7 @@ class Preparer:
         self.clock = clock
         self._newsletters: dict[int, dict[str, Any]] = {}
 
-    def _return_path(self, row: OutboxMessage) -> str | None:
+    def _bounce_address(self, row: OutboxMessage) -> str | None:
         """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
         domain = self.settings.bounce_domain
         if not domain or row.id is None:
@@ -115,7 +115,7 @@ class Preparer:
                 attach_pack=row.kind == MessageKind.welcome
                 and self.settings.pack_delivery == "attach",
                 now=self.clock(),
-                envelope_sender=self._return_path(row),
+                bounce_address=self._bounce_address(row),
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
