@@ -33,6 +33,8 @@ from drip.feedback import Event, Kind, Recorded, record_event
 from drip.settings import Settings
 
 log = logging.getLogger("drip.bounces")
+# flufl.bounce says "Running detector" at INFO for each of its 17 detectors on every message.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 #: Feedback types (RFC 5965 and its registry) that are a reader's complaint.
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other"})
