@@ -3,7 +3,8 @@
 For a set-up where bounces land in a mailbox (the bounce domain's MX is a hosted
 mail service, or a relay forwards them): the worker reads the mailbox at the start
 of each pass, hands every message to the same parser and recording step as
-`drip inbound`, and deletes only what it has recorded. What it cannot use (a
+`drip inbound`, and deletes only what it has recorded (on IMAP, with
+`?processed=FOLDER`, moves it there instead). What it cannot use (a
 forged or unsigned report, an auto-reply, anything else) stays for a person to read:
 on IMAP it is marked seen and not read again; POP3 has no flags, so it is read again
 each pass (keep that mailbox for bounces only).
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -42,6 +43,8 @@ class MailboxURL:
     user: str
     password: str
     folder: str
+    #: IMAP: move what was recorded to this folder instead of deleting it (`?processed=F`).
+    processed: str | None = None
 
     @property
     def imap(self) -> bool:
@@ -76,10 +79,20 @@ def parse_url(text: str) -> MailboxURL:
     if not parts.username or parts.password is None:
         raise ValueError(f"needs a user and a password: {scheme}://user:password@{parts.hostname}")
     folder = unquote(parts.path.lstrip("/")) or "INBOX"
-    if scheme.startswith("pop3") and folder != "INBOX":
-        raise ValueError("POP3 has no folders: leave the path out")
-    if any(c in folder for c in '\r\n"\\'):
-        raise ValueError("the folder name holds a quote, backslash or line break")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"processed"}
+    if unknown:
+        raise ValueError(
+            f"unknown option {sorted(unknown)[0]!r}; the one option is ?processed=FOLDER"
+        )
+    processed = query["processed"][-1] if "processed" in query else None
+    if scheme.startswith("pop3") and (folder != "INBOX" or processed is not None):
+        raise ValueError("POP3 has no folders: leave the path and ?processed= out")
+    for name in (folder, processed or ""):
+        if any(c in name for c in '\r\n"\\'):
+            raise ValueError("a folder name holds a quote, backslash or line break")
+    if processed is not None and (not processed.strip() or processed == folder):
+        raise ValueError("?processed= must name another folder")
     return MailboxURL(
         scheme=scheme,
         host=parts.hostname,
@@ -87,6 +100,7 @@ def parse_url(text: str) -> MailboxURL:
         user=unquote(parts.username),
         password=unquote(parts.password),
         folder=folder,
+        processed=processed,
     )
 
 
@@ -128,6 +142,8 @@ def _imap(url: MailboxURL, take: Take, timeout: float, limit: int) -> MailboxRep
         status, _ = client.select(_quoted(url.folder))
         if status != "OK":
             raise MailboxError(f"DRIP_BOUNCE_MAILBOX: no folder {url.folder!r} on {url.host}")
+        if url.processed:
+            client.create(_quoted(url.processed))  # "already exists" is an answer, not an error
         # Unseen only: what drip read and could not use is marked seen and left for a person.
         _, found = client.uid("SEARCH", "UNSEEN", "UNDELETED")
         uids = [u.decode("ascii") for u in (found[0] or b"").split()[:limit]] if found else []
@@ -138,6 +154,12 @@ def _imap(url: MailboxURL, take: Take, timeout: float, limit: int) -> MailboxRep
                 continue
             report.read += 1
             if take(raw):
+                if url.processed:
+                    status, _ = client.uid("COPY", uid, _quoted(url.processed))
+                    if status != "OK":
+                        raise MailboxError(
+                            f"DRIP_BOUNCE_MAILBOX: cannot move mail to {url.processed!r}"
+                        )
                 client.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
                 report.recorded += 1
             else:

@@ -80,10 +80,11 @@ class Dovecot:
         folder = "/INBOX" if scheme.startswith("imap") else ""
         return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{port}{folder}"
 
-    def _imap(self) -> imaplib.IMAP4:
+    def _imap(self, folder: str = "INBOX") -> imaplib.IMAP4:
         client = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=10)
         client.login(self.user, self.password)
-        client.select("INBOX")
+        status, _ = client.select(f'"{folder}"')
+        assert status == "OK", f"no folder {folder}"
         return client
 
     def deliver(self, raw: bytes) -> None:
@@ -95,9 +96,9 @@ class Dovecot:
         finally:
             client.logout()
 
-    def messages(self) -> list[tuple[bytes, bool]]:
-        """Every message left in the INBOX, with whether it is flagged \\Seen."""
-        client = self._imap()
+    def messages(self, folder: str = "INBOX") -> list[tuple[bytes, bool]]:
+        """Every message left in a folder, with whether it is flagged \\Seen."""
+        client = self._imap(folder)
         try:
             _, found = client.uid("SEARCH", "ALL")
             result = []

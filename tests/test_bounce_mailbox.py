@@ -87,6 +87,29 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
         assert again.mailbox is not None and again.mailbox.read == 0
 
 
+def test_recorded_mail_can_be_moved_to_a_folder_instead(
+    database_url: str,
+    mail_server: MailServer,
+    recorder: Recorder,
+    tmp_path: Path,
+    engine: Engine,
+    mailbox: Dovecot,
+) -> None:
+    url = mailbox.url("imap") + "?processed=drip%20recorded"
+    settings = _settings(database_url, mail_server, tmp_path, url)
+    row, sent_at = lesson_sent(settings, "moved@example.com")
+    mailbox.deliver(dsn(to=_address(row), recipient="moved@example.com", original=recorder.raw[-1]))
+    mailbox.deliver(VACATION)
+    for minutes in (5, 10):  # the second pass finds the folder already there
+        report = tick(settings, sent_at + timedelta(minutes=minutes))
+        assert report.mailbox_error is None
+    assert _states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    [(vacation, _)] = mailbox.messages()
+    assert b"Out of office" in vacation
+    [(moved, _)] = mailbox.messages("drip recorded")
+    assert _address(row).encode() in moved
+
+
 def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
     database_url: str,
     mail_server: MailServer,
@@ -137,6 +160,7 @@ def test_wrong_credentials_are_named_without_the_password(mailbox: Dovecot) -> N
             ("imaps", 993, "me@example.com", "p/w", "Bounces"),
         ),
         ("pop3s://u:p@pop.example.com", ("pop3s", 995, "u", "p", "INBOX")),
+        ("imaps://u:p@h/INBOX?processed=Done", ("imaps", 993, "u", "p", "INBOX")),
         ("imap://u:p@127.0.0.1:1143", ("imap", 1143, "u", "p", "INBOX")),
     ],
 )
@@ -153,6 +177,9 @@ def test_mailbox_urls(url: str, expected: tuple[str, int, str, str, str]) -> Non
         "imaps://h/INBOX",
         "imaps://u@h/INBOX",
         "pop3s://u:pw-xyz@h/Folder",
+        "pop3s://u:pw-xyz@h?processed=Done",
+        "imaps://u:pw-xyz@h/INBOX?processed=INBOX",
+        "imaps://u:pw-xyz@h/INBOX?move=Done",
         "imaps://u:pw-xyz@h:99999/",
         "imaps://u:pw-xyz@/INBOX",
     ],
