@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from drip.bounce_mailbox import MailboxError, drain, parse_url, setting_problems
 from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings, SettingsError, load_settings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, SettingsFactory
 from tests.dovecot import Dovecot, dovecot
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
@@ -33,9 +33,16 @@ def mailbox() -> Iterator[Dovecot]:
         yield server
 
 
-def _settings(database_url: str, smtp: MailServer, tmp_path: Path, url: str) -> Settings:
-    return make_settings(
-        database_url, smtp.port, tmp_path, bounce_domain=DOMAIN, bounce_mailbox=url
+MailboxSettings = Callable[[str], Settings]
+
+
+@pytest.fixture
+def with_mailbox(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> MailboxSettings:
+    """Settings with the bounce domain and DRIP_BOUNCE_MAILBOX set to a URL."""
+    return lambda url: make_settings(
+        database_url, mail_server.port, bounce_domain=DOMAIN, bounce_mailbox=url
     )
 
 
@@ -58,11 +65,11 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
     database_url: str,
     mail_server: MailServer,
     recorder: Recorder,
-    tmp_path: Path,
+    with_mailbox: MailboxSettings,
     engine: Engine,
     mailbox: Dovecot,
 ) -> None:
-    settings = _settings(database_url, mail_server, tmp_path, mailbox.url(scheme))
+    settings = with_mailbox(mailbox.url(scheme))
     row, sent_at = lesson_sent(settings, "gone@example.com")
     original = recorder.raw[-1]
     kept, _ = lesson_sent(settings, "kept@example.com")
@@ -91,12 +98,12 @@ def test_recorded_mail_can_be_moved_to_a_folder_instead(
     database_url: str,
     mail_server: MailServer,
     recorder: Recorder,
-    tmp_path: Path,
+    with_mailbox: MailboxSettings,
     engine: Engine,
     mailbox: Dovecot,
 ) -> None:
     url = mailbox.url("imap") + "?processed=drip%20recorded"
-    settings = _settings(database_url, mail_server, tmp_path, url)
+    settings = with_mailbox(url)
     row, sent_at = lesson_sent(settings, "moved@example.com")
     mailbox.deliver(dsn(to=_address(row), recipient="moved@example.com", original=recorder.raw[-1]))
     mailbox.deliver(VACATION)
@@ -114,11 +121,11 @@ def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
     database_url: str,
     mail_server: MailServer,
     recorder: Recorder,
-    tmp_path: Path,
+    with_mailbox: MailboxSettings,
     engine: Engine,
     mailbox: Dovecot,
 ) -> None:
-    settings = _settings(database_url, mail_server, tmp_path, mailbox.url("imap"))
+    settings = with_mailbox(mailbox.url("imap"))
     row, sent_at = lesson_sent(settings, "angry@example.com")
     # A feedback loop writes to its own address; the original's Return-Path names the message.
     mailbox.deliver(arf(to="fbl@example.com", original=recorder.raw[-1], return_path=_address(row)))
@@ -131,12 +138,12 @@ def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
 
 
 def test_a_mailbox_that_cannot_be_read_holds_up_no_mail_and_hides_the_password(
-    database_url: str, mail_server: MailServer, recorder: Recorder, tmp_path: Path
+    database_url: str, mail_server: MailServer, recorder: Recorder, with_mailbox: MailboxSettings
 ) -> None:
     from tests.factories import subscriber
 
     url = f"imap://bounces:hunter2-secret@127.0.0.1:{free_port()}/INBOX"
-    settings = _settings(database_url, mail_server, tmp_path, url)
+    settings = with_mailbox(url)
     subscriber(settings, "still@example.com")
     report = tick(settings)
     assert report.mailbox is None and report.mailbox_error is not None

@@ -14,7 +14,7 @@ from drip.db import session_scope
 from drip.feedback import Kind, Recorded
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, SettingsFactory
 from tests.factories import lesson_sent, subscriber
 from tests.mailserver import MailServer, Recorder
 from tests.reports import arf, dsn, forged_original
@@ -82,8 +82,10 @@ def test_mail_that_is_no_report_is_not_read_as_one() -> None:
 
 
 @pytest.fixture
-def bounce_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
-    return make_settings(database_url, mail_server.port, tmp_path, bounce_domain=DOMAIN)
+def bounce_settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
+    return make_settings(database_url, mail_server.port, bounce_domain=DOMAIN)
 
 
 def _status(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, OutboxStatus]:

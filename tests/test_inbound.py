@@ -15,7 +15,7 @@ from drip.db import session_scope
 from drip.inbound import ROUTES, route
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, SettingsFactory
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
 from tests.processes import start_inbound
@@ -25,8 +25,10 @@ DOMAIN = "bounces.example.com"
 
 
 @pytest.fixture
-def bounce_settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
-    return make_settings(database_url, mail_server.port, tmp_path, bounce_domain=DOMAIN)
+def bounce_settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
+    return make_settings(database_url, mail_server.port, bounce_domain=DOMAIN)
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiosmtpd.smtp import Envelope
 from sqlalchemy import Engine
 
 from drip import verp
 from drip.models import MessageKind
 from drip.settings import Settings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, SettingsFactory
 from tests.factories import outbox, subscriber, tick
 from tests.mailserver import MailServer, Recorder
 
@@ -41,7 +39,11 @@ def test_split_and_find_tags() -> None:
 
 
 def test_each_message_goes_out_from_its_own_signed_bounce_address(
-    database_url: str, recorder: Recorder, mail_server: MailServer, tmp_path: Path, engine: Engine
+    database_url: str,
+    recorder: Recorder,
+    mail_server: MailServer,
+    make_settings: SettingsFactory,
+    engine: Engine,
 ) -> None:
     senders: list[str] = []
 
@@ -49,7 +51,7 @@ def test_each_message_goes_out_from_its_own_signed_bounce_address(
         senders.append(str(envelope.mail_from))
 
     recorder.on_data = note
-    settings = make_settings(database_url, mail_server.port, tmp_path, bounce_domain=DOMAIN)
+    settings = make_settings(database_url, mail_server.port, bounce_domain=DOMAIN)
     subscriber(settings, "one@example.com", active=False)
     subscriber(settings, "two@example.com")
     tick(settings)

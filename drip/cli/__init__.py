@@ -15,7 +15,7 @@ from rich.progress import Progress
 
 from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
-from drip.cli.output import PROBLEMS, Commands, console, err, problem
+from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
 from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
 from drip.settings import Settings, SettingsError, load_settings
@@ -207,7 +207,7 @@ def inbound(
     _logging()
 
     def ready() -> None:
-        console.print(
+        console().print(
             f"drip inbound: mail for bounces+TAG@{settings.bounce_domain} on {host}:{port}"
         )
 
@@ -215,8 +215,7 @@ def inbound(
     try:
         asyncio.run(run_inbound(settings, engine, host, port, ready=ready))
     except OSError as exc:
-        print(f"drip: cannot listen on {host}:{port} ({exc.strerror or exc})", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
 
 
 @app.command()

@@ -1,20 +1,20 @@
 """feedback events: bounces and complaints per message; outbox rows found by Message-ID
 
 Revision ID: bounces
-Revises: webhooks
+Revises: trust
 Create Date: 2026-11-26 08:47:12.906719
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import drip.models
 
 revision = "bounces"
-down_revision = "webhooks"
+down_revision = "trust"
 branch_labels = None
 depends_on = None
 
