@@ -85,7 +85,7 @@ def record_event(engine: Engine, settings: Settings, event: Event, now: datetime
         row = find_message(session, secret, event)
         if row is None:
             return Recorded.unknown
-        return _record(session, settings, row, event, now)
+        return record_on(session, settings, row, event, now)
 
 
 def find_message(session: Session, secret: str, event: Event) -> OutboxMessage | None:
@@ -106,9 +106,11 @@ def find_message(session: Session, secret: str, event: Event) -> OutboxMessage |
     return None
 
 
-def _record(
+def record_on(
     session: Session, settings: Settings, row: OutboxMessage, event: Event, now: datetime
 ) -> Recorded:
+    """Record `event` on the message `row`, which the caller has proved it is about, in
+    the caller's transaction (a webhook's replay check and its events commit together)."""
     if not _note(session, row, event.kind, event.source, event.smtp_code, now):
         return Recorded.duplicate
     text = f"{_LABEL[event.kind]} ({event.source})"
