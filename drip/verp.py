@@ -38,10 +38,17 @@ def address(secret: str, domain: str, outbox_id: int, message_id: str) -> str:
     return f"{BOUNCES}+{make_tag(secret, outbox_id, message_id)}@{domain}"
 
 
+#: The largest row id (32-bit on PostgreSQL): a bigger one names no row, and must not
+#: reach the database, where it is an error rather than "not found".
+MAX_ID = 2**31 - 1
+
+
 def tag_id(tag: str) -> int | None:
     """The outbox id a tag claims to name, or None if it is not a tag's shape at all."""
     match = _TAG.fullmatch(tag.strip().lower())
-    return int(match[1]) if match else None
+    if match is None or not 0 < int(match[1]) <= MAX_ID:
+        return None
+    return int(match[1])
 
 
 def verify(secret: str, tag: str, outbox_id: int, message_id: str) -> bool:

@@ -82,6 +82,8 @@ def test_a_forged_or_unsigned_tag_changes_nothing(settings: Settings, engine: En
         make_tag(SECRET, row.id, "<another@message>"),  # a real-looking tag for another message
         good[:-1] + ("b" if good[-1] != "b" else "c"),
         "",
+        f"9999999999-{'a' * 12}",  # past PostgreSQL's integer: no row, and no error
+        f"0-{'a' * 12}",
     ]
     before = len(attempts(engine))
     for tag in forged:
