@@ -1,7 +1,7 @@
 """feedback events: bounces and complaints per message; outbox rows found by Message-ID
 
 Revision ID: bounces
-Revises: trust
+Revises: ops
 Create Date: 2026-11-26 08:47:12.906719
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import drip.models
 
 revision = "bounces"
-down_revision = "trust"
+down_revision = "ops"
 branch_labels = None
 depends_on = None
 
