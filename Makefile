@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 LINTED := drip tests bench scheduler.py
 
 # What the tests talk to, from Debian's packages: `command=package` (a command or a path).
-TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils
+TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils /usr/lib/dovecot/imap=dovecot-imapd /usr/lib/dovecot/pop3=dovecot-pop3d
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

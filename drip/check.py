@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drip.bounce_mailbox import setting_problems as bounce_setting_problems
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
 from drip.deliverability import setting_problems
@@ -19,6 +20,7 @@ def problems(settings: Settings) -> list[str]:
     except SettingsError as exc:
         found.append(str(exc))
     found.extend(setting_problems(settings))
+    found.extend(bounce_setting_problems(settings))
     if (
         settings.dkim_enabled
         and settings.dkim_private_key

@@ -13,10 +13,10 @@ from datetime import datetime
 from sqlmodel import Session
 
 from drip.course import Course
-from drip.models import MessageKind, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.feedback import bounced_at_send
+from drip.models import MessageKind, OutboxMessage, OutboxStatus
 from drip.progress import Pace, after_send
 from drip.sending.outbox import Result
-from drip.subscribers import leave
 
 #: Kinds whose sending moves a subscriber through the course.
 COURSE_KINDS = (MessageKind.welcome, MessageKind.lesson)
@@ -44,8 +44,6 @@ def follow_up(
 
 
 def suppress(session: Session, row: OutboxMessage, result: Result, now: datetime) -> None:
-    """The address bounced: the subscriber leaves as `bounced`, queued mail is skipped."""
-    subscriber = session.get(Subscriber, row.subscriber_id)
-    if subscriber is not None:
-        reason = f"suppressed after a bounce: {result.smtp_code} {result.smtp_message}"
-        leave(session, subscriber, SubscriberStatus.bounced, now, reason)
+    """The address bounced: the same event and policy as a hard bounce reported later
+    (drip.feedback): the subscriber leaves as `bounced`, queued mail is skipped."""
+    bounced_at_send(session, row, result.smtp_code, result.smtp_message, now)

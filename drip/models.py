@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from drip.clock import utcnow
@@ -73,7 +73,13 @@ class OutboxStatus(StrEnum):
 
 #: Statuses a message never leaves (but for an operator's retry of a RETRYABLE one).
 FINAL_STATUSES = frozenset(
-    {OutboxStatus.sent, OutboxStatus.failed, OutboxStatus.bounced, OutboxStatus.skipped}
+    {
+        OutboxStatus.sent,
+        OutboxStatus.failed,
+        OutboxStatus.bounced,
+        OutboxStatus.complained,
+        OutboxStatus.skipped,
+    }
 )
 #: Statuses a worker may still act on: waiting for their first or next attempt.
 PENDING_STATUSES = (OutboxStatus.queued, OutboxStatus.deferred)
@@ -180,7 +186,8 @@ class OutboxMessage(SQLModel, table=True):
     leased_by: str | None = Field(default=None, max_length=100)
     last_smtp_code: int | None = None
     last_smtp_message: str | None = Field(default=None, max_length=1000)
-    message_id: str = Field(sa_column=Column(String(250), nullable=False))
+    #: Indexed: a provider's webhook names the message by it (drip.feedback).
+    message_id: str = Field(sa_column=Column(String(250), nullable=False, index=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
@@ -204,6 +211,33 @@ class DeliveryAttempt(SQLModel, table=True):
     smtp_code: int | None = None
     smtp_message: str | None = Field(default=None, max_length=1000)
     worker: str | None = Field(default=None, max_length=100)
+
+
+class FeedbackEvent(SQLModel, table=True):
+    """A bounce or complaint about one message, whichever way it came in (drip.feedback).
+
+    One row per message and kind, so a report delivered twice counts once; soft
+    bounces are counted here per subscriber, and the sender's health read from here.
+    The diagnostic text (which may quote the address) is kept only in the send log.
+    """
+
+    __tablename__ = "feedback_event"
+    __table_args__ = (
+        UniqueConstraint("outbox_id", "kind"),
+        Index("ix_feedback_event_subscriber_kind_at", "subscriber_id", "kind", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", ondelete="CASCADE")
+    subscriber_id: int | None = Field(
+        default=None, foreign_key="subscriber.id", ondelete="SET NULL"
+    )
+    #: `hard`, `soft` or `complaint`.
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    #: Where it came from: `smtp` (refused at send time), `inbound`, `mailbox`, a provider...
+    source: str = Field(max_length=32)
+    smtp_code: int | None = None
 
 
 class SendBudget(SQLModel, table=True):

@@ -35,12 +35,17 @@ def retry_message(session: Session, outbox_id: int, now: datetime) -> bool:
     """Queue a failed or bounced message again (`outbox.retry`); False if it is in any
     other state. A subscriber suppressed by a bounce is let back in (their status
     follows the message's kind), or the retry would only be skipped; one who
-    unsubscribed or complained stays out.
+    unsubscribed stays out, and nothing is retried to one who complained: a
+    complaint is final (drip.feedback).
     """
     row = session.get(OutboxMessage, outbox_id)
-    if row is None or not retry(session, outbox_id, now):
+    if row is None:
         return False
     subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
+    if subscriber is not None and subscriber.status == SubscriberStatus.complained:
+        return False
+    if not retry(session, outbox_id, now):
+        return False
     if subscriber is not None and subscriber.status == SubscriberStatus.bounced:
         confirm = row.kind == MessageKind.confirm
         subscriber.status = SubscriberStatus.pending if confirm else SubscriberStatus.active

@@ -30,10 +30,11 @@ from drip.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from drip.sending.outbox import REPORT_WORKER_PREFIX
 from drip.subscribers import find_by_email
 
 #: The statuses a log entry can have (`sending` shows as `queued`).
-LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "skipped")
+LOG_STATUSES = ("queued", "sent", "deferred", "failed", "bounced", "complained", "skipped")
 KINDS = tuple(k.value for k in MessageKind)
 #: The fields of one `drip logs --json` line, in order (README: Commands).
 JSON_FIELDS = (
@@ -332,7 +333,8 @@ def _cursor(session: Session, key: str) -> _Cursor:
 
 
 def _numbered(session: Session, entries: list[LogEntry]) -> list[LogEntry]:
-    """Give each attempt its number: real attempts of its message up to and including it."""
+    """Give each attempt its number: real attempts of its message up to and including it
+    (a report arriving later carries the number of the attempt it is about)."""
     ids = [e.attempt_id for e in entries if e.attempt_id is not None]
     if not ids:
         return entries
@@ -347,6 +349,11 @@ def _numbered(session: Session, entries: list[LogEntry]) -> list[LogEntry]:
                     col(earlier.outbox_id) == col(attempt.outbox_id),
                     col(earlier.id) <= col(attempt.id),
                     col(earlier.status) != OutboxStatus.skipped,
+                    # A bounce or complaint reported later is shown, not counted as a try.
+                    or_(
+                        col(earlier.worker).is_(None),
+                        ~col(earlier.worker).startswith(REPORT_WORKER_PREFIX),
+                    ),
                 ),
             )
             .where(col(attempt.id).in_(ids))

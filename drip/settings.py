@@ -7,6 +7,7 @@ plain line that names the variable instead of a traceback deep in a send.
 from __future__ import annotations
 
 import ipaddress
+import re
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
@@ -36,6 +37,9 @@ def parse_networks(text: str) -> tuple[Network, ...]:
                 f"{entry!r} is not an IP address or a CIDR such as 10.0.0.0/8"
             ) from None
     return tuple(networks)
+
+
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
 
 
 class SettingsError(DripError):
@@ -68,6 +72,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     info_pack: Path = Path("emails/info-pack.pdf")
     pack_delivery: Literal["attach", "link"] = "attach"
+    bounce_domain: str | None = None
+    #: imaps://user:pass@host[:port]/FOLDER or pop3s://... (plain imap://, pop3:// too).
+    bounce_mailbox: SecretStr | None = None
 
     # drip's own knobs, each with a default that suits a small course.
     emails_dir: Path = Path("emails")
@@ -87,6 +94,9 @@ class Settings(BaseSettings):
     throttle_seconds: float = Field(60.0, ge=0)
     #: The DNS server `drip check --dns` asks, as HOST or HOST:PORT; the system's when unset.
     dns_server: str | None = None
+    #: This many soft bounces within DRIP_SOFT_BOUNCE_DAYS count as a hard bounce.
+    soft_bounce_limit: int = Field(3, ge=1)
+    soft_bounce_days: float = Field(30.0, gt=0)
 
     # Bounce and complaint webhooks: each closed (403) until its proof is configured.
     #: Comma-separated SNS TopicArns whose SES notifications are believed.
@@ -149,6 +159,26 @@ class Settings(BaseSettings):
     @classmethod
     def _trusted_proxies(cls, value: str) -> str:
         parse_networks(value)
+        return value
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        domain = value.strip().lower().rstrip(".")
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError("must be a domain name such as bounces.example.com")
+        return domain
+
+    @field_validator("bounce_mailbox")
+    @classmethod
+    def _bounce_mailbox(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from drip.bounce_mailbox import parse_url
+
+        parse_url(value.get_secret_value())  # a ValueError names what is wrong, not the password
         return value
 
     @field_validator("default_timezone")

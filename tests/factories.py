@@ -10,7 +10,15 @@ from sqlmodel import Session
 
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
-from drip.models import DeliveryAttempt, OutboxMessage, Subscriber, SubscriberStatus
+from drip.models import (
+    CourseProgress,
+    DeliveryAttempt,
+    MessageKind,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
 from drip.sending.tick import PassReport, run_pass
 from drip.settings import Settings
 from drip.subscribers import activate, add_subscriber, queue_confirmation
@@ -66,3 +74,23 @@ def many_active(engine: Engine, count: int, prefix: str = "r") -> list[Subscribe
         session.add_all(subs)
         session.flush()
         return subs
+
+
+def lesson_sent(settings: Settings, email: str) -> tuple[OutboxMessage, datetime]:
+    """A subscriber who got the welcome and the first lesson: (the lesson's row, when sent)."""
+    engine = get_engine(settings.database_url)
+    sub = subscriber(settings, email)
+    tick(settings)  # the welcome
+    with session_scope(engine) as session:
+        progress = session.get(CourseProgress, sub.id)
+        assert progress is not None and progress.next_due_at is not None
+        due = progress.next_due_at
+    tick(settings, due)
+    with session_scope(engine) as session:
+        row = session.execute(
+            select(OutboxMessage).where(
+                OutboxMessage.subscriber_id == sub.id, OutboxMessage.kind == MessageKind.lesson
+            )
+        ).scalar_one()
+    assert row.status == OutboxStatus.sent, row.last_smtp_message
+    return row, due

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,36 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def start_inbound(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`drip inbound` on 127.0.0.1:`port`, on the test's database, secret and bounce domain."""
+    assert settings.secret_key is not None and settings.bounce_domain
+    env = {
+        **os.environ,
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "DRIP_BOUNCE_DOMAIN": settings.bounce_domain,
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_INFO_PACK": str(settings.info_pack),
+    }
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drip.cli", "inbound", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=log.parent,
+        )
+    wait_until(lambda: _listening(port) or process.poll() is not None, 30, "drip inbound")
+    if process.poll() is not None:
+        raise AssertionError(f"drip inbound exited: {log.read_text()}")
+    return process
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

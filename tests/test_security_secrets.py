@@ -1,4 +1,4 @@
-"""Secrets never printed: DRIP_SECRET_KEY, the admin password and the SMTP password stay
+"""Secrets never printed: DRIP_SECRET_KEY, the admin, SMTP and bounce mailbox passwords stay
 out of every command's output and log lines, the send log, /admin and error pages, even
 when the SMTP login fails and when a setting is wrong.
 
@@ -31,6 +31,7 @@ SECRET_KEY = "canary-secret-key-7d41c0e95b"
 ADMIN_PASSWORD = "canary-admin-password-3f8a2c"
 SMTP_PASSWORD = "canary-smtp-password-91e6b4"
 SMTP_USER = "course"
+MAILBOX_PASSWORD = "canary-mailbox-password-5b2e7d"
 
 
 def _b64(raw: str) -> str:
@@ -41,6 +42,7 @@ FORMS = (
     SECRET_KEY,
     ADMIN_PASSWORD,
     SMTP_PASSWORD,
+    MAILBOX_PASSWORD,
     _b64(SMTP_PASSWORD),  # AUTH LOGIN
     _b64(f"\0{SMTP_USER}\0{SMTP_PASSWORD}"),  # AUTH PLAIN
     _b64(f"admin:{ADMIN_PASSWORD}"),  # HTTP Basic
@@ -73,6 +75,9 @@ def refusing_server() -> Iterator[tuple[MailServer, FailingLogins]]:
         yield server, logins
 
 
+CLOSED_PORT = free_port()
+
+
 def environment(database_url: str, smtp_port: int, **extra: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_")}
     return clean | {
@@ -88,6 +93,9 @@ def environment(database_url: str, smtp_port: int, **extra: str) -> dict[str, st
         "DRIP_SEND_RATE": "0",
         "DRIP_SMTP_TIMEOUT": "3",
         "DRIP_WORKER_INTERVAL": "0.2",
+        # A bounce mailbox nobody answers: each pass says it cannot be read.
+        "DRIP_BOUNCE_DOMAIN": "bounces.example.com",
+        "DRIP_BOUNCE_MAILBOX": f"imap://bounces:{MAILBOX_PASSWORD}@127.0.0.1:{CLOSED_PORT}/INBOX",
         **extra,
     }
 
@@ -144,6 +152,7 @@ def test_no_command_page_or_log_shows_a_secret(
     ticked = run(env, tmp_path, "tick")
     outputs["drip tick"] = ticked.stdout + ticked.stderr
     assert "1 deferred" in ticked.stdout, ticked.stdout + ticked.stderr
+    assert "DRIP_BOUNCE_MAILBOX: cannot read imap://bounces@127.0.0.1" in ticked.stderr
     assert SMTP_PASSWORD.encode() in logins.passwords  # the login was tried, and refused
 
     worker_log = tmp_path / "worker.log"

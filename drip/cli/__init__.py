@@ -15,7 +15,7 @@ from rich.progress import Progress
 
 from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
-from drip.cli.output import PROBLEMS, Commands, console, err, problem
+from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
 from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
 from drip.settings import Settings, SettingsError, load_settings
@@ -177,9 +177,45 @@ def tick(
     report = asyncio.run(run_pass(settings, when))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.delivery.counts.items()))
     console().print(f"queued {report.queued} lessons; delivered: {counts or 'nothing due'}")
+    if report.mailbox is not None:
+        box = report.mailbox
+        console().print(
+            f"bounce mailbox: read {box.read}, recorded {box.recorded}, left {box.left}"
+        )
+    if report.mailbox_error:
+        problem(report.mailbox_error)
     if report.delivery.halted:
         problem(f"stopped early, the rest is kept for the next pass: {report.delivery.halted}")
         raise typer.Exit(PROBLEMS)
+
+
+@app.command()
+def inbound(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (25 for a public MX)")] = 2525,
+) -> None:
+    """An SMTP server taking bounces and complaints for bounces+TAG@DRIP_BOUNCE_DOMAIN."""
+    from drip.inbound import run_inbound
+
+    settings = load_settings()
+    settings.require_secret()
+    if not settings.bounce_domain:
+        raise SettingsError(
+            "DRIP_BOUNCE_DOMAIN: not set; drip inbound takes mail for bounces+TAG@ that domain"
+        )
+    _ready(settings)
+    _logging()
+
+    def ready() -> None:
+        console().print(
+            f"drip inbound: mail for bounces+TAG@{settings.bounce_domain} on {host}:{port}"
+        )
+
+    engine = get_engine(settings.database_url)
+    try:
+        asyncio.run(run_inbound(settings, engine, host, port, ready=ready))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
 
 
 @app.command()

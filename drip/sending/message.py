@@ -160,8 +160,16 @@ def compose(
     unsubscribe_url: str | None,
     attach_pack: bool,
     now: datetime,
+    bounce_address: str | None = None,
 ) -> Envelope:
-    """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`."""
+    """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`.
+
+    `bounce_address`, the VERP address the delivery gives with DRIP_BOUNCE_DOMAIN
+    (drip.verp), is the envelope sender (MAIL FROM, the Return-Path) instead of the
+    sender's address, and is repeated in an `X-Drip-Bounce` header: a relay that
+    rewrites the Return-Path (SES, Gmail) keeps the header, and a report quoting the
+    original's headers still names the message.
+    """
     recipient = ascii_address(email)
     sender = settings.sender_address
     headers = {
@@ -174,6 +182,8 @@ def compose(
     if unsubscribe_url:
         headers["List-Unsubscribe"] = _checked(f"<{unsubscribe_url}>", "List-Unsubscribe")
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if bounce_address:
+        headers["X-Drip-Bounce"] = _checked(bounce_address, "X-Drip-Bounce")
     headers["MIME-Version"] = "1.0"
     body = _multipart(
         "alternative", [_text_part("plain", rendered.text), _text_part("html", rendered.html)]
@@ -185,7 +195,7 @@ def compose(
     if settings.dkim_enabled:
         signed = [h for h in DKIM_HEADERS if h in headers] + ["Content-Type"]
         data = _sign(settings, data, signed)
-    return Envelope(sender=sender.addr_spec, recipient=recipient, data=data)
+    return Envelope(sender=bounce_address or sender.addr_spec, recipient=recipient, data=data)
 
 
 @cache

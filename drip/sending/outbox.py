@@ -310,3 +310,51 @@ def retry(session: Session, outbox_id: int, now: datetime) -> bool:
         .execution_options(synchronize_session=False)
     )
     return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+#: The `worker` of a send-log row that records a report (`report:inbound`), not an attempt.
+REPORT_WORKER_PREFIX = "report:"
+#: How far a report moves a message on: a later, weaker report never moves it back.
+_REPORT_RANK = {
+    OutboxStatus.sent: 0,
+    OutboxStatus.failed: 1,
+    OutboxStatus.bounced: 2,
+    OutboxStatus.complained: 3,
+}
+
+
+def record_report(
+    session: Session,
+    row: OutboxMessage,
+    status: OutboxStatus,
+    smtp_code: int | None,
+    text: str,
+    source: str,
+    now: datetime,
+) -> bool:
+    """A bounce or complaint that came after the send, shown on the message it is about.
+
+    Always a send-log row; the message's own status moves on (sent -> failed for a
+    soft bounce -> bounced -> complained) only from a state it reached by being sent,
+    so a row queued or in a worker's hands is left to its worker. True if it moved.
+    """
+    assert row.id is not None
+    logged = text[:1000] or None
+    session.add(
+        DeliveryAttempt(
+            outbox_id=row.id,
+            at=now,
+            status=status,
+            smtp_code=smtp_code,
+            smtp_message=logged,
+            worker=f"{REPORT_WORKER_PREFIX}{source}"[:100],
+        )
+    )
+    weaker = [s for s, rank in _REPORT_RANK.items() if rank < _REPORT_RANK[status]]
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    moved = session.execute(
+        update(table)
+        .where(table.c.id == row.id, table.c.status.in_(weaker))
+        .values(status=status, last_smtp_code=smtp_code, last_smtp_message=logged, updated_at=now)
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from drip import verp
 from drip.clock import Clock
 from drip.course import Course
 from drip.models import (
@@ -78,6 +79,13 @@ class Preparer:
         self.clock = clock
         self._newsletters: dict[int, dict[str, Any]] = {}
 
+    def _bounce_address(self, row: OutboxMessage) -> str | None:
+        """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
+        domain = self.settings.bounce_domain
+        if not domain or row.id is None:
+            return None
+        return verp.address(self.secret, domain, row.id, row.message_id)
+
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
         """Read the newsletters these rows carry, each once per run."""
         for letter_id in set(ids) - {None} - self._newsletters.keys():
@@ -107,6 +115,7 @@ class Preparer:
                 attach_pack=row.kind == MessageKind.welcome
                 and self.settings.pack_delivery == "attach",
                 now=self.clock(),
+                bounce_address=self._bounce_address(row),
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")

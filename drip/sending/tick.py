@@ -1,4 +1,5 @@
-"""One scheduler pass: queue what is due, deliver the outbox, note the pass.
+"""One scheduler pass: read the bounce mailbox, queue what is due, deliver the outbox, note
+the pass.
 
 `drip tick`, `drip worker` (every DRIP_WORKER_INTERVAL seconds) and the tests all
 run this same function. `now` may be given to travel in time; the pass's clock
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from drip import alerts, health
+from drip.bounce_mailbox import MailboxError, MailboxReport, read_bounce_mailbox
 from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
@@ -30,6 +32,9 @@ QUEUE_BATCH = 500
 class PassReport:
     queued: int
     delivery: DeliveryReport
+    #: DRIP_BOUNCE_MAILBOX's pass, when set; or why it could not be read.
+    mailbox: MailboxReport | None = None
+    mailbox_error: str | None = None
 
 
 def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
@@ -76,6 +81,13 @@ async def run_pass(
     engine = get_engine(settings.database_url)
     clock = travelling_clock(now)
     worker = worker or worker_name()
+    # Bounces first, so no mail goes to an address that bounced since the last pass.
+    mailbox: MailboxReport | None = None
+    mailbox_error: str | None = None
+    try:
+        mailbox = await asyncio.to_thread(read_bounce_mailbox, settings, engine, clock())
+    except MailboxError as exc:  # the mailbox's trouble never holds up the mail
+        mailbox_error = str(exc)
     queued = await asyncio.to_thread(queue_due, settings, engine, clock())
     delivery = Delivery(settings, engine, worker=worker, clock=clock, stop=stop)
     report = await delivery.run()
@@ -84,4 +96,4 @@ async def run_pass(
     await asyncio.to_thread(beat, engine, worker, clock(), queued, report.total)
     # Whatever is wrong now (or cleared) goes to DRIP_ALERT_WEBHOOK, not by email.
     await asyncio.to_thread(alerts.check, settings, engine, clock())
-    return PassReport(queued=queued, delivery=report)
+    return PassReport(queued, report, mailbox, mailbox_error)

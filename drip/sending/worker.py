@@ -49,6 +49,16 @@ async def run_worker(
             except Exception:  # a failed pass is logged; the next one tries again
                 log.exception("scheduler pass failed")
                 return
+            if report.mailbox_error:
+                log.warning("%s", report.mailbox_error)
+            if report.mailbox and report.mailbox.read:
+                box = report.mailbox
+                log.info(
+                    "bounce mailbox: read %d, recorded %d, left %d",
+                    box.read,
+                    box.recorded,
+                    box.left,
+                )
             counts = ", ".join(f"{k} {v}" for k, v in sorted(report.delivery.counts.items()))
             if report.queued or counts or report.delivery.halted:
                 log.info(
