@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
-from drip.clock import utcnow
+from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
 from drip.health import rates_since
 from drip.models import (
@@ -196,7 +196,7 @@ def _post(url: str, notice: Notice) -> bool:
     )
     try:
         with urllib.request.urlopen(request, timeout=POST_TIMEOUT) as response:
-            status = response.status
+            status: int = response.status
             ok = 200 <= status < 300
     except (urllib.error.URLError, OSError, ValueError) as exc:
         log.warning("alert %s could not be posted (%s); will try again", notice.name, exc)
@@ -208,12 +208,12 @@ def _post(url: str, notice: Notice) -> bool:
     return ok
 
 
-async def watch(settings: Settings, engine: Engine) -> None:
+async def watch(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
     """The web app's check, so an alert goes out when no worker is left to send it."""
     every = min(60.0, settings.alert_after_minutes * 60 / 3)
     while True:
         try:
-            await asyncio.to_thread(check, settings, engine, utcnow())
+            await asyncio.to_thread(check, settings, engine, clock())
         except SQLAlchemyError as exc:
             log.warning("alert check failed, the database did not answer: %s", exc)
         await asyncio.sleep(every)
