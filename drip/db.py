@@ -16,17 +16,32 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel
 
 from drip.errors import DripError
+from drip.models import UTCDateTime
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
@@ -102,6 +117,25 @@ def unlocked(bind: Bind, pick: AnySelect) -> Any:
         return pick.scalar_subquery()
     picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
     return select(*picked.c)
+
+
+def database_now(bind: Bind, plus: timedelta = timedelta(0)) -> ColumnElement[datetime]:
+    """The database's own clock, `plus` an interval, as naive UTC like every stored time.
+
+    Leases are timed by it, so workers whose clocks disagree still agree on when a
+    lease runs out. PostgreSQL's is the server's `now()` (the transaction's start);
+    SQLite has no server, and its 'now' is the clock of the machine that holds the
+    file, which every process using that file shares. On SQLite the text matches how
+    SQLAlchemy stores times (microseconds, six digits) so comparisons stay textual.
+    """
+    if _is_sqlite(bind):
+        shift = f"{plus.total_seconds():+.6f} seconds"
+        expression: ColumnElement[Any] = func.strftime("%Y-%m-%d %H:%M:%f", "now", shift).concat(
+            "000"
+        )
+    else:
+        expression = func.timezone("UTC", func.now()) + literal(plus)
+    return type_coerce(expression, UTCDateTime())
 
 
 def lock(session: Session, row: SQLModel) -> None:
