@@ -3,12 +3,16 @@
 SQLite allows one writer at a time. WAL lets readers carry on beside it, the busy
 timeout makes a writer wait instead of failing, and every transaction starts with
 BEGIN IMMEDIATE: a deferred read that later upgrades to a write fails with
-SQLITE_BUSY whatever the timeout.
+SQLITE_BUSY whatever the timeout. `synchronous = FULL` syncs the WAL at every commit,
+so what drip answered for (a signup's 303, a 250 recorded as sent) survives the machine
+losing power, as it does on PostgreSQL; signups and delivery results are committed in
+groups, so the cost is one sync per group (bench/durability.py measures it).
 
 This module is also the one place where the two databases differ in SQL: a
 conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
-BEGIN IMMEDIATE already holds the write lock) and picking rows other transactions are
-not holding. Other modules call these helpers and never ask which database it is.
+BEGIN IMMEDIATE already holds the write lock), picking rows other transactions are
+not holding, and the database's own clock. Other modules call these helpers and never
+ask which database it is.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ from drip.models import UTCDateTime
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
+#: SQLite's `synchronous`: FULL makes every commit durable on power loss (NORMAL in WAL
+#: mode may lose the last commits); bench/durability.py compares the two.
+SQLITE_SYNCHRONOUS = "FULL"
 READ_ONLY = "drip_read_only"
 
 
@@ -154,7 +161,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

@@ -27,6 +27,21 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
+def test_sqlite_commits_survive_power_loss(tmp_path: Path) -> None:
+    """synchronous=FULL (2) on every connection: the WAL is synced at each commit, so a
+    signup answered 303 or a 250 recorded as sent is on disk, not only in the OS cache."""
+    engine = get_engine(f"sqlite:///{tmp_path / 'durable.db'}")
+    connections = [engine.raw_connection() for _ in range(3)]  # each pooled one, not the first
+    try:
+        for raw in connections:
+            cursor = raw.cursor()
+            assert cursor.execute("PRAGMA synchronous").fetchone() == (2,)
+            cursor.close()
+    finally:
+        for raw in connections:
+            raw.close()
+
+
 def test_an_empty_database_is_migrated_and_an_outdated_one_refused(tmp_path: Path) -> None:
     engine = get_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
     assert schema_state(engine) == "empty"
