@@ -18,6 +18,8 @@ ask which database it is.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -171,13 +173,29 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _private_files(database: Path) -> None:
+    """The database readable and writable by its owner only (0600): made so when new,
+    tightened when not. SQLite gives its -wal and -shm files the database's mode."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))  # never truncates
+    for path in (database, *(Path(f"{database}{end}") for end in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                path.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # another user's file: theirs to tighten
+            continue
+
+
 @cache
 def get_engine(url: str) -> Engine:
     """One engine per URL per process, shared by web, worker and CLI code."""
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_files(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
     else:
