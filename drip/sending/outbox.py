@@ -39,6 +39,7 @@ from drip.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from drip.printable import printable
 from drip.settings import Settings
 
 
@@ -174,7 +175,8 @@ class Result:
 
     @property
     def log_text(self) -> str | None:
-        return (self.smtp_message or "")[:1000] or None
+        """The server's words as stored: control characters spelled out (drip.printable)."""
+        return printable(self.smtp_message or "")[:1000] or None
 
 
 def retry_or_give_up(
