@@ -195,7 +195,13 @@ def get_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
-            _private_files(Path(parsed.database))
+            try:
+                _private_files(Path(parsed.database))
+            except OSError as exc:
+                raise DatabaseError(
+                    f"DRIP_DATABASE_URL: cannot reach the database ({exc.strerror}: "
+                    f"{parsed.database})"
+                ) from None
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
     else:
@@ -236,9 +242,11 @@ def _alembic_config(engine: Engine, output: io.StringIO | None = None) -> Any:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply every migration not yet applied (up to `revision`)."""
+    """Apply every migration not yet applied (up to `revision`); a database that does
+    not answer is a plain DatabaseError, not a driver's traceback."""
     from alembic import command
 
+    _reachable(engine)
     command.upgrade(_alembic_config(engine), revision)
 
 
@@ -248,13 +256,9 @@ def upgrade_sql(engine: Engine) -> str:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_heads()
-    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
-        raise DatabaseError(
-            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
-        ) from None
+    _reachable(engine)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
     heads = ScriptDirectory.from_config(_alembic_config(engine)).get_heads()
     if set(current) == set(heads):
         return "-- the database schema is up to date: nothing to run\n"
@@ -262,6 +266,16 @@ def upgrade_sql(engine: Engine) -> str:
     start = f"{current[0]}:head" if current else "head"
     command.upgrade(_alembic_config(engine, output), start, sql=True)
     return output.getvalue()
+
+
+def _reachable(engine: Engine) -> None:
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
+        raise DatabaseError(
+            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
+        ) from None
 
 
 def schema_state(engine: Engine) -> str:
