@@ -255,5 +255,5 @@ class Delivery:
             follow_up(session, held, now, self.course, self.pace)
         for row, result in results:
             self._in_hand.discard(row.id)
-            self._lease_ends.pop(row.id, None)
+            self._lease_ends.pop(row.id or 0, None)
             self.report.add(result.status)
