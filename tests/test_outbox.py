@@ -117,7 +117,9 @@ def test_leases_run_on_the_database_clock_not_the_workers(engine: Engine) -> Non
     """Two workers whose clocks are an hour apart, each way from the database's: neither
     takes the other's row before its lease has run out by the database's clock."""
     with session_scope(engine) as session:
-        enqueue_many(session, [_message(n, -timedelta(hours=3)) for n in (1, 2)], "example.com")
+        enqueue_many(
+            session, [_message(n, -timedelta(hours=3)) for n in (1, 2)], "example.com", utcnow()
+        )
     skew = timedelta(hours=1)  # far more than the lease
     started = utcnow()
     [behinds] = claim(engine, "behind", started - skew, 1, LEASE)

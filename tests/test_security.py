@@ -13,7 +13,7 @@ from drip.settings import Settings
 from drip.tokens import make_token
 from drip.web.app import create_app
 from drip.web.security import ADMIN_CSP, HSTS, PUBLIC_CSP, _local
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.factories import subscriber
 
 ADMIN = {"admin_user": "admin", "admin_password": SecretStr("correct horse battery")}
@@ -33,14 +33,16 @@ def _assert_policy(response: object, csp: str) -> None:
     assert headers["referrer-policy"] == "no-referrer"
 
 
-def test_a_500_carries_the_headers_and_no_traceback(tmp_path: Path) -> None:
+def test_a_500_carries_the_headers_and_no_traceback(
+    tmp_path: Path, make_settings: SettingsFactory
+) -> None:
     """Real faults: a database without its tables behind a public page, and a caught-mail
     folder that is a file behind /admin/outbox."""
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     blocked = tmp_path / "mail"
     blocked.write_text("not a folder")
-    settings = make_settings(f"sqlite:///{empty}", 1, tmp_path, catcher_dir=blocked)
+    settings = make_settings(f"sqlite:///{empty}", 1, catcher_dir=blocked)
     client = _client(settings)
     public = client.get("/unsubscribe/" + "x" * 30)
     assert public.status_code == 500

@@ -9,10 +9,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from drip.settings import Settings
 from drip.web.server import MAX_HEAD, redact
-from tests.processes import drip_serve, wait_until
+from tests.processes import drip_serve
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 def _connect(base: str) -> socket.socket:
