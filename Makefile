@@ -5,7 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean system-packages
+.PHONY: run test lint lock bench clean system-packages
+
+# Exact versions with hashes, from pyproject.toml: `make lock` refreshes them (keeping every
+# pin it can; `make lock ARGS=--upgrade` moves them all to the newest allowed).
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
+# drip itself, its dependencies already there from the lock; `pip check` then fails if
+# pyproject.toml asks for something the lock lacks (run `make lock`).
+INSTALL_DRIP = $(BIN)/python -m pip install --quiet --no-deps -e . && \
+	{ $(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; \
+	  echo "pyproject.toml and the lock files disagree: run make lock"; exit 1; }; }
 
 LINTED := drip tests bench scheduler.py
 
@@ -16,13 +27,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(INSTALL_DRIP)
 	touch $@
 
-$(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(TEST_STAMP): $(TEST_LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
+	$(INSTALL_DRIP)
 	touch $@ $(STAMP)
+
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(ARGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(ARGS) -o $(TEST_LOCK)
 
 run: $(STAMP)
 	$(BIN)/drip dev

@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [send tick signup newsletter]`: run the benchmarks, print the table.
+"""`python -m bench [--quick] [NAME ...]`: run the benchmarks (all or those named), show them.
 
 Each benchmark module has `run(quick: bool) -> list[Figure]`. The full run takes a few
 minutes on two cores; --quick scales every workload down, under two minutes in all.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.report import Figure, machine, markdown, save, show
 
-BENCHES = ("send", "tick", "signup", "newsletter")
+BENCHES = ("send", "tick", "signup", "newsletter", "durability")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

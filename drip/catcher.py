@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from email import policy
@@ -21,8 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 class MaildirHandler:
     def __init__(self, directory: Path) -> None:
-        directory.parent.mkdir(parents=True, exist_ok=True)  # Maildir makes cur/new/tmp itself
-        self.maildir = mailbox.Maildir(directory, create=True)
+        self.maildir = caught_box(directory)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or envelope.content
@@ -81,10 +81,14 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 def caught_box(directory: Path) -> mailbox.Maildir:
     """The catcher's Maildir; made whole if missing (Maildir(create=True) alone leaves an
-    existing but empty folder without its tmp/new/cur)."""
-    for sub in ("tmp", "new", "cur"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    return mailbox.Maildir(directory, create=True)
+    existing but empty folder without its tmp/new/cur). It and its folders are its
+    owner's only (0700): made so, or tightened."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (directory, *(directory / sub for sub in ("tmp", "new", "cur"))):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_IMODE(folder.stat().st_mode) & 0o077:
+            folder.chmod(0o700)
+    return mailbox.Maildir(directory, create=False)
 
 
 def _delivered_at(key: str) -> float:

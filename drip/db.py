@@ -3,33 +3,57 @@
 SQLite allows one writer at a time. WAL lets readers carry on beside it, the busy
 timeout makes a writer wait instead of failing, and every transaction starts with
 BEGIN IMMEDIATE: a deferred read that later upgrades to a write fails with
-SQLITE_BUSY whatever the timeout.
+SQLITE_BUSY whatever the timeout. `synchronous = FULL` syncs the WAL at every commit,
+so what drip answered for (a signup's 303, a 250 recorded as sent) survives the machine
+losing power, as it does on PostgreSQL; signups and delivery results are committed in
+groups, so the cost is one sync per group (bench/durability.py measures it).
 
 This module is also the one place where the two databases differ in SQL: a
 conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
-BEGIN IMMEDIATE already holds the write lock) and picking rows other transactions are
-not holding. Other modules call these helpers and never ask which database it is.
+BEGIN IMMEDIATE already holds the write lock), picking rows other transactions are
+not holding, and the database's own clock. Other modules call these helpers and never
+ask which database it is.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel
 
 from drip.errors import DripError
+from drip.models import UTCDateTime
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
+#: SQLite's `synchronous`: FULL makes every commit durable on power loss (NORMAL in WAL
+#: mode may lose the last commits); bench/durability.py compares the two.
+SQLITE_SYNCHRONOUS = "FULL"
 READ_ONLY = "drip_read_only"
 
 
@@ -104,6 +128,25 @@ def unlocked(bind: Bind, pick: AnySelect) -> Any:
     return select(*picked.c)
 
 
+def database_now(bind: Bind, plus: timedelta = timedelta(0)) -> ColumnElement[datetime]:
+    """The database's own clock, `plus` an interval, as naive UTC like every stored time.
+
+    Leases are timed by it, so workers whose clocks disagree still agree on when a
+    lease runs out. PostgreSQL's is the server's `now()` (the transaction's start);
+    SQLite has no server, and its 'now' is the clock of the machine that holds the
+    file, which every process using that file shares. On SQLite the text matches how
+    SQLAlchemy stores times (microseconds, six digits) so comparisons stay textual.
+    """
+    if _is_sqlite(bind):
+        shift = f"{plus.total_seconds():+.6f} seconds"
+        expression: ColumnElement[Any] = func.strftime("%Y-%m-%d %H:%M:%f", "now", shift).concat(
+            "000"
+        )
+    else:
+        expression = func.timezone("UTC", func.now()) + literal(plus)
+    return type_coerce(expression, UTCDateTime())
+
+
 def lock(session: Session, row: SQLModel) -> None:
     """Read `row` again, locked until the transaction ends: a second transaction doing
     the same waits, then sees what the first wrote (SQLite: BEGIN IMMEDIATE already did)."""
@@ -120,7 +163,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -130,13 +173,35 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _private_files(database: Path) -> None:
+    """The database readable and writable by its owner only (0600): made so when new,
+    tightened when not. SQLite gives its -wal and -shm files the database's mode."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))  # never truncates
+    for path in (database, *(Path(f"{database}{end}") for end in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                path.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # another user's file: theirs to tighten
+            continue
+
+
 @cache
 def get_engine(url: str) -> Engine:
     """One engine per URL per process, shared by web, worker and CLI code."""
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _private_files(Path(parsed.database))
+            except OSError as exc:
+                raise DatabaseError(
+                    f"DRIP_DATABASE_URL: cannot reach the database ({exc.strerror}: "
+                    f"{parsed.database})"
+                ) from None
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
     else:
@@ -177,9 +242,11 @@ def _alembic_config(engine: Engine, output: io.StringIO | None = None) -> Any:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply every migration not yet applied (up to `revision`)."""
+    """Apply every migration not yet applied (up to `revision`); a database that does
+    not answer is a plain DatabaseError, not a driver's traceback."""
     from alembic import command
 
+    _reachable(engine)
     command.upgrade(_alembic_config(engine), revision)
 
 
@@ -189,13 +256,9 @@ def upgrade_sql(engine: Engine) -> str:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_heads()
-    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
-        raise DatabaseError(
-            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
-        ) from None
+    _reachable(engine)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
     heads = ScriptDirectory.from_config(_alembic_config(engine)).get_heads()
     if set(current) == set(heads):
         return "-- the database schema is up to date: nothing to run\n"
@@ -203,6 +266,16 @@ def upgrade_sql(engine: Engine) -> str:
     start = f"{current[0]}:head" if current else "head"
     command.upgrade(_alembic_config(engine, output), start, sql=True)
     return output.getvalue()
+
+
+def _reachable(engine: Engine) -> None:
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
+        raise DatabaseError(
+            f"DRIP_DATABASE_URL: cannot reach the database ({_first_line(exc)})"
+        ) from None
 
 
 def schema_state(engine: Engine) -> str:

@@ -2,9 +2,9 @@
 
 Every email is first an `OutboxMessage` row with a unique `dedupe_key`, so queuing
 the same email twice is impossible and a crash at any point leaves a row to retry.
-A worker claims a row by setting `status='sending'` with a lease; the row's
-`next_attempt_at` then holds the lease expiry, so one indexed column answers
-"what may be claimed now" for fresh, deferred and abandoned rows alike.
+A worker claims a row by setting `status='sending'` with a lease (`lease_until`, on
+the database's clock); the indexed `next_attempt_at` answers "what is due now" for
+fresh and deferred rows, and a row whose lease ran out is due again at once.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class OutboxMessage(SQLModel, table=True):
         default=OutboxStatus.queued, sa_column=Column(String(16), nullable=False)
     )
     due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
-    #: When the row may next be claimed: due or retry time, or the lease expiry while sending.
+    #: When the row is due: its send or retry time (while sending, the lease decides too).
     next_attempt_at: datetime | None = _when(index=True)
     attempts: int = Field(default=0)
     lease_until: datetime | None = _when()

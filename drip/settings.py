@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     retry_max_hours: float = Field(6.0, gt=0)
     retry_lifetime_days: float = Field(5.0, gt=0)
     lease_seconds: float = Field(300.0, gt=0)
+    #: Seconds a client has to send a request's head, from its first byte (drip.web.server).
+    header_timeout: float = Field(10.0, gt=0)
     confirm_ttl_hours: float = Field(72.0, gt=0)
     signups_per_ip_per_minute: int = Field(10, ge=1)
     signups_per_address_per_hour: int = Field(3, ge=1)

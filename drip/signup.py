@@ -80,11 +80,19 @@ def clean_email(raw: str) -> str:
     if len(address) > EMAIL_MAX:
         raise ValueError("That email address is too long.")
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError:
         raise ValueError(
             "That doesn't look like an email address. Please check it, e.g. name@example.com."
         ) from None
+    if not valid.local_part.isascii():
+        # Mail to such a mailbox needs SMTPUTF8 end to end, which drip does not send
+        # (drip.sending.message refuses it): say so now rather than fail every email.
+        raise ValueError(
+            "Please use an address with only plain letters, digits and . _ - + before "
+            "the @ (accents and other scripts there cannot be delivered yet)."
+        )
+    return valid.normalized
 
 
 def known_timezone(raw: str) -> str | None:

@@ -103,9 +103,9 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(
+        wait_until(  # generous: on a busy shared machine start-up alone can take 30 s
             lambda: _answers(f"{base}/healthz"),
-            30,
+            90,
             "drip serve",
             abort=lambda: (
                 None

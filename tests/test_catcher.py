@@ -1,12 +1,17 @@
-"""The mail catcher's read side: what /admin/outbox lists and shows."""
+"""The mail catcher: what /admin/outbox lists and shows, kept where only its owner reads."""
 
 from __future__ import annotations
 
 import mailbox
+import os
+import stat
 from email.message import EmailMessage
 from pathlib import Path
 
+import aiosmtplib
+
 from drip import catcher
+from tests.mailserver import free_port
 
 
 def _catch(directory: Path, subject: str, attachment: bytes | None = None) -> str:
@@ -50,3 +55,37 @@ def test_an_unknown_key_is_none_and_an_empty_folder_is_made_whole(tmp_path: Path
     assert catcher.read(empty, "no-such-key") is None
     assert catcher.newest(empty, 10) == ([], 0)
     assert isinstance(catcher.caught_box(empty), mailbox.Maildir)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_caught_mail_is_kept_in_a_private_maildir(tmp_path: Path) -> None:
+    kept = os.umask(0o022)
+    try:
+        directory = tmp_path / ".drip" / "mail"
+        port = free_port()
+        box = catcher.start_catcher(directory, "127.0.0.1", port)
+        try:
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = "a@example.com", "b@x.org", "Hi"
+            message.set_content("caught")
+            await aiosmtplib.send(message, hostname="127.0.0.1", port=port)
+        finally:
+            box.stop()
+    finally:
+        os.umask(kept)
+    for folder in (directory, directory / "tmp", directory / "new", directory / "cur"):
+        assert _mode(folder) == 0o700, folder
+    assert len(catcher.caught_box(directory)) == 1
+
+
+def test_an_open_maildir_is_tightened(tmp_path: Path) -> None:
+    directory = tmp_path / "mail"
+    for sub in ("tmp", "new", "cur"):
+        (directory / sub).mkdir(parents=True)
+    for folder in (directory, *directory.iterdir()):
+        folder.chmod(0o755)
+    catcher.caught_box(directory)
+    assert {_mode(f) for f in (directory, *directory.iterdir())} == {0o700}

@@ -53,6 +53,23 @@ def test_a_broken_setting_stops_any_command_with_one_plain_line(tmp_path: Path) 
         assert "Traceback" not in result.stderr
 
 
+def test_db_upgrade_with_the_database_down_says_so_in_one_line(tmp_path: Path) -> None:
+    """PostgreSQL not answering (nothing listens on the port), and a SQLite file in a
+    folder drip cannot create: one plain line naming the setting, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for url in (
+        "postgresql+psycopg://drip@127.0.0.1:1/drip?connect_timeout=2",
+        f"sqlite:///{blocker}/sub/subscribers.db",
+    ):
+        result = drip("db", "upgrade", env={"DRIP_DATABASE_URL": url}, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("drip: DRIP_DATABASE_URL: cannot reach the database")
+        assert "Traceback" not in result.stderr
+
+
 def test_check_passes_on_the_shipped_course(settings: Settings) -> None:
     drip("db", "upgrade", env=_env(settings))
     result = drip("check", env=_env(settings))

@@ -20,6 +20,7 @@ from drip.cli import app
 from drip.clock import utcnow
 from drip.db import read_scope
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
+from drip.printable import one_line, printable
 from drip.sendlog import JSON_FIELDS, parse_since
 from drip.settings import Settings
 from tests.conftest import ROOT
@@ -88,6 +89,33 @@ def test_logs_json_matches_what_the_smtp_server_received(
     only_bob = drip("logs", "--json", "--email", "BOB@example.com")
     assert [json.loads(x)["template"] for x in only_bob.stdout.splitlines()] == ["confirm"]
     assert drip("logs", "--json", "--status", "bounced").stdout == ""
+
+
+def test_escape_sequences_in_an_smtp_reply_never_reach_the_terminal(
+    drip, settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    """A hostile server's reply (retitle the terminal, clear it, ring the bell) is stored
+    and shown with its control characters spelled out, in every output of `drip logs`."""
+    hostile = "550 5.1.1 \x1b]0;owned\x07\x1b[2J\x1b[31mgone\x1b[0m"
+    recorder.replies.append(hostile)
+    subscriber(settings, "ann@example.com", name="Ann")
+    tick(settings)
+    with read_scope(engine) as session:
+        [row] = session.execute(select(OutboxMessage)).scalars().all()
+    assert row.last_smtp_message is not None and "\x1b" not in row.last_smtp_message
+    assert "\\x1b]0;owned\\x07" in row.last_smtp_message
+    for args in (("logs",), ("logs", "--json"), ("logs", "--status", "bounced")):
+        shown = drip(*args).stdout
+        assert "owned" in shown, args
+        assert not any(c in shown for c in "\x1b\x07\x9b"), (args, shown)
+    assert json.loads(drip("logs", "--json").stdout.splitlines()[0])["smtp_message"] == (
+        row.last_smtp_message
+    )
+
+
+def test_printable_spells_out_controls_and_keeps_the_rest() -> None:
+    assert printable("a\x1b[2Jb\x9b1m\u202ec\td\ne é") == "a\\x1b[2Jb\\x9b1m\\u202ec\td\ne é"
+    assert one_line("250-first\r\n250 second\tok") == "250-first  250 second ok"
 
 
 def test_logs_table_and_plain_refusals(drip, settings: Settings) -> None:

@@ -35,6 +35,17 @@ def _message(n: int, due_offset: timedelta = timedelta(0)) -> NewMessage:
     )
 
 
+def _pass_database_time(engine: Engine, by: timedelta) -> None:
+    """As if the database's clock had moved on by `by`: every lease is that much nearer its end."""
+    with session_scope(engine) as session:
+        leased = session.execute(
+            select(OutboxMessage).where(OutboxMessage.lease_until.is_not(None))  # type: ignore[union-attr]
+        ).scalars()
+        for row in leased:
+            assert row.lease_until is not None
+            row.lease_until -= by
+
+
 def _count(engine: Engine, *where: object) -> int:
     with session_scope(engine) as session:
         return int(
@@ -72,7 +83,8 @@ def test_claim_takes_only_due_rows_and_leases_them(engine: Engine) -> None:
     assert rows[0].attempts == 1
     assert claim(engine, "w2", now, 10, LEASE) == []
     # The lease of a dead worker runs out and the row is claimed again.
-    again = claim(engine, "w2", now + LEASE + timedelta(seconds=1), 10, LEASE)
+    _pass_database_time(engine, LEASE + timedelta(seconds=1))
+    again = claim(engine, "w2", now, 10, LEASE)
     assert {r.email for r in again} == {"reader1@example.com"}
     assert again[0].attempts == 2
     assert again[0].leased_by == "w2"
@@ -83,7 +95,8 @@ def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
         enqueue(session, _message(1), "example.com", utcnow())
     now = utcnow()
     [first] = claim(engine, "w1", now, 1, LEASE)
-    [second] = claim(engine, "w2", now + LEASE * 2, 1, LEASE)
+    _pass_database_time(engine, LEASE * 2)
+    [second] = claim(engine, "w2", now, 1, LEASE)
     with session_scope(engine) as session:
         assert (
             record(session, [(first, Result(OutboxStatus.sent, 250, "OK"))], "w1", utcnow())
@@ -98,6 +111,33 @@ def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
     assert row.next_attempt_at is None
     assert row.sent_at
     assert [a.worker for a in attempts] == ["w1", "w2"]
+
+
+def test_leases_run_on_the_database_clock_not_the_workers(engine: Engine) -> None:
+    """Two workers whose clocks are an hour apart, each way from the database's: neither
+    takes the other's row before its lease has run out by the database's clock."""
+    with session_scope(engine) as session:
+        enqueue_many(
+            session, [_message(n, -timedelta(hours=3)) for n in (1, 2)], "example.com", utcnow()
+        )
+    skew = timedelta(hours=1)  # far more than the lease
+    started = utcnow()
+    [behinds] = claim(engine, "behind", started - skew, 1, LEASE)
+    # The lease ends by the database's clock (the same machine's here), not the worker's.
+    assert behinds.lease_until is not None
+    assert started + LEASE - timedelta(seconds=5) <= behinds.lease_until
+    assert behinds.lease_until <= utcnow() + LEASE + timedelta(seconds=5)
+    # The worker an hour ahead sees the first lease as long gone by its own clock.
+    aheads = claim(engine, "ahead", utcnow() + skew, 10, LEASE)
+    assert behinds.email == "reader1@example.com"
+    assert [r.email for r in aheads] == ["reader2@example.com"]
+    assert claim(engine, "behind", utcnow() - skew, 10, LEASE) == []
+    assert claim(engine, "ahead", utcnow() + skew, 10, LEASE) == []
+    # Once the database's clock passes the leases, either worker may take both rows back.
+    _pass_database_time(engine, LEASE + timedelta(seconds=1))
+    again = claim(engine, "ahead", utcnow() + skew, 10, LEASE)
+    assert sorted(r.email for r in again) == ["reader1@example.com", "reader2@example.com"]
+    assert all(r.leased_by == "ahead" and r.attempts == 2 for r in again)
 
 
 def test_deferred_rows_come_back_at_their_retry_time(engine: Engine) -> None:

@@ -62,6 +62,17 @@ def test_each_problem_is_named_under_its_field(fields: dict[str, object], field:
     assert checked.errors[field].endswith(".")
 
 
+@pytest.mark.parametrize("address", ["jörg@example.com", "用户@example.com", "anné@b.org"])
+def test_a_mailbox_name_beyond_ascii_is_refused_with_a_reason(address: str) -> None:
+    """drip sends without SMTPUTF8, so such an address would fail every email: refused at
+    signup (and import) in plain words; a non-ASCII domain is fine (sent as IDNA)."""
+    checked = _check(email=address)
+    assert checked.signup is None
+    assert "before the @" in checked.errors["email"]
+    fine = _check(email="joerg@bücher.example")
+    assert fine.signup is not None and fine.signup.email == "joerg@bücher.example"
+
+
 def test_the_honeypot_is_answered_like_success_and_stores_nothing() -> None:
     checked = _check(website="http://spam.example")
     assert checked.bot

@@ -56,6 +56,17 @@ def _token(settings: Settings, engine: Engine, purpose: str, email: str = "ann@e
     return make_token(settings.require_secret(), salt, purpose)  # type: ignore[arg-type]
 
 
+def test_a_non_ascii_mailbox_name_gets_the_form_back_with_the_reason(
+    client: TestClient, engine: Engine
+) -> None:
+    page = client.post("/subscribe", data={**FORM, "email": "jörg@example.com"})
+    assert page.status_code == 422
+    assert "before the @" in page.text and "jörg@example.com" in page.text
+    as_json = client.post("/subscribe", json={**FORM, "email": "jörg@example.com"})
+    assert as_json.status_code == 422 and "before the @" in as_json.json()["errors"]["email"]
+    assert _rows(engine) == []
+
+
 def test_the_form_page(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200

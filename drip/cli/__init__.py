@@ -71,6 +71,7 @@ def dev(
     from drip.catcher import start_catcher
     from drip.sending.worker import preflight, run_worker
     from drip.web.app import create_app
+    from drip.web.server import server_config
 
     base = load_settings()
     overrides: dict[str, Any] = {}
@@ -108,13 +109,7 @@ def dev(
     async def main() -> None:
         stop = asyncio.Event()
         server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings),
-                host=host,
-                port=port,
-                log_level="warning",
-                proxy_headers=False,
-            )
+            server_config(create_app(settings), settings, host=host, port=port, log_level="warning")
         )
         worker = asyncio.create_task(run_worker(settings, stop, handle_signals=False))
         try:
@@ -137,13 +132,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     from drip.web.app import create_app
+    from drip.web.server import server_config
 
     settings = load_settings()
     settings.require_secret()
     _ready(settings)
-    # X-Forwarded-For is read by drip itself, and only from DRIP_TRUSTED_PROXIES; uvicorn's
-    # own reading would believe it from any loopback peer.
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False)
+    # Bounded heads, a head-read timeout, tokens kept out of the access log: drip.web.server.
+    uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port)).run()
 
 
 @app.command()

@@ -8,6 +8,7 @@ Thin over drip.sendlog, drip.subscriber_view and drip.subscriber_csv, so the CLI
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from sqlalchemy import Engine
 from drip.cli.output import PROBLEMS, console, err, fail
 from drip.clock import utcnow
 from drip.db import ensure_schema, get_engine, read_scope
+from drip.printable import one_line, printable
 from drip.sendlog import (
     KINDS,
     LOG_STATUSES,
@@ -66,9 +68,13 @@ def _engine(settings: Settings) -> Engine:
 # -- drip logs -------------------------------------------------------------------------
 
 
+#: What json.dumps leaves raw that a terminal may still act on: C1 controls, bidi overrides.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _smtp(entry: LogEntry) -> str:
     parts = [str(entry.smtp_code) if entry.smtp_code else "", entry.smtp_message or ""]
-    return " ".join(p for p in parts if p)
+    return printable(" ".join(p for p in parts if p))
 
 
 def _table(rows: list[LogEntry]) -> Table:
@@ -79,9 +85,9 @@ def _table(rows: list[LogEntry]) -> Table:
     for e in rows:
         table.add_row(
             Text(e.at.strftime("%Y-%m-%d %H:%M:%S")),
-            Text(e.email),
+            Text(printable(e.email)),
             Text(e.kind),
-            Text(e.template),
+            Text(printable(e.template)),
             Text(e.status, style=STATUS_STYLE.get(e.status, "")),
             Text(str(e.attempts)),
             Text(_smtp(e)),
@@ -95,14 +101,18 @@ def _line(e: LogEntry) -> Text:
         (iso(e.at), "dim"),
         "  ",
         (f"{e.status:<8}", STATUS_STYLE.get(e.status, "")),
-        f"  {e.kind:<10}  {e.template:<14}  {e.email}  #{e.attempts}  {_smtp(e)}".rstrip(),
+        one_line(
+            f"  {e.kind:<10}  {e.template:<14}  {e.email}  #{e.attempts}  {_smtp(e)}"
+        ).rstrip(),
     )
 
 
 def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
     if json_output:
         for e in rows:
-            sys.stdout.write(json.dumps(e.as_json(), ensure_ascii=False) + "\n")
+            # JSON escapes C0 controls itself; the C1 range and bidi overrides are escaped too.
+            line = json.dumps(e.as_json(), ensure_ascii=False)
+            sys.stdout.write(_UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line) + "\n")
         sys.stdout.flush()
     elif streaming:
         for e in rows:
@@ -203,8 +213,8 @@ def list_command(
     for s in rows:
         table.add_row(
             Text(str(s.id)),
-            Text(s.email),
-            Text(s.name),
+            Text(printable(s.email)),
+            Text(printable(s.name)),
             Text(str(s.status)),
             Text(s.timezone),
             Text(s.created_at.strftime("%Y-%m-%d %H:%M")),

@@ -15,6 +15,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -93,6 +94,8 @@ class Delivery:
         settings.require_secret()  # missing, it stops the run here, not at the first message
         self.pace = Pace(settings.minutes_per_day)
         self._in_hand: set[int] = set()
+        #: Per row in hand: when its lease runs out, on this process's monotonic clock.
+        self._lease_ends: dict[int, float] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
         self._judged_at: datetime | None = None
@@ -189,8 +192,12 @@ class Delivery:
         await done
 
     def _lease_short(self, row: OutboxMessage) -> bool:
-        margin = timedelta(seconds=min(self.settings.lease_seconds * LEASE_MARGIN, 30))
-        return row.lease_until is not None and row.lease_until - self.clock() < margin
+        """Too little of the lease left to start a send. Timed from just before the claim
+        on this process's monotonic clock: the lease itself runs on the database's clock,
+        which this worker's wall clock (or `drip tick --now`) need not agree with."""
+        margin = min(self.settings.lease_seconds * LEASE_MARGIN, 30)
+        ends = self._lease_ends.get(row.id or 0)
+        return ends is not None and ends - time.monotonic() < margin
 
     def _halt(self, reason: str) -> None:
         """The server cannot be reached: stop this run rather than defer every message in turn."""
@@ -213,10 +220,12 @@ class Delivery:
         per connection, so each is still rendered moments before it is sent.
         """
         lease = timedelta(seconds=self.settings.lease_seconds)
+        ends = time.monotonic() + self.settings.lease_seconds
         rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held())
         if not rows:
             return []
         self._in_hand.update(r.id for r in rows if r.id is not None)
+        self._lease_ends.update((r.id, ends) for r in rows if r.id is not None)
         wanted = {r.subscriber_id for r in rows if r.subscriber_id is not None}
         with read_scope(self.engine) as session:
             found = session.execute(select(Subscriber).where(col(Subscriber.id).in_(wanted)))
@@ -246,4 +255,5 @@ class Delivery:
             follow_up(session, held, now, self.course, self.pace)
         for row, result in results:
             self._in_hand.discard(row.id)
+            self._lease_ends.pop(row.id or 0, None)
             self.report.add(result.status)

@@ -24,12 +24,13 @@ from sqlalchemy import (
     cast,
     insert,
     literal,
+    or_,
     select,
     update,
 )
 from sqlmodel import Session, col
 
-from drip.db import insert_ignoring, session_scope, table_of, unlocked
+from drip.db import database_now, insert_ignoring, session_scope, table_of, unlocked
 from drip.models import (
     PENDING_STATUSES,
     RETRYABLE_STATUSES,
@@ -38,6 +39,7 @@ from drip.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from drip.printable import printable
 from drip.settings import Settings
 
 
@@ -122,10 +124,17 @@ def claim(
 ) -> list[OutboxMessage]:
     """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row.
 
-    Rows of a `held` kind (newsletters paused by sender health) stay where they are.
+    A row is due when its `next_attempt_at` has come by the caller's `now` (which
+    `drip tick --now` may move) and no lease holds it. Leases are timed by the
+    database's clock (`drip.db.database_now`), never the worker's: a worker whose clock
+    runs ahead cannot take another's row before its lease has really run out. Rows of a
+    `held` kind (newsletters paused by sender health) stay where they are.
     """
-    lease_until = now + lease
-    due = and_(col(OutboxMessage.next_attempt_at) <= now)
+    free = or_(
+        col(OutboxMessage.lease_until).is_(None),
+        col(OutboxMessage.lease_until) <= database_now(engine),
+    )
+    due = and_(col(OutboxMessage.next_attempt_at) <= now, free)
     if held:
         due = and_(due, col(OutboxMessage.kind).not_in(list(held)))
     pick = (
@@ -134,15 +143,14 @@ def claim(
         .order_by(col(OutboxMessage.next_attempt_at))
         .limit(limit)
     )
-    # Rows another worker is claiming right now are skipped, not waited for.
     stmt = (
         update(OutboxMessage)
+        # Rows another worker is claiming right now are skipped, not waited for.
         .where(col(OutboxMessage.id).in_(unlocked(engine, pick)))
         .where(due)
         .values(
             status=OutboxStatus.sending,
-            lease_until=lease_until,
-            next_attempt_at=lease_until,
+            lease_until=database_now(engine, lease),
             leased_by=worker,
             attempts=col(OutboxMessage.attempts) + 1,
             updated_at=now,
@@ -167,7 +175,8 @@ class Result:
 
     @property
     def log_text(self) -> str | None:
-        return (self.smtp_message or "")[:1000] or None
+        """The server's words as stored: control characters spelled out (drip.printable)."""
+        return printable(self.smtp_message or "")[:1000] or None
 
 
 def retry_or_give_up(

@@ -1,9 +1,10 @@
 """/admin: the operator's pages (dashboard, send log, subscribers, caught mail).
 
-Every route goes through `_AdminRoute`, which checks HTTP Basic credentials before
-FastAPI reads a single parameter and puts security headers on every answer, so no
-page can forget either. Actions are POST forms carrying a CSRF token (an HMAC of the
-admin user under a key made at start), and the routes stay thin: the queries live in
+Every route goes through `AdminRoute`, which checks HTTP Basic credentials before
+FastAPI reads a single parameter, and every POST through the router's CSRF dependency
+(`drip.web.security.csrf_required`: a token that is an HMAC of the admin user under a
+key made at start), so no page can forget either; drip.web.security puts the headers
+on every answer. The routes stay thin: the queries live in
 drip.dashboard, drip.sendlog and drip.subscriber_view, the changes in
 drip.operator_actions and drip.subscribers.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -57,6 +58,7 @@ from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline
 from drip.subscribers import leave
 from drip.web.chart import sends_chart
 from drip.web.proxies import client_key
+from drip.web.security import MAIL_CSP, CsrfRefused, csrf_required
 
 TEMPLATES = Path(__file__).with_name("templates")
 CLOSED = "admin is closed: set DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD"
@@ -76,26 +78,6 @@ DONE = {
     "not-retried": "Nothing to retry: the message is no longer failed or bounced.",
     "resumed": "Newsletter sending resumed; the next pass carries on where it stopped.",
     "not-paused": "Newsletter sending was not paused.",
-}
-
-_BASE_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
-)
-#: A caught email's page: its HTML, shown in a sandboxed srcdoc frame that inherits this
-#: policy, needs inline styles; scripts stay forbidden (no script-src, no allow-scripts).
-_MAIL_CSP = (
-    "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": _BASE_CSP,
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
 }
 
 
@@ -203,15 +185,10 @@ def _invalid(exc: RequestValidationError) -> Response:
     return PlainTextResponse("422: " + "; ".join(lines), status_code=422)
 
 
-def _secure(response: Response) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
-
-
-def _route_class(guard: AdminGuard) -> type[APIRoute]:
+def _route_class(guard: AdminGuard, refused_csrf: Callable[[Request], Response]) -> type[APIRoute]:
     class AdminRoute(APIRoute):
-        """Credentials first, headers always."""
+        """Credentials first; then a refused CSRF token or an unreadable parameter is
+        answered plainly. The headers are drip.web.security's, on every answer."""
 
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
@@ -219,11 +196,13 @@ def _route_class(guard: AdminGuard) -> type[APIRoute]:
             async def guarded(request: Request) -> Response:
                 refusal = await guard.check(request)
                 if refusal is not None:
-                    return _secure(refusal)
+                    return refusal
                 try:
-                    return _secure(await handler(request))
+                    return await handler(request)
+                except CsrfRefused:
+                    return refused_csrf(request)
                 except RequestValidationError as exc:
-                    return _secure(_invalid(exc))
+                    return _invalid(exc)
 
             return guarded
 
@@ -278,7 +257,6 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
     guard = AdminGuard(settings, step=failure_delay)
     engine = get_engine(settings.database_url)
     templates = Jinja2Templates(env=_environment())
-    router = APIRouter(prefix="/admin", route_class=_route_class(guard), include_in_schema=False)
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("csrf", guard.csrf_token())
@@ -296,6 +274,14 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             "Form expired",
             "This form is out of date (drip was restarted?). Go back, reload and try again.",
         )
+
+    router = APIRouter(
+        prefix="/admin",
+        route_class=_route_class(guard, refused_csrf),
+        # Every POST carries the form's CSRF token, checked before the route runs.
+        dependencies=[Depends(csrf_required(guard.csrf_ok))],
+        include_in_schema=False,
+    )
 
     @router.get("", response_class=HTMLResponse)
     def home(request: Request) -> HTMLResponse:
@@ -413,11 +399,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         )
 
     @router.post("/subscribers/{subscriber_id}/unsubscribe", response_model=None)
-    def unsubscribe(
-        request: Request, subscriber_id: RowId, csrf: Annotated[str, Form()] = ""
-    ) -> Response:
-        if not guard.csrf_ok(csrf):
-            return refused_csrf(request)
+    def unsubscribe(request: Request, subscriber_id: RowId) -> Response:
         with session_scope(engine) as session:
             found = session.get(Subscriber, subscriber_id)
             if found is None:
@@ -428,11 +410,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
 
     @router.post("/subscribers/{subscriber_id}/export", response_model=None)
-    def export(
-        request: Request, subscriber_id: RowId, csrf: Annotated[str, Form()] = ""
-    ) -> Response:
-        if not guard.csrf_ok(csrf):
-            return refused_csrf(request)
+    def export(request: Request, subscriber_id: RowId) -> Response:
         with read_scope(engine) as session:
             data = subscriber_data(session, subscriber_id)
         if data is None:
@@ -449,11 +427,8 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
     def delete(
         request: Request,
         subscriber_id: RowId,
-        csrf: Annotated[str, Form()] = "",
         sure: Annotated[str, Form()] = "",
     ) -> Response:
-        if not guard.csrf_ok(csrf):
-            return refused_csrf(request)
         if sure != "yes":
             return problem(
                 request, 400, "Not deleted", "Tick the box to confirm the deletion, then retry."
@@ -464,9 +439,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=deleted", 303)
 
     @router.post("/messages/{message_id}/retry", response_model=None)
-    def retry(request: Request, message_id: RowId, csrf: Annotated[str, Form()] = "") -> Response:
-        if not guard.csrf_ok(csrf):
-            return refused_csrf(request)
+    def retry(request: Request, message_id: RowId) -> Response:
         with session_scope(engine) as session:
             row = session.get(OutboxMessage, message_id)
             if row is None:
@@ -512,7 +485,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             text=catcher.body(message, "plain"),
             attachments=attachments,
         )
-        response.headers["Content-Security-Policy"] = _MAIL_CSP
+        response.headers["Content-Security-Policy"] = MAIL_CSP
         return response
 
     @router.get("/outbox/{key}/part/{n}", response_model=None)

@@ -1,8 +1,8 @@
 """The web app: signup, confirmation, unsubscribe, health, and /admin.
 
 Routes are thin: the rules live in drip.signup and drip.subscribers. Every page is
-rendered with autoescaping, and every response carries headers that forbid
-framing, sniffing and any script or style not served by drip itself.
+rendered with autoescaping, and every response carries the headers of
+drip.web.security: no framing, no sniffing, no script or style not served by drip.
 """
 
 from __future__ import annotations
@@ -40,24 +40,16 @@ from drip.settings import Settings
 from drip.web.admin import build_admin_router
 from drip.web.metrics import build_metrics_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
+from drip.web.security import SecurityHeaders
 from drip.web.signup_writer import Writer
 from drip.web.webhooks import MAX_WEBHOOK_BODY, build_webhook_router
 
 HERE = Path(__file__).parent
 MAX_BODY = 8 * 1024
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'self'; img-src 'self' data:; frame-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-}
 
 
 class Guard:
-    """Bounds request bodies (413; webhooks get more room) and adds the security headers."""
+    """Bounds request bodies (413; webhooks get more room); drip.web.security adds the headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -66,24 +58,12 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        async def send_secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [
-                    (k.encode(), v.encode())
-                    for k, v in SECURITY_HEADERS.items()
-                    if k.encode() not in present
-                ]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
         headers = dict(scope.get("headers", []))
         as_json = headers.get(b"content-type", b"").startswith(b"application/json")
         declared = headers.get(b"content-length")
         limit = MAX_WEBHOOK_BODY if scope["path"].startswith("/webhooks/") else MAX_BODY
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _too_large(send_secured, as_json)
+            await _too_large(send, as_json)
             return
         body, more = b"", True
         while more:  # read the (small) body up front, so a liar about its length is caught too
@@ -93,7 +73,7 @@ class Guard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:
-                await _too_large(send_secured, as_json)
+                await _too_large(send, as_json)
                 return
         replayed = False
 
@@ -104,7 +84,7 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send_secured)
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send, as_json: bool) -> None:
@@ -193,6 +173,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(Guard)
     app.add_middleware(ClientAddress, trusted=settings.trusted_proxy_networks)
+    # Outermost, so every answer has the headers, a 500 from any layer below included.
+    app.add_middleware(SecurityHeaders, https=settings.base_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(build_admin_router(settings))
     app.include_router(build_webhook_router(settings, engine))
