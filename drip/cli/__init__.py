@@ -219,6 +219,10 @@ def check(
         bool,
         typer.Option("--dns", help="also look up the sender domain's SPF, DKIM and DMARC records"),
     ] = False,
+    smtp: Annotated[
+        bool,
+        typer.Option("--smtp", help="also connect to the SMTP server and try the login"),
+    ] = False,
 ) -> None:
     """Validate settings, deliverability, database, templates, course and attachment."""
     from drip.check import problems
@@ -231,12 +235,20 @@ def check(
         for line in report.found:
             console().print(f"✓ {line}", markup=False)
         found.extend(report.problems)
+    if smtp:
+        from drip.sending.probe import probe
+
+        probed = asyncio.run(probe(settings))
+        for line in probed.found:
+            console().print(f"✓ {line}", markup=False)
+        found.extend(probed.problems)
     for line in found:
         problem(f"✗ {line}")
     if found:
         raise typer.Exit(PROBLEMS)
     what = "settings, database, templates, course and information pack"
-    console().print(f"[green]✓[/] {what}{' and DNS records' if dns else ''} are fine")
+    extra = "".join([" and DNS records" if dns else "", " and the SMTP server" if smtp else ""])
+    console().print(f"[green]✓[/] {what}{extra} are fine")
 
 
 @db_app.command("upgrade")
