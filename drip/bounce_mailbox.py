@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from drip.errors import DripError
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -104,7 +106,7 @@ def parse_url(text: str) -> MailboxURL:
     )
 
 
-class MailboxError(Exception):
+class MailboxError(DripError):
     """The mailbox cannot be read; the message says why, never with the password."""
 
 

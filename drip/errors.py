@@ -17,6 +17,8 @@ own words. Anything else that escapes is a bug in drip.
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
     ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
+    ├── MailboxError        the bounce mailbox cannot be read             (drip.bounce_mailbox)
+    ├── CsrfRefused         an admin form without the right CSRF token    (drip.web.security)
     ├── Refused             a webhook request proving nothing: 401, 403   (drip.webhooks.events)
     ├── Malformed           a signed webhook body no provider sends: 400  (drip.webhooks.events)
     └── Replayed            a signed webhook request accepted before      (drip.webhooks.recording)

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from drip import verp
 from drip.bounces import take
-from drip.clock import utcnow
+from drip.clock import Clock, utcnow
 from drip.settings import Settings, SettingsError
 
 log = logging.getLogger("drip.inbound")
@@ -61,7 +61,10 @@ def route(address: str, domain: str) -> tuple[Route, str | None] | None:
 class InboundHandler:
     """aiosmtpd hooks: refuse recipients that are not ours, record what arrives."""
 
-    def __init__(self, settings: Settings, engine: Engine, domain: str) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, domain: str, clock: Clock = utcnow
+    ) -> None:
+        self.clock = clock
         self.settings = settings
         self.engine = engine
         self.domain = domain
@@ -92,7 +95,7 @@ class InboundHandler:
             handler, tag = found
             try:
                 what = await asyncio.to_thread(
-                    handler, self.settings, self.engine, tag, data, utcnow()
+                    handler, self.settings, self.engine, tag, data, self.clock()
                 )
             except Exception:
                 log.exception("could not record a message for %s", address)

@@ -83,7 +83,8 @@ def lesson_sent(settings: Settings, email: str) -> tuple[OutboxMessage, datetime
     tick(settings)  # the welcome
     with session_scope(engine) as session:
         progress = session.get(CourseProgress, sub.id)
-        assert progress is not None and progress.next_due_at is not None
+        assert progress is not None
+        assert progress.next_due_at is not None
         due = progress.next_due_at
     tick(settings, due)
     with session_scope(engine) as session:

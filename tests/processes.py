@@ -125,7 +125,8 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
 
 def start_inbound(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`drip inbound` on 127.0.0.1:`port`, on the test's database, secret and bounce domain."""
-    assert settings.secret_key is not None and settings.bounce_domain
+    assert settings.secret_key is not None
+    assert settings.bounce_domain
     env = {
         **os.environ,
         "DRIP_DATABASE_URL": settings.database_url,

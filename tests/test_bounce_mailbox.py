@@ -55,7 +55,8 @@ def _states(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, Outbo
     with session_scope(engine) as session:
         sub = session.get(Subscriber, row.subscriber_id)
         message = session.get(OutboxMessage, row.id)
-        assert sub is not None and message is not None
+        assert sub is not None
+        assert message is not None
         return sub.status, message.status
 
 
@@ -81,17 +82,20 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
     mailbox.deliver(VACATION)
 
     report = tick(settings, sent_at + timedelta(minutes=5))
-    assert report.mailbox is not None and report.mailbox_error is None
+    assert report.mailbox is not None
+    assert report.mailbox_error is None
     assert (report.mailbox.read, report.mailbox.recorded, report.mailbox.left) == (3, 1, 2)
     assert _states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
     assert _states(engine, kept) == (SubscriberStatus.active, OutboxStatus.sent)
     left = mailbox.messages()
-    assert len(left) == 2 and not any(_address(row).encode() in raw for raw, _ in left)
+    assert len(left) == 2
+    assert not any(_address(row).encode() in raw for raw, _ in left)
     if scheme == "imap":
         # What drip could not use is marked read, left for a person, and not read again.
         assert all(seen for _, seen in left)
         again = tick(settings, sent_at + timedelta(minutes=10))
-        assert again.mailbox is not None and again.mailbox.read == 0
+        assert again.mailbox is not None
+        assert again.mailbox.read == 0
 
 
 def test_recorded_mail_can_be_moved_to_a_folder_instead(
@@ -131,7 +135,8 @@ def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
     mailbox.deliver(arf(to="fbl@example.com", original=recorder.raw[-1], return_path=_address(row)))
     sent = len(recorder.raw)
     report = tick(settings, sent_at + timedelta(days=30))
-    assert report.mailbox is not None and report.mailbox.recorded == 1
+    assert report.mailbox is not None
+    assert report.mailbox.recorded == 1
     assert _states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
     assert len(recorder.raw) == sent
     assert mailbox.messages() == []
@@ -146,7 +151,8 @@ def test_a_mailbox_that_cannot_be_read_holds_up_no_mail_and_hides_the_password(
     settings = with_mailbox(url)
     subscriber(settings, "still@example.com")
     report = tick(settings)
-    assert report.mailbox is None and report.mailbox_error is not None
+    assert report.mailbox is None
+    assert report.mailbox_error is not None
     assert "cannot read imap://bounces@127.0.0.1" in report.mailbox_error
     assert "hunter2" not in report.mailbox_error
     assert len(recorder.wait_for(1)) == 1
@@ -195,7 +201,8 @@ def test_a_bad_mailbox_url_stops_at_start_naming_the_setting_not_the_password(ur
     with pytest.raises(SettingsError) as caught:
         load_settings(bounce_mailbox=url, _env_file=None)
     message = str(caught.value)
-    assert message.startswith("DRIP_BOUNCE_MAILBOX: ") and "pw-xyz" not in message
+    assert message.startswith("DRIP_BOUNCE_MAILBOX: ")
+    assert "pw-xyz" not in message
 
 
 def test_check_names_a_password_sent_in_clear_and_a_mailbox_without_verp() -> None:

@@ -40,7 +40,9 @@ def test_real_world_bounces_are_read(sample: str, kind: Kind | None, code: int |
     if kind is None:
         assert finding is None
         return
-    assert finding is not None and finding.kind == kind and finding.smtp_code == code
+    assert finding is not None
+    assert finding.kind == kind
+    assert finding.smtp_code == code
 
 
 @pytest.mark.parametrize(
@@ -66,7 +68,8 @@ def test_an_arf_report_is_a_complaint_and_other_feedback_types_are_not() -> None
     original = b"From: a@x\r\nTo: b@y\r\nSubject: hi\r\n\r\nhello\r\n"
     assert read(parse(arf(to="x@y", original=original))) is not None
     finding = read(parse(arf(to="x@y", original=original)))
-    assert finding is not None and finding.kind == Kind.complaint
+    assert finding is not None
+    assert finding.kind == Kind.complaint
     assert "abuse" in finding.diagnostic
     for harmless in ("not-spam", "auth-failure"):
         assert read(parse(arf(to="x@y", original=original, feedback_type=harmless))) is None
@@ -92,7 +95,8 @@ def _status(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, Outbo
     with session_scope(engine) as session:
         sub = session.get(Subscriber, row.subscriber_id)
         message = session.get(OutboxMessage, row.id)
-        assert sub is not None and message is not None
+        assert sub is not None
+        assert message is not None
         return sub.status, message.status
 
 
@@ -114,7 +118,8 @@ def test_a_dsn_to_the_tagged_address_bounces_the_subscriber_named_by_the_tag(
     assert _status(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
     with session_scope(engine) as session:
         other = session.get(Subscriber, bystander.id)
-        assert other is not None and other.status == SubscriberStatus.active
+        assert other is not None
+        assert other.status == SubscriberStatus.active
 
 
 def test_when_the_envelope_is_lost_the_quoted_return_path_still_names_the_message(

@@ -102,7 +102,8 @@ def test_escape_sequences_in_an_smtp_reply_never_reach_the_terminal(
     tick(settings)
     with read_scope(engine) as session:
         [row] = session.execute(select(OutboxMessage)).scalars().all()
-    assert row.last_smtp_message is not None and "\x1b" not in row.last_smtp_message
+    assert row.last_smtp_message is not None
+    assert "\x1b" not in row.last_smtp_message
     assert "\\x1b]0;owned\\x07" in row.last_smtp_message
     for args in (("logs",), ("logs", "--json"), ("logs", "--status", "bounced")):
         shown = drip(*args).stdout

@@ -62,7 +62,8 @@ def test_floors_exclude_releases_with_known_advisories(name: str, fixed: str) ->
     found = [r for r in _requirements() if canonicalize_name(r.name) == name]
     assert found, f"{name} has no floor in pyproject.toml"
     floor = _floor(found[0])
-    assert floor is not None and floor >= Version(fixed), f"{name}: floor {floor} < {fixed}"
+    assert floor is not None, f"{name}: floor {floor} < {fixed}"
+    assert floor >= Version(fixed), f"{name}: floor {floor} < {fixed}"
 
 
 @pytest.mark.parametrize("lock, extras", [("runtime", ()), ("test", ("test",))])

@@ -61,7 +61,9 @@ def test_a_hard_bounce_stops_all_mail_and_shows_on_its_message(
     assert _status(engine, row.subscriber_id) == SubscriberStatus.bounced
     assert _row(engine, row.id).status == OutboxStatus.bounced
     [line] = _log(engine, "gone@example.com", "bounced")
-    assert line.outbox_id == row.id and line.smtp_code == 550 and line.kind == "lesson"
+    assert line.outbox_id == row.id
+    assert line.smtp_code == 550
+    assert line.kind == "lesson"
     assert line.attempts == 1  # the report is shown on the message, not counted as a try
     assert line.smtp_message == "hard bounce (inbound): 5.1.1 user unknown"
     # The next lesson is never queued nor sent.
@@ -147,7 +149,8 @@ def _soft(settings: Settings, engine: Engine, row: OutboxMessage, at: datetime) 
 def _next_lesson(settings: Settings, engine: Engine, subscriber_id: int | None) -> OutboxMessage:
     with session_scope(engine) as session:
         progress = session.get(CourseProgress, subscriber_id)
-        assert progress is not None and progress.next_due_at is not None
+        assert progress is not None
+        assert progress.next_due_at is not None
         due = progress.next_due_at
     tick(settings, due)
     return [r for r in outbox(engine) if r.kind == MessageKind.lesson][-1]
@@ -156,7 +159,8 @@ def _next_lesson(settings: Settings, engine: Engine, subscriber_id: int | None) 
 def test_soft_bounces_within_the_window_count_as_hard(
     settings: Settings, engine: Engine, recorder: Recorder
 ) -> None:
-    assert settings.soft_bounce_limit == 3 and settings.soft_bounce_days == 30
+    assert settings.soft_bounce_limit == 3
+    assert settings.soft_bounce_days == 30
     first, sent_at = lesson_sent(settings, "full@example.com")
     welcome = next(r for r in outbox(engine) if r.kind == MessageKind.welcome)
     # One long before, outside the window: it does not count.

@@ -51,7 +51,8 @@ def _states(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, Outbo
     with session_scope(engine) as session:
         sub = session.get(Subscriber, row.subscriber_id)
         message = session.get(OutboxMessage, row.id)
-        assert sub is not None and message is not None
+        assert sub is not None
+        assert message is not None
         return sub.status, message.status
 
 
@@ -110,7 +111,8 @@ def test_forged_unsigned_and_foreign_mail_changes_nothing(
 
 def test_routes_by_the_local_part_on_the_bounce_domain_only() -> None:
     handler, tag = route(f"Bounces+12-abc@{DOMAIN.upper()}", DOMAIN) or (None, None)
-    assert handler is ROUTES["bounces"] and tag == "12-abc"
+    assert handler is ROUTES["bounces"]
+    assert tag == "12-abc"
     assert route(f"bounces@{DOMAIN}", DOMAIN) == (ROUTES["bounces"], None)
     assert route("bounces+12-abc@example.org", DOMAIN) is None
     assert route(f"someone@{DOMAIN}", DOMAIN) is None

@@ -70,7 +70,8 @@ def test_a_mailbox_name_beyond_ascii_is_refused_with_a_reason(address: str) -> N
     assert checked.signup is None
     assert "before the @" in checked.errors["email"]
     fine = _check(email="joerg@bücher.example")
-    assert fine.signup is not None and fine.signup.email == "joerg@bücher.example"
+    assert fine.signup is not None
+    assert fine.signup.email == "joerg@bücher.example"
 
 
 def test_the_honeypot_is_answered_like_success_and_stores_nothing() -> None:

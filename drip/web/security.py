@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from drip.errors import DripError
+
 PUBLIC_CSP = (
     "default-src 'self'; img-src 'self' data:; frame-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -130,7 +132,7 @@ class SecurityHeaders:
             raise  # on to the server's error log; the client already has its answer
 
 
-class CsrfRefused(Exception):
+class CsrfRefused(DripError):
     """An admin form came without the right CSRF token."""
 
 
