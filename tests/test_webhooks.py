@@ -219,7 +219,7 @@ def test_a_signed_ses_bounce_bounces_the_subscriber(world: World, version: str) 
     assert logged.status == OutboxStatus.bounced
     assert logged.outbox_id == world.row.id
     assert logged.smtp_message is not None
-    assert logged.smtp_message.startswith("ses webhook")
+    assert logged.smtp_message.startswith("hard bounce (ses)")
     # The same notification again (SNS retries) records nothing twice.
     again = world.client.post("/webhooks/ses", content=sns(world, version=version))
     assert again.status_code == 200
@@ -379,7 +379,9 @@ def test_a_soft_bounce_is_logged_and_stops_nothing(world: World) -> None:
     )
     assert response.status_code == 200
     assert world.status() == SubscriberStatus.active
-    assert attempts(world.engine)[-1].status == OutboxStatus.deferred
+    soft = attempts(world.engine)[-1]
+    assert soft.status == OutboxStatus.failed and soft.smtp_message is not None
+    assert soft.smtp_message.startswith("soft bounce (postmark)")
 
 
 # -- Mailgun -----------------------------------------------------------------------------
