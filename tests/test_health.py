@@ -15,11 +15,10 @@ from sqlalchemy import Engine, func, select
 from drip import health, newsletter
 from drip.clock import utcnow
 from drip.db import read_scope, session_scope
+from drip.feedback import Event, Kind, Recorded, record_event
 from drip.models import MessageKind, OutboxMessage, OutboxStatus
 from drip.settings import Settings
 from drip.web.app import create_app
-from drip.webhooks.events import ProviderEvent
-from drip.webhooks.recording import apply
 from tests.conftest import SettingsFactory
 from tests.factories import many_active, outbox, subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
@@ -131,10 +130,9 @@ def test_complaints_reported_later_count_and_pause(
     tick(settings)
     rows = [r for r in outbox(engine) if r.kind == MessageKind.newsletter]
     now = utcnow()
-    with session_scope(engine) as session:
-        for row in rows[:1]:  # 1 of 200: 0.5%, over the 0.1% limit
-            event = ProviderEvent("sendgrid", "complaint", row.email, row.message_id, None, "x")
-            assert apply(session, row, event, now)
+    # 1 of 200: 0.5%, over the 0.1% limit.
+    complaint = Event(Kind.complaint, "sendgrid", message_id=rows[0].message_id)
+    assert record_event(engine, settings, complaint, now) == Recorded.recorded
     with read_scope(engine) as session:
         board = health.health(settings, session, now)
     assert board.last_7_days.complained == 1

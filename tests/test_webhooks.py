@@ -29,11 +29,13 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from drip import verp
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
 from drip.web.app import create_app
+from tests.conftest import SECRET
 from tests.factories import attempts, outbox, subscriber, tick
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:drip-bounces"
@@ -219,7 +221,7 @@ def test_a_signed_ses_bounce_bounces_the_subscriber(world: World, version: str) 
     assert logged.status == OutboxStatus.bounced
     assert logged.outbox_id == world.row.id
     assert logged.smtp_message is not None
-    assert logged.smtp_message.startswith("ses webhook")
+    assert logged.smtp_message.startswith("hard bounce (ses)")
     # The same notification again (SNS retries) records nothing twice.
     again = world.client.post("/webhooks/ses", content=sns(world, version=version))
     assert again.status_code == 200
@@ -379,7 +381,9 @@ def test_a_soft_bounce_is_logged_and_stops_nothing(world: World) -> None:
     )
     assert response.status_code == 200
     assert world.status() == SubscriberStatus.active
-    assert attempts(world.engine)[-1].status == OutboxStatus.deferred
+    soft = attempts(world.engine)[-1]
+    assert soft.status == OutboxStatus.failed and soft.smtp_message is not None
+    assert soft.smtp_message.startswith("soft bounce (postmark)")
 
 
 # -- Mailgun -----------------------------------------------------------------------------
@@ -533,3 +537,24 @@ def test_no_body_gets_a_5xx_or_changes_anything(world: World) -> None:
         assert response.status_code == 200
         assert response.json()["recorded"] == 0
     unchanged(world)
+
+
+def test_a_signed_event_names_its_message_by_verp_tag_and_a_forged_tag_changes_nothing(
+    world: World,
+) -> None:
+    assert world.row.id is not None
+    good = verp.address(SECRET, "bounces.example.com", world.row.id, world.row.message_id)
+    forged = f"bounces+{world.row.id}-aaaaaaaaaaaa@bounces.example.com"
+
+    def event(sender: str) -> bytes:
+        body = json.loads(mailgun(world))
+        body["event-data"]["message"]["headers"] = {}  # no Message-ID: the tag must do
+        body["event-data"]["envelope"] = {"sender": sender}
+        return json.dumps(body).encode()
+
+    refused = world.client.post("/webhooks/mailgun", content=event(forged))
+    assert refused.status_code == 200 and refused.json()["recorded"] == 0
+    unchanged(world)
+    taken = world.client.post("/webhooks/mailgun", content=event(good))
+    assert taken.status_code == 200 and taken.json()["recorded"] == 1
+    assert world.status() == SubscriberStatus.bounced

@@ -37,7 +37,7 @@ def build_webhook_router(settings: Settings, engine: Engine) -> APIRouter:
                 parsed = parse()
                 if isinstance(parsed, str):
                     return JSONResponse({"status": parsed})
-                recorded = record(engine, parsed, utcnow())
+                recorded = record(settings, engine, parsed, utcnow())
             except Refused as exc:
                 log.warning("%s webhook refused: %s", provider, exc.reason)
                 headers = {"www-authenticate": 'Basic realm="drip"'} if exc.status == 401 else {}

@@ -1,11 +1,12 @@
-"""A verified webhook's events, found on their messages and recorded.
+"""A verified webhook's events, found on their messages and handed to the one recording step.
 
-Each event names a recipient and, when the provider reports it, the Message-ID drip
-gave the message. The outbox row is found by that Message-ID, and only if it went to
-that recipient; without one, by the last message sent to the recipient. Nothing else
-in the body is believed. The effect is the send-time bounce's: a hard bounce makes the
-subscriber `bounced`, a complaint `complained`, both stop all mail; a soft bounce is
-logged on the message.
+Each event names a recipient and, when the provider reports them, the Message-ID drip
+gave the message or the VERP envelope sender. A VERP tag proves itself (its HMAC); a
+Message-ID is believed because the provider's signature covers it, and only if that
+message went to the recipient the event names; without either, the event falls on the
+last message sent to the recipient. Nothing else in the body is believed. Then
+`drip.feedback.record_event`, the step a bounce at send time, `drip inbound` and the
+bounce mailbox end in too, records it and applies the policy.
 """
 
 from __future__ import annotations
@@ -16,20 +17,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, select
 from sqlmodel import Session, col
 
-from drip.db import session_scope
+from drip import verp
+from drip.db import insert_ignoring, read_scope, session_scope
 from drip.errors import DripError
-from drip.models import (
-    DeliveryAttempt,
-    OutboxMessage,
-    OutboxStatus,
-    Subscriber,
-    SubscriberStatus,
-    WebhookReceipt,
-)
-from drip.subscribers import leave
+from drip.feedback import Event, Kind, Recorded, record_event
+from drip.models import OutboxMessage, WebhookReceipt
+from drip.settings import Settings
 from drip.webhooks.events import FRESH_SECONDS, Batch, ProviderEvent
 
 log = logging.getLogger("drip.webhooks")
+_KIND = {"hard_bounce": Kind.hard, "soft_bounce": Kind.soft, "complaint": Kind.complaint}
 
 
 class Replayed(DripError):
@@ -58,71 +55,50 @@ def find_message(session: Session, event: ProviderEvent) -> OutboxMessage | None
     )
 
 
-def record(engine: Engine, batch: Batch, now: datetime) -> int:
-    """Record every event whose message is found; returns how many were. Raises Replayed."""
+def as_event(session: Session, event: ProviderEvent) -> Event | None:
+    """The recording step's Event for a provider's, or None when it names no message."""
+    _, tag, _ = verp.split(event.envelope_sender or "")
+    if tag is not None and verp.tag_id(tag) is not None:
+        # Proves itself (or nothing) in record_event; the recipient must still match.
+        row = session.get(OutboxMessage, verp.tag_id(tag))
+        if row is not None and row.email.lower() == event.recipient.lower():
+            return Event(_KIND[event.kind], event.provider, tag=tag, diagnostic=event.detail)
+    row = find_message(session, event)
+    if row is None:
+        return None
+    return Event(
+        _KIND[event.kind], event.provider, message_id=row.message_id, diagnostic=event.detail
+    )
+
+
+def record(settings: Settings, engine: Engine, batch: Batch, now: datetime) -> int:
+    """Record every event whose message is found; returns how many were new. Raises Replayed."""
+    if batch.once_key is not None:
+        with read_scope(engine) as session:
+            if session.get(WebhookReceipt, batch.once_key[:200]) is not None:
+                raise Replayed(batch.once_key)
     recorded = 0
-    with session_scope(engine) as session:
-        if batch.once_key is not None:
-            _once(session, batch.once_key, now)
-        for event in batch.events:
-            row = find_message(session, event)
-            if row is None:
-                log.info(
-                    "%s %s for %s: no such message", event.provider, event.kind, event.message_id
-                )
-                continue
-            if apply(session, row, event, now):
-                recorded += 1
+    for provided in batch.events:
+        with read_scope(engine) as session:
+            event = as_event(session, provided)
+        if event is None:
+            log.info("%s %s: no message of ours", provided.provider, provided.kind)
+            continue
+        if record_event(engine, settings, event, now) == Recorded.recorded:
+            recorded += 1
+    if batch.once_key is not None:
+        _remember(engine, batch.once_key[:200], now)
     return recorded
 
 
-def _once(session: Session, key: str, now: datetime) -> None:
-    session.execute(
-        delete(WebhookReceipt).where(
-            col(WebhookReceipt.at) < now - timedelta(seconds=2 * FRESH_SECONDS)
+def _remember(engine: Engine, key: str, now: datetime) -> None:
+    """Keep a one-time value while its timestamp could still pass as fresh."""
+    with session_scope(engine) as session:
+        session.execute(
+            delete(WebhookReceipt).where(
+                col(WebhookReceipt.at) < now - timedelta(seconds=2 * FRESH_SECONDS)
+            )
         )
-    )
-    if session.get(WebhookReceipt, key[:200]) is not None:
-        raise Replayed(key)
-    session.add(WebhookReceipt(key=key[:200], at=now))
-    session.flush()
-
-
-_STATUS = {
-    "hard_bounce": OutboxStatus.bounced,
-    "complaint": OutboxStatus.complained,
-    "soft_bounce": OutboxStatus.deferred,
-}
-
-
-def apply(session: Session, row: OutboxMessage, event: ProviderEvent, now: datetime) -> bool:
-    """The recording step for one event on its message; False when it was already recorded."""
-    status = _STATUS[event.kind]
-    message = f"{event.provider} webhook: {event.detail}"[:1000]
-    seen = session.execute(
-        select(col(DeliveryAttempt.id))
-        .where(col(DeliveryAttempt.outbox_id) == row.id)
-        .where(col(DeliveryAttempt.status) == status)
-        .where(col(DeliveryAttempt.smtp_message) == message)
-    ).first()
-    if seen is not None:
-        return False
-    assert row.id is not None
-    session.add(
-        DeliveryAttempt(
-            outbox_id=row.id,
-            at=now,
-            status=status,
-            smtp_message=message,
-            worker=f"webhook:{event.provider}",
+        session.execute(
+            insert_ignoring(session, WebhookReceipt, ["key"]), [{"key": key, "at": now}]
         )
-    )
-    subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
-    if subscriber is None or event.kind == "soft_bounce":
-        return True
-    if event.kind == "complaint":
-        leave(session, subscriber, SubscriberStatus.complained, now, f"complaint: {message}")
-    elif subscriber.status != SubscriberStatus.complained:
-        leave(session, subscriber, SubscriberStatus.bounced, now, f"hard bounce: {message}")
-    log.info("%s %s recorded on %s", event.provider, event.kind, row.message_id)
-    return True
