@@ -167,7 +167,7 @@ class _PublicPages(jinja2.FileSystemLoader):
 
     def get_source(
         self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+    ) -> tuple[str, str, Callable[[], bool]]:
         if template.startswith("admin/"):
             raise jinja2.TemplateNotFound(template)
         return super().get_source(environment, template)
