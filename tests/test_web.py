@@ -505,7 +505,7 @@ def test_a_compressed_course_says_minutes_not_tomorrow_morning(
     form = fast.get("/").text
     assert "over about 36 minutes" in form and "week" not in form  # 18 course days
     fast.post("/subscribe", data=FORM)
-    confirmed = fast.get(f"/confirm/{_token(settings, engine, 'confirm')}").text
+    confirmed = fast.post(f"/confirm/{_token(settings, engine, 'confirm')}").text
     assert "Your first lesson follows in about 2 minutes." in confirmed
     assert "tomorrow" not in confirmed
     normal = TestClient(create_app(settings)).get("/").text
