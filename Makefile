@@ -43,7 +43,7 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(ARGS) -o $(TEST_LOCK)
 
 run: $(STAMP)
-	$(BIN)/drip dev
+	$(BIN)/drip dev $(ARGS)
 
 system-packages:
 	@scripts/system-packages.sh $(TEST_PACKAGES)

@@ -41,7 +41,7 @@ def problems(settings: Settings) -> list[str]:
             found.append(f"{settings.emails_dir}/{name}.html and .txt: email template missing")
     for name in names:
         try:
-            render_email(settings.emails_dir, name, sample_context(settings.emails_dir, name))
+            render_email(settings.emails_dir, name, sample_context(settings, name))
         except RenderError as exc:
             found.append(f"template {exc}")
     try:

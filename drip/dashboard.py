@@ -25,6 +25,10 @@ from drip.models import (
 
 DASHBOARD_STATUSES = ("sent", "deferred", "failed", "bounced")
 DAYS = 30
+#: A worker without a pass for this long is marked stale (stopped, crashed or stuck).
+STALE_AFTER = timedelta(minutes=5)
+#: A worker without a pass for this long is gone: no longer listed, only counted.
+GONE_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class WorkerPass:
     last_pass_at: datetime
     queued: int
     delivered: int
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,12 @@ class Dashboard:
     #: Left before the end (unsubscribed, bounced...).
     stopped: int
     waiting: int
+    #: Workers seen in the last day (GONE_AFTER), the latest first; silent ones stale.
     workers: list[WorkerPass]
+    #: Workers not seen for longer: left off the list.
+    workers_gone: int = 0
 
-    def workers_alive(self, within: timedelta = timedelta(minutes=5)) -> bool:
+    def workers_alive(self, within: timedelta = STALE_AFTER) -> bool:
         return any(self.now - w.last_pass_at <= within for w in self.workers)
 
 
@@ -131,12 +139,22 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         .select_from(OutboxMessage)
         .where(col(OutboxMessage.status).in_((*NOT_TRIED_STATUSES, OutboxStatus.deferred)))
     ).scalar_one()
+    hb = WorkerHeartbeat
+    since = now - GONE_AFTER
     workers = [
-        WorkerPass(w.worker, w.last_pass_at, w.queued, w.delivered)
+        WorkerPass(
+            w.worker, w.last_pass_at, w.queued, w.delivered, now - w.last_pass_at > STALE_AFTER
+        )
         for w in session.execute(
-            select(WorkerHeartbeat).order_by(col(WorkerHeartbeat.last_pass_at).desc()).limit(20)
+            select(hb)
+            .where(col(hb.last_pass_at) >= since)
+            .order_by(col(hb.last_pass_at).desc())
+            .limit(20)
         ).scalars()
     ]
+    gone = session.execute(
+        select(func.count()).select_from(hb).where(col(hb.last_pass_at) < since)
+    ).scalar_one()
     return Dashboard(
         now=now,
         today=today_counts,
@@ -148,4 +166,5 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         stopped=int(stopped),
         waiting=int(waiting),
         workers=workers,
+        workers_gone=int(gone),
     )

@@ -25,7 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, case, delete, update
+from sqlalchemy import Table, case, delete, select, update
 from sqlmodel import Session, col
 
 from drip.db import upsert
@@ -86,6 +86,16 @@ def hit(session: Session, bucket: str, key: str, rate: Rate, now: datetime) -> b
     return session.execute(statement).first() is not None
 
 
+def wait(session: Session, bucket: str, key: str, rate: Rate, now: datetime) -> float:
+    """Seconds until one more hit for `key` fits within `rate` (0: it would now)."""
+    at = session.execute(
+        select(_TABLE.c.at).where(_TABLE.c.bucket == bucket, _TABLE.c.key == key)
+    ).scalar_one_or_none()
+    if at is None:
+        return 0.0
+    return max(0.0, float(at) + rate.interval - rate.period - now.timestamp())
+
+
 @dataclass(frozen=True)
 class SignupLimits:
     per_client: Rate
@@ -109,6 +119,16 @@ class SignupLimits:
         if address is None:
             return True
         return hit(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now)
+
+    def refusal(
+        self, session: Session, client: str, address: str | None, now: datetime
+    ) -> tuple[str, float]:
+        """After `admit` said no: which limit is spent ("client" or "mailbox") and in how
+        many seconds it lets one more through, so the answer can name the real wait."""
+        spent = wait(session, PER_CLIENT, client[:64], self.per_client, now)
+        if spent > 0 or address is None:
+            return "client", spent
+        return "mailbox", wait(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now)
 
 
 @dataclass(frozen=True)

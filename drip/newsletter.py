@@ -97,7 +97,7 @@ def stored_context(session: Session, newsletter_id: int) -> dict[str, str]:
 
 
 def preview(settings: Settings, letter: Letter) -> Rendered:
-    sample = sample_context(settings.emails_dir, "newsletter")
+    sample = sample_context(settings, "newsletter")
     context = {**sample, **newsletter_context(letter.subject, letter.body)}
     return render_email(settings.emails_dir, "newsletter", context)
 

@@ -20,6 +20,8 @@ import jinja2
 
 from drip.course import Course, CourseError, load_course
 from drip.errors import DripError
+from drip.identity import identity
+from drip.settings import Settings
 
 SAMPLE_CONTEXT: dict[str, Any] = {
     "name": "Sam",
@@ -32,6 +34,14 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "lesson_number": 1,
     "lesson_total": 8,
     "course_title": "Trigger Point Relief",
+    # drip.identity's variables, as its defaults make them for the shipped course.
+    "site_name": "Trigger Point Relief",
+    "author_name": "",
+    "signoff": "Warmly,",
+    "signature": "Your Trigger Point Relief teacher",
+    "privacy_controller": "Trigger Point Course",
+    "privacy_contact": "course@localhost",
+    "privacy_contact_href": "mailto:course@localhost",
     # The shipped course (emails/course.toml): number, title, and the day after
     # confirmation when each lesson arrives; tests/test_content.py keeps them in step.
     "lessons": [
@@ -56,12 +66,13 @@ SAMPLE_CONTEXT: dict[str, Any] = {
 }
 
 
-def sample_context(emails_dir: Path, name: str) -> dict[str, Any]:
-    """SAMPLE_CONTEXT made true to the course in `emails_dir` for the email `name`: what
-    `drip preview`, `drip check` and a newsletter's dry run render with."""
+def sample_context(settings: Settings, name: str) -> dict[str, Any]:
+    """SAMPLE_CONTEXT made true to the course in the emails folder and to its author
+    (drip.identity) for the email `name`: what `drip preview`, `drip check` and a
+    newsletter's dry run render with."""
     context = dict(SAMPLE_CONTEXT)
     try:
-        course: Course | None = load_course(emails_dir)
+        course: Course | None = load_course(settings.emails_dir)
     except CourseError:
         course = None  # `drip check` reports a broken course; a preview still helps
     if course is not None:
@@ -71,6 +82,7 @@ def sample_context(emails_dir: Path, name: str) -> dict[str, Any]:
         for number, lesson in enumerate(course.lessons, start=1):
             if lesson.template == name:
                 context["lesson_number"] = number
+    context.update(identity(settings, context["course_title"]).context())
     if name == "confirm":
         context["unsubscribe_url"] = None  # as sent: nothing to unsubscribe from yet
     return context

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     catcher_dir: Path = Path(".drip/mail")
     minutes_per_day: float | None = Field(None, gt=0)
     throttle_seconds: float = Field(60.0, ge=0)
+
+    # Whose course it is (drip.identity): shown on the pages and in every email.
+    site_name: str = Field("", max_length=100)
+    author_name: str = Field("", max_length=100)
+    signoff: str = Field("Warmly,", max_length=100)
+    privacy_controller: str = Field("", max_length=200)
+    privacy_contact: str = Field("", max_length=200)
     #: The DNS server `drip check --dns` asks, as HOST or HOST:PORT; the system's when unset.
     dns_server: str | None = None
     #: This many soft bounces within DRIP_SOFT_BOUNCE_DAYS count as a hard bounce.
@@ -148,6 +155,28 @@ class Settings(BaseSettings):
         name, addr = parseaddr(value)
         if "@" not in addr or any(c in value for c in "\r\n"):
             raise ValueError("must be an address such as 'Course <course@example.com>'")
+        return value
+
+    @field_validator("site_name", "author_name", "signoff", "privacy_controller")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(c in value for c in "\r\n<>"):
+            raise ValueError("one line of plain text, without < or >")
+        return value
+
+    @field_validator("privacy_contact")
+    @classmethod
+    def _contact(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        if value.startswith(("http://", "https://")):
+            if any(c.isspace() or c in "<>\"'" for c in value):
+                raise ValueError("must be a plain web address")
+            return value
+        name, addr = parseaddr(value)
+        if "@" not in addr or name or addr != value:
+            raise ValueError("must be an email address or an http(s):// web address")
         return value
 
     @field_validator("base_url")

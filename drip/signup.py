@@ -296,6 +296,19 @@ def unsubscribe(session: Session, token: str, now: datetime) -> bool:
     return True
 
 
-def is_unsubscribe_token(session: Session, token: str) -> bool:
-    """Whether a link is real, before showing its button (read-only)."""
-    return find_by_token(session, token, "unsubscribe") is not None
+class UnsubscribeLink(StrEnum):
+    unknown = "unknown"
+    #: Mail still goes out: show the button.
+    subscribed = "subscribed"
+    #: Nothing more is sent (unsubscribed, or stopped by a bounce or complaint): say so.
+    done = "done"
+
+
+def unsubscribe_link(session: Session, token: str) -> UnsubscribeLink:
+    """What an unsubscribe link leads to, before showing its button (read-only)."""
+    subscriber = find_by_token(session, token, "unsubscribe")
+    if subscriber is None:
+        return UnsubscribeLink.unknown
+    if subscriber.status in SUBSCRIBED_STATUSES:
+        return UnsubscribeLink.subscribed
+    return UnsubscribeLink.done

@@ -131,6 +131,52 @@ def test_caught_mail_renders_in_a_sandboxed_frame(
     assert "Press gently for 30 seconds." in page.locator("pre.mailtext").inner_text()
 
 
+def test_the_caught_mail_frame_shows_the_whole_email(
+    page: Page, site: str, admin_settings: Settings, console_errors: list[str]
+) -> None:
+    message = EmailMessage()
+    message["To"] = "ann@example.com"
+    message["Subject"] = "A long lesson"
+    message.set_content("Long.\n")
+    paragraphs = "".join(f"<p>Paragraph {n} of the lesson.</p>" for n in range(80))
+    message.add_alternative(f"<h1>Start</h1>{paragraphs}<p id='end'>The end.</p>", subtype="html")
+    key = mailbox.Maildir(admin_settings.catcher_dir, create=True).add(message)
+
+    page.goto(f"{site}/admin/outbox/{key}")
+    frame = page.locator("iframe.mail")
+    content = page.frame_locator("iframe.mail").locator("html")
+    page.wait_for_function(
+        "() => { const f = document.querySelector('iframe.mail');"
+        " return f.contentDocument && f.clientHeight >= f.contentDocument.body.scrollHeight; }"
+    )
+    height = frame.evaluate("f => f.getBoundingClientRect().height")
+    inner = content.evaluate("e => e.scrollHeight")
+    assert height >= inner > 1000  # 80 paragraphs, all of them shown
+    assert content.evaluate("e => e.scrollHeight <= e.clientHeight")  # no scrollbar inside
+
+
+def test_the_send_log_fits_a_phone(browser: Browser, site: str, admin_settings: Settings) -> None:
+    long = "a-rather-long-address-for-a-phone@mail.subdomain.example.com"
+    subscriber(admin_settings, long, name="Ann")
+    run_tick(admin_settings)
+    context = browser.new_context(
+        viewport={"width": 375, "height": 740},
+        http_credentials={"username": USER, "password": PASSWORD},
+    )
+    phone = context.new_page()
+    for path in ("/admin/log", "/admin"):
+        phone.goto(f"{site}{path}")
+        wide = phone.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 375, (path, wide)
+    phone.goto(f"{site}/admin/log")
+    cell = phone.get_by_text(long)
+    assert cell.is_visible()
+    box = cell.bounding_box()
+    assert box is not None
+    assert 0 <= box["x"] <= box["x"] + box["width"] <= 375
+    context.close()
+
+
 def test_closed_without_credentials_or_login(
     browser: Browser, site: str, tmp_path: Path, make_settings: SettingsFactory
 ) -> None:

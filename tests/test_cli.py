@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from drip import __version__
 from drip.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import outbox, subscriber
@@ -147,3 +148,25 @@ def test_scheduler_py_runs_the_worker(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "DRIP_SMTP_PORT" in result.stderr
+
+
+def test_version_and_help_without_type_noise() -> None:
+    version = drip("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"drip {__version__}"
+    for command in ([], ["logs"], ["subscribers", "import"]):  # each has on/off flags
+        result = drip(*command, "--help", env={"COLUMNS": "120"})
+        assert result.returncode == 0, result.stderr
+        assert "<bool>" not in result.stdout, command
+
+
+def test_make_run_passes_its_args_to_drip_dev() -> None:
+    result = subprocess.run(
+        ["make", "-n", "run", "ARGS=--port 8001 --minutes-per-day 1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "drip dev --port 8001 --minutes-per-day 1" in result.stdout

@@ -137,6 +137,27 @@ def test_logs_table_and_plain_refusals(drip, settings: Settings) -> None:
     assert drip("logs", "--since", future, "--json").stdout == ""
 
 
+def test_piped_or_narrow_output_keeps_each_row_whole_on_one_line(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    address = "a-rather-long-address-for-a-narrow-terminal@mail.subdomain.example.com"
+    subscriber(settings, address, name="Ann")
+
+    def run(*args: str, **env: str) -> list[str]:
+        result = runner.invoke(app, list(args), env=_env(settings) | env)
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    for env in ({"COLUMNS": "80"}, {"COLUMNS": "200"}, {"COLUMNS": "100", "TTY_COMPATIBLE": "1"}):
+        [line] = [x for x in run("logs", **env) if address in x]  # `drip logs | grep ADDRESS`
+        assert "queued" in line and "welcome" in line
+        [line] = [x for x in run("subscribers", "list", **env) if address in x]
+        assert "active" in line and "Ann" in line
+    table = run("logs", COLUMNS="160", TTY_COMPATIBLE="1")  # a wide terminal: a table
+    assert any("┃" in x and "email" in x for x in table)
+
+
 def test_since_accepts_iso_and_spans() -> None:
     now = utcnow()
     assert parse_since("2h", now) == now - timedelta(hours=2)

@@ -26,6 +26,7 @@ def test_dashboard_counts(settings: Settings, engine: Engine, recorder: Recorder
     now = utcnow()
     with session_scope(engine) as session:
         session.add(WorkerHeartbeat(worker="old", last_pass_at=now - timedelta(hours=1)))
+        session.add(WorkerHeartbeat(worker="gone", last_pass_at=now - timedelta(days=2)))
     with read_scope(engine) as session:
         board = dashboard(session, now)
     assert board.today == {"sent": 2, "deferred": 0, "failed": 0, "bounced": 1}
@@ -45,3 +46,6 @@ def test_dashboard_counts(settings: Settings, engine: Engine, recorder: Recorder
     assert names[-1] == "old"
     assert len(names) == 2
     assert board.workers_alive()
+    # A worker silent for an hour is marked stale; one silent for days is only counted.
+    assert [w.stale for w in board.workers] == [False, True]
+    assert board.workers_gone == 1

@@ -12,6 +12,7 @@ import mailbox
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
         DRIP_EMAILS_DIR=str(EMAILS),
         DRIP_INFO_PACK=str(EMAILS / "info-pack.pdf"),
         DRIP_WORKER_INTERVAL="0.5",
+        COLUMNS="40",  # a narrow terminal: the banner must not break a URL or the password
     )
     log = tmp_path / "dev.log"
     with log.open("w") as out:
@@ -95,11 +97,11 @@ def test_drip_dev_starts_and_says_where_everything_is(
     health = httpx.get(f"{base}/healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
-    output = (cwd / "dev.log").read_text()
-    assert f"{base}/" in output
-    assert f"{base}/admin/outbox" in output
+    lines = (cwd / "dev.log").read_text().splitlines()
+    assert any(line.split()[-1:] == [f"{base}/"] for line in lines)
+    assert any(line.split()[-1:] == [f"{base}/admin/outbox"] for line in lines)
     password = (cwd / ".drip" / "admin-password").read_text().strip()
-    assert password in output
+    assert f"    password {password}" in lines  # whole, on a line of its own
     assert (cwd / "subscribers.db").is_file()
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0
@@ -133,3 +135,36 @@ def test_a_newcomer_sees_the_whole_course_arrive(
     outbox = httpx.get(f"{base}/admin/outbox", auth=("admin", password))
     assert outbox.status_code == 200
     assert "newcomer@example.com" in outbox.text
+    # The catcher takes each mail quietly: no per-connection SMTP chatter in the output.
+    output = (cwd / "dev.log").read_text()
+    assert "mail.log" not in output, output
+
+
+def test_a_busy_port_is_one_plain_line_and_no_running_banner(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_")}
+    env.update(
+        DRIP_SMTP_PORT=str(free_port()),
+        DRIP_EMAILS_DIR=str(EMAILS),
+        DRIP_INFO_PACK=str(EMAILS / "info-pack.pdf"),
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "drip.cli", "dev", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 2
+    assert "running" not in result.stdout
+    assert "password" not in result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"drip: cannot listen on 127.0.0.1:{port}")
+    assert "--port" in line

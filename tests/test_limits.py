@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import Engine, func, select
 
 from drip import limits
@@ -202,3 +203,16 @@ def test_limits_hold_across_two_drip_serve_processes(
     with read_scope(engine) as session:
         queued = session.execute(select(func.count()).select_from(OutboxMessage)).scalar()
     assert queued == 6  # four from the first client, two for Ann's inbox
+
+
+def test_a_refusal_names_the_spent_limit_and_its_real_wait(engine: Engine) -> None:
+    policy = SignupLimits(per_client=Rate(2, 60), per_mailbox=Rate(1, 3600))
+    with session_scope(engine) as session:
+        assert policy.admit(session, "192.0.2.1", "ann@example.com", T0)
+        assert not policy.admit(session, "192.0.2.2", "ann@example.com", T0)
+        assert policy.refusal(session, "192.0.2.2", "ann@example.com", T0) == ("mailbox", 3600)
+        assert policy.admit(session, "192.0.2.1", None, T0)
+        assert not policy.admit(session, "192.0.2.1", None, T0)
+        which, seconds = policy.refusal(session, "192.0.2.1", None, T0)
+        assert which == "client"
+        assert seconds == pytest.approx(30)

@@ -212,7 +212,13 @@ def test_one_address_is_rate_limited(settings: Settings) -> None:
     client = TestClient(create_app(settings), follow_redirects=False)
     codes = [client.post("/subscribe", data=FORM).status_code for _ in range(4)]
     assert codes == [303, 303, 303, 429]
-    assert "slow down" in client.post("/subscribe", data=FORM).text.lower()
+    page = client.post("/subscribe", data=FORM)
+    assert "slow down" in page.text.lower()
+    # Three an hour per address: the next fits in 20 minutes, and the page says so.
+    assert "This address has been signed up several times" in page.text
+    assert "try again in 20 minutes" in page.text
+    assert "few minutes" not in page.text
+    assert 1100 < int(page.headers["retry-after"]) <= 1200
 
 
 def test_confirmation_activates_once_and_queues_the_welcome(
@@ -343,6 +349,10 @@ def test_one_click_unsubscribe(client: TestClient, settings: Settings, engine: E
         assert sub.status == SubscriberStatus.unsubscribed
     assert [r.status for r in _rows(engine)] == [OutboxStatus.skipped]
     assert client.post(f"/unsubscribe/{token}").status_code == 200
+    # A second visit says it is done instead of asking again.
+    again = client.get(f"/unsubscribe/{token}")
+    assert again.status_code == 200 and "You're unsubscribed" in again.text
+    assert "<form" not in again.text and "<button" not in again.text
     assert client.post("/unsubscribe/forged").status_code == 404
     assert client.get("/unsubscribe/forged").status_code == 404
 
@@ -424,7 +434,8 @@ def test_every_post_counts_towards_the_ip_limit_and_json_gets_json(client: TestC
     assert codes == [422] * 10
     limited = client.post("/subscribe", json={**FORM, "consent": True})
     assert limited.status_code == 429
-    assert "wait" in limited.json()["errors"]["form"]
+    assert "try again in a minute" in limited.json()["errors"]["form"]
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
 def test_oversized_bodies_without_a_length_and_as_json(client: TestClient, engine: Engine) -> None:
@@ -474,3 +485,30 @@ def test_unsubscribing_before_confirming_kills_the_link(
     assert client.post(f"/unsubscribe/{leave}").status_code == 200
     assert [r.status for r in _rows(engine)] == [OutboxStatus.skipped]
     assert client.get(f"/confirm/{_token(settings, engine, 'confirm')}").status_code == 404
+
+
+def test_unknown_urls_get_the_styled_page_and_json_clients_json(client: TestClient) -> None:
+    for path in ("/nothing-here", "/static/nothing.css", "/confirm"):
+        page = client.get(path)
+        assert page.status_code == 404, path
+        assert page.headers["content-type"].startswith("text/html")
+        assert "We couldn't find that page" in page.text and 'href="/static/site.css"' in page.text
+    api = client.get("/nothing-here", headers={"accept": "application/json"})
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+    assert client.get("/nothing-here", headers={"accept": "text/html,*/*"}).text.startswith(
+        "<!doctype html>"
+    )
+
+
+def test_a_compressed_course_says_minutes_not_tomorrow_morning(
+    settings: Settings, engine: Engine
+) -> None:
+    fast = TestClient(create_app(settings.model_copy(update={"minutes_per_day": 2.0})))
+    form = fast.get("/").text
+    assert "over about 36 minutes" in form and "week" not in form  # 18 course days
+    fast.post("/subscribe", data=FORM)
+    confirmed = fast.post(f"/confirm/{_token(settings, engine, 'confirm')}").text
+    assert "Your first lesson follows in about 2 minutes." in confirmed
+    assert "tomorrow" not in confirmed
+    normal = TestClient(create_app(settings)).get("/").text
+    assert "over about 3 weeks" in normal

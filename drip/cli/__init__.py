@@ -6,13 +6,16 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
+from typer.core import TyperOption
 
+from drip import __version__
 from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
@@ -29,6 +32,34 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 newsletter_app = typer.Typer(help="Newsletters to every active subscriber.", no_args_is_help=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"drip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """drip: a self-hosted email course and newsletter pipeline."""
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` beside an on/off flag in --help: it takes no value. (typer prints one.)"""
+    return None if self.is_flag else _typer_display_type(self, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
 app.add_typer(db_app, name="db")
 app.add_typer(newsletter_app, name="newsletter")
 
@@ -55,6 +86,20 @@ def _dev_secret(name: str) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening; OSError if it cannot be."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @app.command()
@@ -90,6 +135,8 @@ def dev(
     _ready(settings)
     preflight(settings)
     _logging()
+    # aiosmtpd logs every connection and command at INFO: a screenful per caught mail.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         catcher = start_catcher(settings.catcher_dir, settings.smtp_host, settings.smtp_port)
     except (OSError, RuntimeError) as exc:
@@ -97,14 +144,31 @@ def dev(
             f"DRIP_SMTP_PORT: the mail catcher cannot listen on "
             f"{settings.smtp_host}:{settings.smtp_port} ({exc})"
         ) from None
+    # Listen before saying "running": a busy port is one plain line, not a banner then a trace.
+    try:
+        listener = _listen(host, port)
+    except OSError as exc:
+        catcher.stop()
+        fail(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "is another drip using it? Pick another port with --port"
+        )
     # Show the password only when drip made it up; one the operator set stays unprinted.
     made = overrides.get("admin_password")
     login = f"password {made}" if made else "the password in DRIP_ADMIN_PASSWORD"
     out = console()
-    out.print(f"[bold]drip dev[/] is running.\n  Sign up:  {settings.base_url}/")
-    out.print(f"  Caught mail: {settings.base_url}/admin/outbox")
-    out.print(f"  Admin:    {settings.base_url}/admin  (user {settings.admin_user}, {login})")
-    out.print(f"  Mail catcher on {settings.smtp_host}:{settings.smtp_port}; Ctrl-C stops.")
+    # soft_wrap: a URL or the password is never broken across lines by rich; the
+    # terminal wraps a long line as it would any other.
+    for line in (
+        f"drip dev is running on {settings.base_url}  (Ctrl-C stops)",
+        f"  Sign up:      {settings.base_url}/",
+        f"  Caught mail:  {settings.base_url}/admin/outbox",
+        f"  Admin:        {settings.base_url}/admin",
+        f"    user {settings.admin_user}",
+        f"    {login}",
+        f"  Mail catcher: {settings.smtp_host}:{settings.smtp_port}",
+    ):
+        out.print(line, soft_wrap=True, markup=False)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -113,7 +177,7 @@ def dev(
         )
         worker = asyncio.create_task(run_worker(settings, stop, handle_signals=False))
         try:
-            await server.serve()
+            await server.serve(sockets=[listener])
         finally:
             stop.set()
             await worker

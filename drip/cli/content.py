@@ -28,12 +28,13 @@ def preview(
     ] = None,
 ) -> None:
     """Render an email template with sample data."""
-    emails_dir = load_settings().emails_dir
+    settings = load_settings()
+    emails_dir = settings.emails_dir
     names = template_names(emails_dir)
     if name not in names:
         known = ", ".join(names) or "none"
         fail(f"no email named {name!r} in {emails_dir}/ (known: {known})")
-    rendered = render_email(emails_dir, name, sample_context(emails_dir, name))
+    rendered = render_email(emails_dir, name, sample_context(settings, name))
     typer.echo(f"Subject: {rendered.subject}")
     if out is not None:
         try:

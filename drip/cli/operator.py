@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from drip.cli.output import PROBLEMS, console, err, fail
+from drip.cli.output import PROBLEMS, console, err, fail, print_lines, wide
 from drip.clock import utcnow
 from drip.db import ensure_schema, get_engine, read_scope
 from drip.printable import one_line, printable
@@ -95,6 +95,10 @@ def _table(rows: list[LogEntry]) -> Table:
     return table
 
 
+def _cells(e: LogEntry) -> list[str]:
+    return [iso(e.at), e.status, e.kind, e.template, e.email, f"#{e.attempts}", _smtp(e)]
+
+
 def _line(e: LogEntry) -> Text:
     """One entry on one line, for --follow: a table cannot grow downwards."""
     return Text.assemble(
@@ -118,7 +122,11 @@ def _emit(rows: list[LogEntry], json_output: bool, streaming: bool) -> None:
         for e in rows:
             console().print(_line(e), soft_wrap=True)
     elif rows:
-        console().print(_table(rows))
+        out = console()
+        if wide(out):
+            out.print(_table(rows))
+        else:
+            print_lines(out, [_cells(e) for e in rows])
     else:
         err().print("no log entries match")
 
@@ -207,6 +215,18 @@ def list_command(
     if not rows:
         err().print("no subscribers match")
         return
+    out = console()
+    if not wide(out):
+        since = "%Y-%m-%dT%H:%MZ"
+        print_lines(
+            out,
+            [
+                [str(s.id), s.email, str(s.status), s.timezone, s.created_at.strftime(since)]
+                + [s.consent_source, s.name]
+                for s in rows
+            ],
+        )
+        return
     table = Table(pad_edge=False)
     for name in ("id", "email", "name", "status", "time zone", "since (UTC)", "source"):
         table.add_column(name, overflow="fold", no_wrap=name in ("id", "status", "since (UTC)"))
@@ -220,7 +240,7 @@ def list_command(
             Text(s.created_at.strftime("%Y-%m-%d %H:%M")),
             Text(s.consent_source),
         )
-    console().print(table)
+    out.print(table)
 
 
 # -- drip subscribers import ------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from drip.errors import DripError
@@ -30,6 +31,24 @@ def console() -> Console:
 
 def err() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+#: Narrower than this, a table would fold addresses across lines.
+TABLE_WIDTH = 120
+
+
+def wide(out: Console) -> bool:
+    """Whether `out` is a terminal wide enough for a table. Piped, or narrow, each row is
+    one line of whole values instead, so `drip logs | grep ADDRESS` finds it."""
+    return out.is_terminal and out.width >= TABLE_WIDTH
+
+
+def print_lines(out: Console, rows: list[list[str]]) -> None:
+    """Rows as lines, cells two spaces apart, padded to line up, never cut or wrapped."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        out.print(Text("  ".join(cells).rstrip()), soft_wrap=True)
 
 
 def problem(line: str) -> None:

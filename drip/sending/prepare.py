@@ -16,6 +16,7 @@ from sqlmodel import Session
 from drip import verp
 from drip.clock import Clock
 from drip.course import Course
+from drip.identity import identity
 from drip.models import (
     MessageKind,
     OutboxMessage,
@@ -52,6 +53,7 @@ def email_context(
         "email": subscriber.email,
         "base_url": base,
         "course_title": course.title if course else "",
+        **identity(settings, course.title if course else "").context(),
         "pack_url": None,
         "unsubscribe_url": None
         if row.kind == MessageKind.confirm

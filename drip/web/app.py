@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import jinja2
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (
     FileResponse,
@@ -28,12 +31,15 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drip import alerts, pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
+from drip.identity import identity
 from drip.limits import SignupLimits
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings
@@ -101,25 +107,82 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
+def wait_in_words(seconds: float) -> str:
+    """'a minute', '12 minutes', 'an hour': how long to wait, rounded up to the minute."""
+    minutes = max(1, math.ceil(seconds / 60))
+    if minutes == 1:
+        return "a minute"
+    if minutes >= 60:
+        return "an hour"
+    return f"{minutes} minutes"
+
+
+def _after(days: int, minutes_per_day: float | None) -> str:
+    """When something `days` course days away arrives, as a page would say it."""
+    if minutes_per_day is None:  # real days: lessons go out in the morning
+        return "tomorrow morning" if days <= 1 else f"in {days} days"
+    minutes = days * minutes_per_day  # drip dev --minutes-per-day: a compressed course
+    if minutes < 1:
+        return "in a few seconds"
+    return f"in about {round(minutes)} minute{'s' if round(minutes) != 1 else ''}"
+
+
+def _span(days: int, minutes_per_day: float | None) -> str:
+    if minutes_per_day is None:
+        weeks = max(1, round(days / 7))
+        return f"about {weeks} week{'s' if weeks != 1 else ''}"
+    minutes = max(1, round(days * minutes_per_day))
+    return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+
+
 def _course_facts(settings: Settings) -> dict[str, Any]:
-    """What the pages say about the course, taken from course.toml so the copy stays true."""
+    """What the pages say about the course and its author, from course.toml and the
+    settings, so the copy stays true (also under drip dev --minutes-per-day)."""
     try:
         course = load_course(settings.emails_dir)
     except CourseError:  # `drip check` names the problem; the pages still work
-        return {
+        facts: dict[str, Any] = {
             "course_title": "Trigger Point Relief",
             "lesson_total": 8,
             "course_weeks": 3,
+            "course_span": "about 3 weeks",
             "first_lesson": "soon",
         }
-    days = [int(str(item["day"])) for item in course.schedule()] or [1]
-    first = days[0]
-    return {
-        "course_title": course.title,
-        "lesson_total": course.total,
-        "course_weeks": max(1, round(days[-1] / 7)),
-        "first_lesson": "tomorrow morning" if first <= 1 else f"in {first} days",
-    }
+    else:
+        days = [int(str(item["day"])) for item in course.schedule()] or [1]
+        pace = settings.minutes_per_day
+        facts = {
+            "course_title": course.title,
+            "lesson_total": course.total,
+            "course_weeks": max(1, round(days[-1] / 7)),
+            "course_span": _span(days[-1], pace),
+            "first_lesson": _after(days[0], pace),
+        }
+    facts.update(identity(settings, facts["course_title"]).context())
+    return facts
+
+
+class _PublicPages(jinja2.FileSystemLoader):
+    """The author's page templates (DRIP_EMAILS_DIR/pages/NAME.html), never the admin's."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template.startswith("admin/"):
+            raise jinja2.TemplateNotFound(template)
+        return super().get_source(environment, template)
+
+
+def page_templates(settings: Settings) -> Jinja2Templates:
+    """The public pages' templates: a file in emails/pages/ overrides the packaged one."""
+    loader = jinja2.ChoiceLoader(
+        [
+            _PublicPages(str(settings.emails_dir / "pages")),
+            jinja2.FileSystemLoader(str(HERE / "templates")),
+        ]
+    )
+    env = jinja2.Environment(loader=loader, autoescape=True)
+    return Jinja2Templates(env=env)
 
 
 def _lifespan(
@@ -157,9 +220,10 @@ def create_app(settings: Settings) -> FastAPI:
     not the proxy's, is what gets limited and recorded (drip.web.proxies).
     """
     engine = get_engine(settings.database_url)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates = page_templates(settings)
     facts = _course_facts(settings)
-    writer = Writer(engine, settings, limits=SignupLimits.of(settings))
+    limits = SignupLimits.of(settings)
+    writer = Writer(engine, settings, limits=limits)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
 
     app = FastAPI(
@@ -184,10 +248,13 @@ def create_app(settings: Settings) -> FastAPI:
         context.update(facts)
         return templates.TemplateResponse(request, name, context, status_code=status)
 
-    def message(
-        request: Request, heading: str, *paragraphs: str, status: int = 200
-    ) -> HTMLResponse:
-        return page(request, "page.html", status, heading=heading, paragraphs=paragraphs, link=None)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown URLs get the styled page; a JSON client gets JSON, as before."""
+        accept = request.headers.get("accept", "")
+        if exc.status_code != 404 or ("json" in accept and "html" not in accept):
+            return await http_exception_handler(request, exc)
+        return _not_found(request, link_path=False)
 
     @app.get("/", response_class=HTMLResponse)
     def form(request: Request) -> HTMLResponse:
@@ -203,7 +270,9 @@ def create_app(settings: Settings) -> FastAPI:
         # valid one also against the mailbox it names. In the database: every process.
         item = checked.signup if checked is not None else None
         if not await writer.store(item, client_key(request)):
-            return _slow_down(request, wants_json)
+            address = item.email if item is not None else None
+            limit, seconds = await run_in_threadpool(refusal, client_key(request), address)
+            return _slow_down(request, wants_json, limit, seconds)
         if fields is None or checked is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
         if checked.errors:
@@ -214,21 +283,24 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"status": "ok"}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
 
-    def _slow_down(request: Request, wants_json: bool) -> Response:
-        text_ = "Too many signups from here just now. Please wait a few minutes and try again."
+    def refusal(client: str, address: str | None) -> tuple[str, float]:
+        with read_scope(engine) as session:
+            return limits.refusal(session, client, address, utcnow())
+
+    def _slow_down(request: Request, wants_json: bool, limit: str, seconds: float) -> Response:
+        """429 naming the real wait of the limit that was spent (drip.limits), and Retry-After."""
+        wait = wait_in_words(seconds)
+        headers = {"retry-after": str(max(1, math.ceil(seconds)))}
         if wants_json:
-            return JSONResponse({"errors": {"form": text_}}, status_code=429)
-        return message(request, "Please slow down", text_, status=429)
+            text_ = f"Too many signups just now. Please try again in {wait}."
+            return JSONResponse({"errors": {"form": text_}}, status_code=429, headers=headers)
+        response = page(request, "slow-down.html", 429, limit=limit, wait=wait)
+        response.headers.update(headers)
+        return response
 
     @app.get("/thanks", response_class=HTMLResponse)
     def thanks(request: Request) -> HTMLResponse:
-        return message(
-            request,
-            "Check your inbox",
-            "We've sent you an email with a link to confirm your address.",
-            "Click it and your free information pack and first lesson are on their way.",
-            "Nothing there in a few minutes? Look in your spam or promotions folder.",
-        )
+        return page(request, "thanks.html")
 
     @app.get("/privacy", response_class=HTMLResponse)
     def privacy(request: Request) -> HTMLResponse:
@@ -249,51 +321,31 @@ def create_app(settings: Settings) -> FastAPI:
         # The token in the URL is the credential (no cookie to ride on); refusing posts
         # from other sites keeps a page elsewhere from confirming a link it learnt.
         if _cross_site(request, settings):
-            return message(
-                request,
-                "Please confirm from the link in your email",
-                "Open the link from the email we sent you and press the button there.",
-                status=403,
-            )
+            return page(request, "confirm-elsewhere.html", 403)
         with session_scope(engine) as session:
             outcome = signup.confirm(session, settings, token[:100], utcnow(), client_ip(request))
         return confirmed(request, outcome)
 
     def confirmed(request: Request, outcome: signup.Confirmation) -> HTMLResponse:
         if outcome == signup.Confirmation.confirmed:
-            return message(
-                request,
-                "You're in!",
-                "Your welcome email with the free information pack is on its way.",
-                f"Your first lesson follows {facts['first_lesson']}.",
-            )
+            return page(request, "confirmed.html")
         if outcome == signup.Confirmation.already:
-            return message(
-                request, "Already confirmed", "You're already on the course: nothing more to do."
-            )
+            return page(request, "already-confirmed.html")
         if outcome == signup.Confirmation.expired:
-            return message(
-                request,
-                "This link has expired",
-                "Confirmation links last a few days. Sign up again and we'll send a fresh one.",
-                status=410,
-            )
+            return page(request, "expired.html", 410)
         return _not_found(request)
 
-    def _not_found(request: Request) -> HTMLResponse:
-        return message(
-            request,
-            "We couldn't find that link",
-            "It may have been mistyped or cut short. Try copying the whole link from the email.",
-            status=404,
-        )
+    def _not_found(request: Request, link_path: bool = True) -> HTMLResponse:
+        return page(request, "not-found.html", 404, link_path=link_path)
 
     @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         with read_scope(engine) as session:
-            known = signup.is_unsubscribe_token(session, token[:100])
-        if not known:
+            link = signup.unsubscribe_link(session, token[:100])
+        if link == signup.UnsubscribeLink.unknown:
             return _not_found(request)
+        if link == signup.UnsubscribeLink.done:  # a second visit: nothing left to ask
+            return page(request, "unsubscribed.html")
         return page(request, "unsubscribe.html", token=token)
 
     @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
@@ -304,11 +356,7 @@ def create_app(settings: Settings) -> FastAPI:
             done = signup.unsubscribe(session, token[:100], utcnow())
         if not done:
             return _not_found(request)
-        return message(
-            request,
-            "You're unsubscribed",
-            "No more lessons or newsletters will be sent to you. Thank you for reading.",
-        )
+        return page(request, "unsubscribed.html")
 
     @app.get("/pack/{token}", response_model=None)
     def pack(request: Request, token: str) -> Response:
@@ -320,12 +368,7 @@ def create_app(settings: Settings) -> FastAPI:
             if found is None or found.id is None:
                 return _not_found(request)
             if not settings.info_pack.is_file():
-                return message(
-                    request,
-                    "The pack is not available just now",
-                    "Please try again later.",
-                    status=503,
-                )
+                return page(request, "pack-unavailable.html", 503)
             pack_link.record_download(session, found.id, utcnow())
         return FileResponse(
             settings.info_pack,
