@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -60,16 +61,16 @@ class DripCollector(Collector):
             yield from _rates(session, now)
 
 
+def _by_status(session: Session, name: str, what: str, status: Any) -> GaugeMetricFamily:
+    """One gauge of row counts grouped by a status column."""
+    family = GaugeMetricFamily(name, f"{what} by status.", labels=["status"])
+    for value, count in session.execute(select(status, func.count()).group_by(status)):
+        family.add_metric([str(value)], count)
+    return family
+
+
 def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
-    by_status = GaugeMetricFamily(
-        "drip_outbox_messages", "Outbox rows by status.", labels=["status"]
-    )
-    rows = session.execute(
-        select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
-    )
-    for status, count in rows:
-        by_status.add_metric([str(status)], count)
-    yield by_status
+    yield _by_status(session, "drip_outbox_messages", "Outbox rows", col(OutboxMessage.status))
     oldest = session.execute(
         select(func.min(col(OutboxMessage.due_at)))
         .where(col(OutboxMessage.status).in_(UNSENT))
@@ -139,13 +140,7 @@ def _workers(session: Session) -> Iterator[GaugeMetricFamily]:
 
 
 def _subscribers(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
-    by_status = GaugeMetricFamily("drip_subscribers", "Subscribers by status.", labels=["status"])
-    rows = session.execute(
-        select(col(Subscriber.status), func.count()).group_by(col(Subscriber.status))
-    )
-    for status, count in rows:
-        by_status.add_metric([str(status)], count)
-    yield by_status
+    yield _by_status(session, "drip_subscribers", "Subscribers", col(Subscriber.status))
     signups = session.execute(
         select(func.count()).where(col(Subscriber.created_at) > now - DAY)
     ).scalar_one()
