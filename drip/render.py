@@ -91,9 +91,15 @@ class Rendered:
     text: str
 
 
+def first_name(name: str | None) -> str:
+    """The first word of a name, for a greeting ("Hi Sam"); "" when there is no name."""
+    words = (name or "").split()
+    return words[0] if words else ""
+
+
 @cache
 def environment(emails_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(emails_dir)),
         autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
         undefined=jinja2.StrictUndefined,
@@ -101,6 +107,8 @@ def environment(emails_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["first_name"] = first_name
+    return env
 
 
 def _where(exc: BaseException, fallback: str) -> str:

@@ -13,7 +13,7 @@ import dkim
 import pytest
 
 from drip.render import Rendered
-from drip.sending.message import Unaddressable, compose
+from drip.sending.message import PACK_FILENAME, Unaddressable, compose
 from drip.settings import Settings, load_settings
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -142,6 +142,9 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
     assert rich.get_content().replace("\r\n", "\n") == html
     pdf = next(p for p in parsed.iter_attachments() if p.get_content_type() == "application/pdf")
     assert pdf.get_content() == (tmp_path / "pack.pdf").read_bytes()
+    # Named twice, as clients old and new look for it: Content-Type name= and the filename.
+    assert pdf.get_param("name") == PACK_FILENAME
+    assert pdf.get_filename() == PACK_FILENAME
 
 
 def test_a_non_ascii_mailbox_name_is_refused_with_the_reason() -> None:

@@ -472,3 +472,14 @@ def test_unsubscribing_before_confirming_kills_the_link(
     assert client.post(f"/unsubscribe/{leave}").status_code == 200
     assert [r.status for r in _rows(engine)] == [OutboxStatus.skipped]
     assert client.get(f"/confirm/{_token(settings, engine, 'confirm')}").status_code == 404
+
+
+def test_the_course_pictures_are_served_as_png(client: TestClient) -> None:
+    answer = client.get("/pictures/gluteus-minimus.png")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/png"
+    assert answer.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert "max-age" in answer.headers["cache-control"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    for missing in ("/pictures/nothing.png", "/pictures/..%2fapp.png"):
+        assert client.get(missing).status_code == 404

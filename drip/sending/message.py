@@ -131,7 +131,7 @@ def _pack_part(path: Path, mtime: float) -> str:
     encoded = binascii.b2a_base64(data, newline=False).decode("ascii")
     lines = CRLF.join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
     return (
-        f"Content-Type: application/pdf{CRLF}"
+        f'Content-Type: application/pdf; name="{PACK_FILENAME}"{CRLF}'
         f'Content-Disposition: attachment; filename="{PACK_FILENAME}"{CRLF}'
         f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{lines}{CRLF}"
     )

@@ -30,7 +30,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from drip import alerts, pack_link, signup
+from drip import alerts, figure, pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
@@ -332,6 +332,17 @@ def create_app(settings: Settings) -> FastAPI:
             media_type="application/pdf",
             filename=PACK_FILENAME,
             headers={"cache-control": "private, no-store"},
+        )
+
+    @app.get("/pictures/{name}.png", response_model=None)
+    def picture(request: Request, name: str) -> Response:
+        """The course's pictures (lesson 4 shows the gluteus minimus), drawn by drip.figure."""
+        if name not in figure.FIGURES:
+            return _not_found(request)
+        return Response(
+            figure.png(name),
+            media_type="image/png",
+            headers={"Cache-Control": "public, max-age=86400"},
         )
 
     @app.get("/healthz")
