@@ -30,7 +30,7 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     #: Set on the welcome with DRIP_PACK_DELIVERY=link; None: the pack is attached.
     "pack_url": None,
     "lesson_number": 1,
-    "lesson_total": 8,
+    "lesson_total": 9,
     "course_title": "Trigger Point Relief",
     # The shipped course (emails/course.toml): number, title, and the day after
     # confirmation when each lesson arrives; tests/test_content.py keeps them in step.
@@ -42,7 +42,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
         {"number": 5, "title": "Trigger point or sciatica?", "day": 11},
         {"number": 6, "title": "After a release: heat, stretch, move", "day": 13},
         {"number": 7, "title": "Why they come back, and a daily routine", "day": 16},
-        {"number": 8, "title": "The end of the course, and where to go next", "day": 18},
+        {"number": 8, "title": "Looking back, and where to go next", "day": 18},
+        {"number": 9, "title": "Your questions, answered", "day": 20},
     ],
     "subject": "Hip pain on the stairs? Three small changes",
     "content_html": (
