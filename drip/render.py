@@ -45,6 +45,10 @@ SAMPLE_CONTEXT: dict[str, Any] = {
         {"number": 8, "title": "Looking back, and where to go next", "day": 18},
         {"number": 9, "title": "Your questions, answered", "day": 20},
     ],
+    "question_subject": "Re: Lesson 4 of 9: Gluteus minimus, the hidden hip muscle",
+    "question_text": "Does this work for shoulder pain too?",
+    "answer_text": "Often, yes: the same steps work for any muscle you can reach.\n\n"
+    "Start with the top of the shoulder, and never press the front of the neck.",
     "subject": "Hip pain on the stairs? Three small changes",
     "content_html": (
         "<h1>Hip pain on the stairs?</h1>"

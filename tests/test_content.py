@@ -92,9 +92,11 @@ def test_sample_lessons_match_the_course() -> None:
 
 
 def test_every_email_is_there() -> None:
-    assert {"confirm", "welcome", "newsletter", *LESSONS} <= set(NAMES)
+    assert {"confirm", "welcome", "newsletter", "answer", *LESSONS} <= set(NAMES)
     assert not [
-        n for n in NAMES if n not in LESSONS and n not in {"confirm", "welcome", "newsletter"}
+        n
+        for n in NAMES
+        if n not in LESSONS and n not in {"confirm", "welcome", "newsletter", "answer"}
     ]
 
 
