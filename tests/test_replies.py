@@ -229,3 +229,24 @@ def test_an_answer_is_refused_in_one_line_when_it_cannot_go(
         ):
             with pytest.raises(replies.AnswerRefused, match=why):
                 replies.answer(session, kept.question_id, text, nonce, utcnow(), "example.org")
+
+
+def test_erasing_a_reader_erases_their_questions_and_answers(
+    settings: Settings, engine: Engine
+) -> None:
+    from drip.operator_actions import forget_subscriber
+
+    sub = factories.subscriber(settings, "sam@example.com")
+    send_first_lesson(settings)
+    kept = take(
+        engine, reply("Re", "My hip, 3 years.", "<q5@example.com>"), str(lesson_row(engine).id)
+    )
+    assert kept.question_id is not None
+    with session_scope(engine) as session:
+        replies.answer(session, kept.question_id, "Try this.", "n" * 20, utcnow(), "example.org")
+    with session_scope(engine) as session:
+        assert sub.id is not None and forget_subscriber(session, sub.id, utcnow())
+    with read_scope(engine) as session:
+        assert session.get(Question, kept.question_id) is None
+    answers = [r for r in factories.outbox(engine) if r.kind == MessageKind.answer]
+    assert answers and all(r.context == {} for r in answers)
