@@ -292,23 +292,23 @@ def gluteus_minimus() -> Figure:
         "below the knee.",
     )
     # Panel 1: the hip from the side.
-    fig.add(_label(2.0, 3.0, "THE SIDE OF THE HIP", 3.2, bold=True, fill=TEAL))
+    fig.add(_label(2.0, 4.5, "THE SIDE OF THE HIP", 4.0, bold=True, fill=TEAL))
     _hip(fig, 2.0, 10.0)
-    fig.shapes += _lines(2.0, 116.0, ["Front of the body: left.", "Back: right."], 2.6, fill=MUTED)
-    fig.add(Shape("line", ((40.0, 19.0), (56.0, 14.0)), stroke=TEAL, width=0.3))
+    fig.shapes += _lines(2.0, 116.0, ["Front of the body: left.", "Back: right."], 3.0, fill=MUTED)
+    fig.add(Shape("line", ((40.0, 19.0), (49.0, 14.0)), stroke=TEAL, width=0.3))
     fig.shapes += _lines(
-        57.0, 13.0, ["Gluteus medius", "(on top, see-through)"], 2.7, fill=TEAL, bold=False
+        50.0, 13.0, ["Gluteus medius", "(on top, see-through)"], 3.1, fill=TEAL, bold=False
     )
     fig.add(Shape("line", ((24.0, 34.0), (4.0, 64.0)), stroke=FRONT_PART, width=0.3))
-    fig.shapes += _lines(2.0, 68.0, ["Gluteus minimus,", "front part"], 2.7, fill=FRONT_PART)
+    fig.shapes += _lines(2.0, 68.0, ["Gluteus minimus,", "front part"], 3.1, fill=FRONT_PART)
     fig.add(Shape("line", ((42.0, 40.0), (58.0, 72.0)), stroke=BACK_PART, width=0.3))
-    fig.shapes += _lines(46.0, 76.0, ["Gluteus minimus,", "back part"], 2.7, fill=BACK_PART)
-    fig.shapes += _lines(2.0, 100.0, ["Grey: the hip bone", "and the thigh bone"], 2.6, fill=MUTED)
+    fig.shapes += _lines(46.0, 76.0, ["Gluteus minimus,", "back part"], 3.1, fill=BACK_PART)
+    fig.shapes += _lines(2.0, 100.0, ["Grey: the hip bone", "and the thigh bone"], 3.0, fill=MUTED)
 
     # Panel 2: the front part's pain, seen from the front (the right leg: the viewer's left).
     k = BODY_HEIGHT / 100
     fx, top = 92.0, 10.0
-    fig.add(_label(fx, 3.0, "FRONT PART", 3.2, bold=True, align="C", fill=FRONT_PART))
+    fig.add(_label(fx, 4.5, "FRONT PART", 4.0, bold=True, align="C", fill=FRONT_PART))
     fig.shapes += body_outline(fx, top, BODY_HEIGHT)
     fig.shapes += _front_marks(fx, top, BODY_HEIGHT)
     for band in (FRONT_THIGH, FRONT_LEG):
@@ -319,14 +319,14 @@ def gluteus_minimus() -> Figure:
         fx,
         top + BODY_HEIGHT + 5.0,
         ["A thin band down the outside", "of the leg to the ankle,", "passing the knee by"],
-        2.6,
+        3.0,
         align="C",
         fill=INK,
     )
 
     # Panel 3: the back part's pain, seen from behind (the right leg: the viewer's right).
     bx = 145.0
-    fig.add(_label(bx, 3.0, "BACK PART", 3.2, bold=True, align="C", fill=BACK_PART))
+    fig.add(_label(bx, 4.5, "BACK PART", 4.0, bold=True, align="C", fill=BACK_PART))
     fig.shapes += body_outline(bx, top, BODY_HEIGHT)
     fig.shapes += _back_marks(bx, top, BODY_HEIGHT)
     (c, r) = BACK_BUTTOCK
@@ -343,11 +343,11 @@ def gluteus_minimus() -> Figure:
             "band down the back of the",
             "thigh to just below the knee",
         ],
-        2.6,
+        3.0,
         align="C",
         fill=INK,
     )
-    fig.add(_label(118.5, 58.0, "x = trigger point", 2.4, align="C", fill=MUTED))
+    fig.add(_label(118.5, 58.0, "x = trigger point", 2.8, align="C", fill=MUTED))
     return fig
 
 
