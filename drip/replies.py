@@ -83,15 +83,6 @@ def automatic(message: EmailMessage, envelope_sender: str | None = None) -> str 
     return None
 
 
-def reply_tag(recipient: str, domain: str) -> str | None:
-    """The TAG of `reply+TAG@domain`, or None when the address is not a reply address."""
-    local, _, at = recipient.strip().strip("<>").rpartition("@")
-    prefix, plus, tag = local.partition("+")
-    if not plus or prefix.lower() != REPLY or at.lower().rstrip(".") != domain.lower():
-        return None
-    return tag or None
-
-
 _QUOTE_HEAD = re.compile(r"^\s*(On .{0,200} wrote:|-----\s*Original Message\s*-----)\s*$", re.I)
 
 
@@ -127,17 +118,15 @@ class Intake:
 def take(
     session: Session,
     raw: bytes,
-    recipient: str,
+    tag: str | None,
     *,
-    domain: str,
     resolve: Resolve,
     now: datetime,
     envelope_sender: str | None = None,
 ) -> Intake:
-    """File one message sent to a reply address; never raises on what a stranger sends."""
-    tag = reply_tag(recipient, domain)
-    if tag is None:
-        return Intake("unknown", "not a reply address")
+    """File one message sent to `reply+TAG@...`; never raises on what a stranger sends."""
+    if not tag:
+        return Intake("unknown", "no tag: not a reply to one of drip's emails")
     row = resolve(session, tag)
     if row is None or row.subscriber_id is None:
         return Intake("unknown", "the tag names no message of drip's")
@@ -256,6 +245,7 @@ def answer(
             subscriber_id=found.subscriber.id,
             context={
                 "thread_id": thread_id,
+                "in_reply_to": last.message_id,
                 "lesson_template": last.template,
                 "question_subject": subject
                 if subject.lower().startswith("re:")

@@ -210,3 +210,46 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
 
     assert dkim.verify(data, dnsfunc=dns)
     assert not dkim.verify(data.replace(b"Lesson 1", b"Lesson 2"), dnsfunc=dns)
+
+
+def test_reply_to_and_threading_headers_when_given_and_never_injected() -> None:
+    settings = load_settings(_env_file=None)
+    envelope = compose(
+        settings,
+        RENDERED,
+        email="sam@example.com",
+        name="Sam",
+        message_id="<9@example.org>",
+        unsubscribe_url=None,
+        attach_pack=False,
+        now=NOW,
+        reply_to="reply+9-abc@bounce.example.org",
+        in_reply_to="<q@reader.example>",
+    )
+    parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert parsed["Reply-To"] == "reply+9-abc@bounce.example.org"
+    assert parsed["In-Reply-To"] == parsed["References"] == "<q@reader.example>"
+    plain = compose(
+        settings,
+        RENDERED,
+        email="sam@example.com",
+        name="Sam",
+        message_id="<10@example.org>",
+        unsubscribe_url=None,
+        attach_pack=False,
+        now=NOW,
+    )
+    assert b"Reply-To" not in plain.data and b"In-Reply-To" not in plain.data
+    with pytest.raises(ValueError, match="line break"):
+        compose(
+            settings,
+            RENDERED,
+            email="sam@example.com",
+            name="Sam",
+            message_id="<11@example.org>",
+            unsubscribe_url=None,
+            attach_pack=False,
+            now=NOW,
+            now=NOW,
+            in_reply_to="<q@x>\r\nBcc: victim@example.com",
+        )

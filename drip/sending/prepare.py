@@ -116,6 +116,9 @@ class Preparer:
                 and self.settings.pack_delivery == "attach",
                 now=self.clock(),
                 bounce_address=self._bounce_address(row),
+                in_reply_to=row.context.get("in_reply_to")
+                if row.kind == MessageKind.answer
+                else None,
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
