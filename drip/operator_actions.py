@@ -25,6 +25,7 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
+from drip.replies import asked_by
 from drip.sending.outbox import retry
 from drip.sendlog import iso
 from drip.subscriber_view import timeline
@@ -107,6 +108,17 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
                 ],
             }
             for item in timeline(session, subscriber_id, limit=100_000)
+        ],
+        "questions": [
+            {
+                "received_at": when(q.received_at),
+                "about": q.template,
+                "subject": q.subject,
+                "text": q.body,
+                "status": str(q.status),
+                "answered_at": when(q.answered_at),
+            }
+            for q in asked_by(session, subscriber_id)
         ],
     }
 

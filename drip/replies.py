@@ -181,6 +181,17 @@ def inbox(session: Session, status: str = "", limit: int = 100) -> list[Question
     return list(session.execute(query.limit(limit)).scalars())
 
 
+def asked_by(session: Session, subscriber_id: int) -> list[Question]:
+    """One subscriber's questions, oldest first (their page in /admin, their data export)."""
+    return list(
+        session.execute(
+            select(Question)
+            .where(col(Question.subscriber_id) == subscriber_id)
+            .order_by(col(Question.id))
+        ).scalars()
+    )
+
+
 def thread(session: Session, thread_id: int) -> Thread | None:
     questions = list(
         session.execute(

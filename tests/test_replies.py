@@ -205,6 +205,15 @@ def test_the_author_answers_from_admin_and_it_is_sent_once(
         assert question is not None and question.status == QuestionStatus.answered
     thread_page = client.get(f"/admin/questions/{kept.question_id}")
     assert "Start with the shoulder." in thread_page.text
+    # The reader's own page lists the question; their data export carries it.
+    with read_scope(engine) as session:
+        question = session.get(Question, kept.question_id)
+        assert question is not None
+        sub_id = question.subscriber_id
+    own = client.get(f"/admin/subscribers/{sub_id}")
+    assert f'href="/admin/questions/{kept.question_id}"' in own.text
+    exported = client.post(f"/admin/subscribers/{sub_id}/export", data={"csrf": csrf})
+    assert exported.json()["questions"][0]["text"] == "Neck pain too?"
 
 
 def test_an_answer_is_refused_in_one_line_when_it_cannot_go(

@@ -389,6 +389,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             found = session.get(Subscriber, subscriber_id)
             items = timeline(session, subscriber_id) if found else []
             progress = session.get(CourseProgress, subscriber_id) if found else None
+            asked = replies.asked_by(session, subscriber_id) if found else []
         if found is None:
             return problem(request, 404, "No such subscriber", f"No subscriber #{subscriber_id}.")
         return render(
@@ -397,6 +398,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             sub=found,
             items=items,
             progress=progress,
+            questions=asked,
             retryable={str(s) for s in RETRYABLE_STATUSES},
             final={str(s) for s in FINAL_STATUSES},
             can_leave=found.status in SUBSCRIBED_STATUSES,
