@@ -251,3 +251,30 @@ def test_erasing_a_reader_erases_their_questions_and_answers(
         assert session.get(Question, kept.question_id) is None
     answers = [r for r in factories.outbox(engine) if r.kind == MessageKind.answer]
     assert answers and all(r.context == {} for r in answers)
+
+
+def test_questions_are_marked_read_and_filtered_by_status(
+    settings: Settings, engine: Engine, client: TestClient
+) -> None:
+    factories.subscriber(settings, "sam@example.com")
+    send_first_lesson(settings)
+    kept = take(
+        engine, reply("Re: 1", "Stress too?", "<q6@example.com>"), str(lesson_row(engine).id)
+    )
+    page = client.get(f"/admin/questions/{kept.question_id}")
+    csrf = _csrf(page.text)
+    assert "Re: 1" in client.get("/admin/questions?status=new").text
+    refused = client.post(
+        f"/admin/questions/{kept.question_id}/mark", data={"csrf": "x", "status": "read"}
+    )
+    assert refused.status_code == 403
+    marked = client.post(
+        f"/admin/questions/{kept.question_id}/mark",
+        data={"csrf": csrf, "status": "read"},
+        follow_redirects=False,
+    )
+    assert marked.status_code == 303
+    assert "Re: 1" not in client.get("/admin/questions?status=new").text
+    assert "Re: 1" in client.get("/admin/questions?status=read").text
+    assert client.get("/admin/questions?status=bogus").status_code == 422
+    assert client.get("/admin/questions/999999").status_code == 404
