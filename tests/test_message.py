@@ -250,6 +250,5 @@ def test_reply_to_and_threading_headers_when_given_and_never_injected() -> None:
             unsubscribe_url=None,
             attach_pack=False,
             now=NOW,
-            now=NOW,
             in_reply_to="<q@x>\r\nBcc: victim@example.com",
         )
