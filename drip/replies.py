@@ -266,6 +266,7 @@ def answer(
             },
         ),
         msgid_domain,
+        now,
     )
     if queued:
         for question in found.questions:

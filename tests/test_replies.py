@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
@@ -25,7 +24,7 @@ from drip.models import MessageKind, OutboxMessage, OutboxStatus, Question, Ques
 from drip.settings import Settings
 from drip.web.app import create_app
 from tests import factories
-from tests.conftest import make_settings
+from tests.conftest import SettingsFactory
 from tests.mailserver import MailServer, Recorder
 from tests.test_admin import PASSWORD, USER, _basic, _csrf
 
@@ -33,11 +32,11 @@ DOMAIN = "bounce.example.org"
 
 
 @pytest.fixture
-def settings(database_url: str, mail_server: MailServer, tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory
+) -> Settings:
     """The shared settings, with the admin open (this module's answers come from /admin)."""
-    return make_settings(
-        database_url, mail_server.port, tmp_path, admin_user=USER, admin_password=PASSWORD
-    )
+    return make_settings(database_url, mail_server.port, admin_user=USER, admin_password=PASSWORD)
 
 
 @pytest.fixture
