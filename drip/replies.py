@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import parseaddr
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from drip.models import (
@@ -179,6 +179,17 @@ def inbox(session: Session, status: str = "", limit: int = 100) -> list[Question
     if status:
         query = query.where(col(Question.status) == QuestionStatus(status))
     return list(session.execute(query.limit(limit)).scalars())
+
+
+def count_new(session: Session) -> int:
+    """Questions not yet read: the number beside Questions in the admin's menu."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Question)
+            .where(col(Question.status) == QuestionStatus.new)
+        ).scalar_one()
+    )
 
 
 def asked_by(session: Session, subscriber_id: int) -> list[Question]:

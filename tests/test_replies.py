@@ -263,6 +263,7 @@ def test_questions_are_marked_read_and_filtered_by_status(
     page = client.get(f"/admin/questions/{kept.question_id}")
     csrf = _csrf(page.text)
     assert "Re: 1" in client.get("/admin/questions?status=new").text
+    assert 'aria-label="1 new"' in client.get("/admin").text  # the menu counts unread ones
     refused = client.post(
         f"/admin/questions/{kept.question_id}/mark", data={"csrf": "x", "status": "read"}
     )
@@ -274,6 +275,7 @@ def test_questions_are_marked_read_and_filtered_by_status(
     )
     assert marked.status_code == 303
     assert "Re: 1" not in client.get("/admin/questions?status=new").text
+    assert 'aria-label="1 new"' not in client.get("/admin").text
     assert "Re: 1" in client.get("/admin/questions?status=read").text
     assert client.get("/admin/questions?status=bogus").status_code == 422
     assert client.get("/admin/questions/999999").status_code == 404

@@ -267,6 +267,9 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         context.setdefault("csrf", guard.csrf_token())
         context.setdefault("done", DONE.get(request.query_params.get("done", "")))
         context.setdefault("now", utcnow())
+        if "new_questions" not in context:
+            with read_scope(engine) as session:
+                context["new_questions"] = replies.count_new(session)
         return templates.TemplateResponse(request, f"admin/{name}", context, status_code)
 
     def problem(request: Request, status_code: int, title: str, text: str) -> HTMLResponse:
