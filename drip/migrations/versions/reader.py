@@ -1,7 +1,7 @@
 """question: readers' replies, the author's questions inbox
 
 Revision ID: reader
-Revises: ops
+Revises: bounces
 Create Date: 2026-11-26 10:08:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import drip.models
 
 revision = "reader"
-down_revision = "ops"
+down_revision = "bounces"
 branch_labels = None
 depends_on = None
 
