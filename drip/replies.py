@@ -22,9 +22,11 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import parseaddr
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
+from drip import verp
+from drip.db import session_scope
 from drip.models import (
     MessageKind,
     OutboxMessage,
@@ -34,6 +36,7 @@ from drip.models import (
     SubscriberStatus,
 )
 from drip.sending.outbox import NewMessage, enqueue
+from drip.settings import Settings
 
 #: The local part of reply addresses: `reply+TAG@bounce-domain`.
 REPLY = "reply"
@@ -46,6 +49,38 @@ _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 #: Given a reply address's tag, the outbox row it names, or None if it is not drip's.
 Resolve = Callable[[Session, str], OutboxMessage | None]
+
+#: The kinds of email whose replies reach the author: the lessons, newsletters and answers.
+REPLY_KINDS = frozenset({MessageKind.lesson, MessageKind.newsletter, MessageKind.answer})
+
+
+def reply_address(secret: str, domain: str, outbox_id: int, message_id: str) -> str:
+    """The Reply-To of one message: its VERP tag (drip.verp) under `reply+`."""
+    return f"{REPLY}+{verp.make_tag(secret, outbox_id, message_id)}@{domain}"
+
+
+def signed(secret: str) -> Resolve:
+    """Resolve a tag only if drip signed it for exactly that message (drip.verp.verify)."""
+
+    def resolve(session: Session, tag: str) -> OutboxMessage | None:
+        ident = verp.tag_id(tag)
+        if ident is None:
+            return None
+        row = session.get(OutboxMessage, ident)
+        if row is None or not verp.verify(secret, tag, ident, row.message_id):
+            return None
+        return row
+
+    return resolve
+
+
+def route(settings: Settings, engine: Engine, tag: str | None, data: bytes, now: datetime) -> str:
+    """drip inbound's route for `reply+TAG@DRIP_BOUNCE_DOMAIN` (drip.inbound.ROUTES)."""
+    resolve = signed(settings.require_secret())
+    with session_scope(engine) as session:
+        intake = take(session, data, tag, resolve=resolve, now=now)
+    return f"reply {intake.outcome}" + (f": {intake.reason}" if intake.reason else "")
+
 
 _AUTO_SUBJECT = re.compile(
     r"^\s*(out of (the )?office|automatic reply|auto(matic)?[ -]?(reply|response)|"

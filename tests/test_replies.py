@@ -1,16 +1,19 @@
 """Readers' replies: filed as questions under their subscriber and lesson, auto-replies
 kept out, and the author's answer delivered once through the outbox.
 
-The tag of `reply+TAG@domain` is resolved here by a stand-in that reads the outbox id
-from the tag: drip.verp's signed tags (the bounces branch) take its place when
-`drip inbound` lands, and the intake itself does not change.
+The unit tests resolve `reply+TAG@` with a stand-in that reads the outbox id from the
+tag; the end-to-end test at the bottom goes through the real thing: a reply sent by
+SMTP to `drip inbound`, its tag signed by drip.verp.
 """
 
 from __future__ import annotations
 
 import re
+import smtplib
+from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
@@ -24,8 +27,10 @@ from drip.models import MessageKind, OutboxMessage, OutboxStatus, Question, Ques
 from drip.settings import Settings
 from drip.web.app import create_app
 from tests import factories
-from tests.conftest import SettingsFactory
-from tests.mailserver import MailServer, Recorder
+from tests.conftest import SECRET, SettingsFactory
+from tests.factories import lesson_sent
+from tests.mailserver import MailServer, Recorder, free_port
+from tests.processes import start_inbound
 from tests.test_admin import PASSWORD, USER, _basic, _csrf
 
 DOMAIN = "bounce.example.org"
@@ -279,3 +284,63 @@ def test_questions_are_marked_read_and_filtered_by_status(
     assert "Re: 1" in client.get("/admin/questions?status=read").text
     assert client.get("/admin/questions?status=bogus").status_code == 422
     assert client.get("/admin/questions/999999").status_code == 404
+
+
+# -- end to end: SMTP to drip inbound, the question in /admin, the answer out once ---------
+
+
+@pytest.fixture
+def inbound(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, int]]:
+    """`drip inbound`, the real process, on the test's database and bounce domain."""
+    with_domain = settings.model_copy(update={"bounce_domain": DOMAIN})
+    port = free_port()
+    process = start_inbound(with_domain, port, tmp_path / "inbound.log")
+    try:
+        yield with_domain, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_reply_over_smtp_reaches_admin_and_the_answer_goes_once(
+    inbound: tuple[Settings, int], engine: Engine, recorder: Recorder
+) -> None:
+    settings, port = inbound
+    lesson, _ = lesson_sent(settings, "sam@example.com")
+    # The lesson as sent carries its reply address, signed for this very message.
+    sent = [m for m in recorder.messages if str(m["Subject"]).startswith("Lesson 1 of")]
+    assert len(sent) == 1
+    address = str(sent[0]["Reply-To"])
+    assert lesson.id is not None
+    assert address == replies.reply_address(SECRET, DOMAIN, lesson.id, lesson.message_id)
+
+    question = reply("Re: Lesson 1", "Does this help neck pain?", "<e2e-1@example.com>")
+    away = reply(
+        "Out of Office", "Back Monday.", "<e2e-2@example.com>", Auto_Submitted="auto-replied"
+    )
+    forged = reply("Re: Lesson 1", "Forged.", "<e2e-3@example.com>")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail("sam@example.com", [address], question)
+        client.sendmail("sam@example.com", [address], away)
+        client.sendmail("sam@example.com", [f"reply+{lesson.id}-aaaaaaaaaaaa@{DOMAIN}"], forged)
+    with read_scope(engine) as session:
+        filed = list(session.execute(select(Question)).scalars())
+    assert [q.body for q in filed] == ["Does this help neck pain?"]  # no out-of-office, no forgery
+    assert filed[0].subscriber_id == lesson.subscriber_id and filed[0].outbox_id == lesson.id
+
+    admin = TestClient(create_app(settings), headers=_basic(USER, PASSWORD))
+    inbox = admin.get("/admin/questions").text
+    assert "sam@example.com" in inbox and "Lesson 1: What trigger points are" in inbox
+    page = admin.get(f"/admin/questions/{filed[0].thread_id}").text
+    nonce = re.search(r'name="nonce" value="([A-Za-z0-9_-]+)"', page)
+    assert nonce
+    form = {"csrf": _csrf(page), "nonce": nonce[1], "text": "Often, yes: try the shoulder."}
+    for _ in range(2):  # a double post
+        admin.post(f"/admin/questions/{filed[0].thread_id}/answer", data=form)
+    before = len(recorder.raw)
+    factories.tick(settings)
+    factories.tick(settings)
+    answers = [m for m in recorder.wait_for(before + 1)[before:] if m["In-Reply-To"]]
+    assert len(answers) == 1 and len(recorder.raw) == before + 1
+    assert answers[0]["In-Reply-To"] == "<e2e-1@example.com>"
+    assert str(answers[0]["Reply-To"]).startswith("reply+")  # the reader can write back
