@@ -23,7 +23,7 @@ from datetime import datetime
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine
 
-from drip import verp
+from drip import replies, verp
 from drip.bounces import take
 from drip.clock import Clock, utcnow
 from drip.settings import Settings, SettingsError
@@ -46,7 +46,7 @@ def _bounce(settings: Settings, engine: Engine, tag: str | None, data: bytes, no
 
 
 #: Routes by the local part before any `+`: `bounces+TAG@DRIP_BOUNCE_DOMAIN`.
-ROUTES: dict[str, Route] = {verp.BOUNCES: _bounce}
+ROUTES: dict[str, Route] = {verp.BOUNCES: _bounce, replies.REPLY: replies.route}
 
 
 def route(address: str, domain: str) -> tuple[Route, str | None] | None:

@@ -57,6 +57,8 @@ class MessageKind(StrEnum):
     welcome = "welcome"
     lesson = "lesson"
     newsletter = "newsletter"
+    #: The author's answer to a reader's reply (drip.replies), sent like any other email.
+    answer = "answer"
 
 
 class OutboxStatus(StrEnum):
@@ -326,3 +328,40 @@ class Alert(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     raised_at: datetime | None = _when()
     detail: str | None = Field(default=None, max_length=1000)
+
+
+class QuestionStatus(StrEnum):
+    new = "new"
+    read = "read"
+    answered = "answered"
+
+
+class Question(SQLModel, table=True):
+    """A reader's reply to one of drip's emails: the author's questions inbox (drip.replies).
+
+    Tied to the subscriber and to the outbox row it answers (so the lesson); replies to
+    an answer join the first question's thread. `message_id` is the reply's own
+    Message-ID, unique, so a reply delivered twice is kept once.
+    """
+
+    __tablename__ = "question"
+    __table_args__ = (Index("ix_question_status_received", "status", "received_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int | None = Field(
+        default=None, foreign_key="subscriber.id", ondelete="CASCADE", index=True
+    )
+    #: The email this replies to; its template names the lesson.
+    outbox_id: int | None = Field(default=None, foreign_key="outbox.id", ondelete="SET NULL")
+    template: str = Field(default="", max_length=100)
+    #: The first question of the thread (itself for a new thread).
+    thread_id: int | None = Field(default=None, index=True)
+    message_id: str = Field(sa_column=Column(String(250), nullable=False, unique=True))
+    from_address: str = Field(sa_column=Column(String(320), nullable=False))
+    subject: str = Field(default="", max_length=300)
+    body: str = Field(default="")
+    status: QuestionStatus = Field(
+        default=QuestionStatus.new, sa_column=Column(String(16), nullable=False)
+    )
+    received_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    answered_at: datetime | None = _when()

@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, or_, select, update
+from sqlalchemy import Column, ColumnElement, delete, or_, select, update
 from sqlmodel import Session, col
 
 from drip.db import table_of
@@ -21,9 +21,11 @@ from drip.models import (
     DeliveryAttempt,
     MessageKind,
     OutboxMessage,
+    Question,
     Subscriber,
     SubscriberStatus,
 )
+from drip.replies import asked_by
 from drip.sending.outbox import retry
 from drip.sendlog import iso
 from drip.subscriber_view import timeline
@@ -107,6 +109,17 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
             }
             for item in timeline(session, subscriber_id, limit=100_000)
         ],
+        "questions": [
+            {
+                "received_at": when(q.received_at),
+                "about": q.template,
+                "subject": q.subject,
+                "text": q.body,
+                "status": str(q.status),
+                "answered_at": when(q.answered_at),
+            }
+            for q in asked_by(session, subscriber_id)
+        ],
     }
 
 
@@ -140,11 +153,19 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber.confirm_token_hash = secrets.token_hex(32)
     subscriber.unsubscribe_token_hash = secrets.token_hex(32)
     session.add(subscriber)
+    # Their questions and the answers' texts are their words: gone with the rest.
+    session.execute(delete(Question).where(col(Question.subscriber_id) == subscriber_id))
 
     mine = or_(col(OutboxMessage.subscriber_id) == subscriber_id, col(OutboxMessage.email).in_(old))
     ids = list(session.execute(select(col(OutboxMessage.id)).where(mine)).scalars())
     if not ids:
         return True
+    session.execute(
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id).in_(ids), col(OutboxMessage.kind) == MessageKind.answer)
+        .values(context={})
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(OutboxMessage)
         .where(col(OutboxMessage.id).in_(ids))

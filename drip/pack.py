@@ -11,6 +11,7 @@ bytes and does not churn git.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -23,6 +24,7 @@ from fpdf import FPDF, FontFace
 from fpdf.enums import TableBordersLayout, TableCellFillMode
 
 from drip.errors import DripError
+from drip.figure import FIGURES, draw_pdf
 
 DEFAULT_SOURCE = Path("emails/info-pack/content.md")
 DEFAULT_OUT = Path("emails/info-pack.pdf")
@@ -67,8 +69,15 @@ _KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("box", re.compile(r"^> ?(.+)$")),
     ("table", re.compile(r"^(\|.*\|)$")),
     ("scale", re.compile(r"^(!scale)$")),
+    ("figure", re.compile(r"^!figure (\S+)$")),
 ]
 #: Kinds whose consecutive lines form one block, one item a line.
+#: A table cell reading "[ ]" becomes this box, for a reader to tick.
+_TICK_BOX = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="12" height="12" viewBox="0 0 12 12">'
+    b'<rect x="2" y="2" width="8" height="8" rx="0.8" fill="white" stroke="#1f4e5a" '
+    b'stroke-width="0.8"/></svg>'
+)
 _LISTS = {"ol", "ul", "check", "table"}
 _COVER_KEYS = {"title", "subtitle", "tagline", "note"}
 
@@ -132,7 +141,13 @@ def parse(text: str, name: str = "content.md") -> PackSource:
             cover[key.strip()] = value.strip()
             continue
         if line.startswith("!") and line != "!scale":
-            raise PackError(f"{where}: unknown directive {line.split()[0]!r}")
+            directive, _, argument = line.partition(" ")
+            if directive != "!figure":
+                raise PackError(f"{where}: unknown directive {directive!r}")
+            if argument not in FIGURES:
+                raise PackError(
+                    f"{where}: no figure {argument!r}; known: {', '.join(sorted(FIGURES))}"
+                )
         kind, content = "p", line
         for candidate, pattern in _KINDS:
             if match := pattern.match(line):
@@ -146,7 +161,7 @@ def parse(text: str, name: str = "content.md") -> PackSource:
         else:
             current = Block(kind, [content])
             blocks.append(current)
-            if kind in {"h2", "scale"}:
+            if kind in {"h2", "scale", "figure"}:
                 current = None
     if not cover.get("title"):
         raise PackError(f"{name}: the cover needs a 'title: ...' line at the top")
@@ -155,12 +170,23 @@ def parse(text: str, name: str = "content.md") -> PackSource:
     return PackSource(cover, sections)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a figure was drawn: its page (1-based) and top left corner in mm, and its scale."""
+
+    page: int
+    x: float
+    y: float
+    scale: float
+
+
 class _PackPDF(FPDF):
     """A4 pages with a running header and a page-numbered footer (not on the cover)."""
 
     def __init__(self, title: str) -> None:
         super().__init__(orientation="portrait", unit="mm", format="A4")
         self.pack_title = title
+        self.placements: dict[str, Placement] = {}
         self.set_margins(20, 24, 20)
         self.set_auto_page_break(auto=True, margin=22)
 
@@ -321,6 +347,29 @@ def _draw_scale(pdf: FPDF) -> None:
     pdf.set_y(top + 20)
 
 
+def _kept_with(blocks: list[Block], index: int) -> float:
+    """Room a heading needs for what follows it: a figure and its one-paragraph lead-in
+    stay on the heading's page rather than leave the heading alone at the foot of one."""
+    following = blocks[index + 1 : index + 3]
+    for block in following:
+        if block.kind == "figure":
+            fig = FIGURES[block.items[0]]()
+            paragraphs = sum(1 for b in following if b.kind == "p")
+            return fig.height * min(1.0, 170 / fig.width) + 6 + 20 * paragraphs
+    return 0.0
+
+
+def _draw_figure(pdf: _PackPDF, name: str) -> None:
+    """A picture from drip.figure, full width, on one page; where it went is noted for tests."""
+    fig = FIGURES[name]()
+    scale = min(1.0, pdf.epw / fig.width)
+    _room(pdf, fig.height * scale + 4)
+    top = pdf.get_y() + 2
+    draw_pdf(pdf, fig, pdf.l_margin, top, scale)
+    pdf.placements[name] = Placement(pdf.page_no(), pdf.l_margin, top, scale)
+    pdf.set_y(top + fig.height * scale + 4)
+
+
 def _draw_table(pdf: FPDF, rows: list[str]) -> None:
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     pdf.set_font("Helvetica", "", 9.5)
@@ -328,9 +377,9 @@ def _draw_table(pdf: FPDF, rows: list[str]) -> None:
     pdf.set_draw_color(*RULE)
     pdf.set_line_width(0.2)
     pdf.set_fill_color(*WHITE)  # fpdf2 fills unshaded rows with the current colour
-    widths: Sequence[float] = (9, 24, 44, 23)
-    if len(cells[0]) != len(widths):
-        widths = [1.0] * len(cells[0])
+    widths: Sequence[float] = {4: (9, 24, 44, 23), 5: (8, 24, 42, 20, 10)}.get(
+        len(cells[0]), [1.0] * len(cells[0])
+    )
     with pdf.table(
         col_widths=widths,
         headings_style=FontFace(emphasis="BOLD", color=WHITE, fill_color=TEAL),
@@ -343,7 +392,12 @@ def _draw_table(pdf: FPDF, rows: list[str]) -> None:
         markdown=True,
     ) as table:
         for row in cells:
-            table.row(row)
+            cells_row = table.row()
+            for cell in row:
+                if cell == "[ ]":  # a box to tick, drawn as a vector
+                    cells_row.cell(img=io.BytesIO(_TICK_BOX), img_fill_width=True)
+                else:
+                    cells_row.cell(cell)
     pdf.set_y(pdf.get_y() + 3)
 
 
@@ -358,9 +412,9 @@ def _draw_section(pdf: _PackPDF, number: int, total: int, section: Section) -> N
     pdf.set_fill_color(*ACCENT)
     pdf.rect(pdf.l_margin, pdf.get_y() + 1.5, 22, 1.4, style="F")
     pdf.set_y(pdf.get_y() + 8)
-    for block in section.blocks:
+    for index, block in enumerate(section.blocks):
         if block.kind == "h2":
-            _room(pdf, 22)
+            _room(pdf, 22 + _kept_with(section.blocks, index))
             pdf.set_y(pdf.get_y() + 3)
             pdf.set_font("Helvetica", "B", 13)
             pdf.set_text_color(*TEAL)
@@ -403,10 +457,21 @@ def _draw_section(pdf: _PackPDF, number: int, total: int, section: Section) -> N
             _draw_table(pdf, block.items)
         elif block.kind == "scale":
             _draw_scale(pdf)
+        elif block.kind == "figure":
+            _draw_figure(pdf, block.items[0])
 
 
-def _render(src: PackSource, pages: dict[str, int]) -> tuple[bytes, dict[str, int]]:
-    """One full layout; returns the PDF and the page each section starts on."""
+@dataclass(frozen=True)
+class Layout:
+    """A built pack: the PDF, the page each section starts on, and where each figure went."""
+
+    data: bytes
+    starts: dict[str, int]
+    placements: dict[str, Placement]
+
+
+def _render(src: PackSource, pages: dict[str, int]) -> Layout:
+    """One full layout, with `pages` as the contents list's page numbers."""
     pdf = _PackPDF(src.cover["title"])
     pdf.set_title(f"{src.cover['title']}: {src.cover.get('subtitle', 'information pack')}")
     pdf.set_author(src.cover["title"])
@@ -419,22 +484,26 @@ def _render(src: PackSource, pages: dict[str, int]) -> tuple[bytes, dict[str, in
     for number, section in enumerate(src.sections, start=1):
         starts[section.title] = pdf.page_no() + 1
         _draw_section(pdf, number, len(src.sections), section)
-    return bytes(pdf.output()), starts
+    return Layout(bytes(pdf.output()), starts, dict(pdf.placements))
 
 
-def build_pack(source: Path, out: Path) -> None:
-    """Build the PDF at `out` from the text at `source`; raise PackError on bad input.
-
-    Laid out twice so the cover's contents list shows the real page numbers, and
-    written through a temporary file so a reader never sees half a PDF.
-    """
+def lay_out(source: Path) -> Layout:
+    """Read the source and lay it out twice, so the cover's contents show the real pages."""
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise PackError(f"{source}: cannot be read ({exc.strerror or exc})") from None
     src = parse(text, str(source))
-    _, pages = _render(src, {})
-    data, _ = _render(src, pages)
+    return _render(src, _render(src, {}).starts)
+
+
+def build_pack(source: Path, out: Path) -> Layout:
+    """Build the PDF at `out` from the text at `source`; raise PackError on bad input.
+
+    Written through a temporary file so a reader never sees half a PDF.
+    """
+    layout = lay_out(source)
+    data = layout.data
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
@@ -445,3 +514,4 @@ def build_pack(source: Path, out: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return layout

@@ -32,7 +32,7 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     #: Set on the welcome with DRIP_PACK_DELIVERY=link; None: the pack is attached.
     "pack_url": None,
     "lesson_number": 1,
-    "lesson_total": 8,
+    "lesson_total": 9,
     "course_title": "Trigger Point Relief",
     # drip.identity's variables, as its defaults make them for the shipped course.
     "site_name": "Trigger Point Relief",
@@ -52,8 +52,13 @@ SAMPLE_CONTEXT: dict[str, Any] = {
         {"number": 5, "title": "Trigger point or sciatica?", "day": 11},
         {"number": 6, "title": "After a release: heat, stretch, move", "day": 13},
         {"number": 7, "title": "Why they come back, and a daily routine", "day": 16},
-        {"number": 8, "title": "The end of the course, and where to go next", "day": 18},
+        {"number": 8, "title": "Looking back, and where to go next", "day": 18},
+        {"number": 9, "title": "Your questions, answered", "day": 20},
     ],
+    "question_subject": "Re: Lesson 4 of 9: Gluteus minimus, the hidden hip muscle",
+    "question_text": "Does this work for shoulder pain too?",
+    "answer_text": "Often, yes: the same steps work for any muscle you can reach.\n\n"
+    "Start with the top of the shoulder, and never press the front of the neck.",
     "subject": "Hip pain on the stairs? Three small changes",
     "content_html": (
         "<h1>Hip pain on the stairs?</h1>"
@@ -103,9 +108,15 @@ class Rendered:
     text: str
 
 
+def first_name(name: str | None) -> str:
+    """The first word of a name, for a greeting ("Hi Sam"); "" when there is no name."""
+    words = (name or "").split()
+    return words[0] if words else ""
+
+
 @cache
 def environment(emails_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(emails_dir)),
         autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
         undefined=jinja2.StrictUndefined,
@@ -113,6 +124,8 @@ def environment(emails_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["first_name"] = first_name
+    return env
 
 
 def _where(exc: BaseException, fallback: str) -> str:

@@ -15,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from drip import figure
 from drip.course import load_course
 from drip.render import SAMPLE_CONTEXT, Rendered, render_email, template_names
 
@@ -91,9 +92,11 @@ def test_sample_lessons_match_the_course() -> None:
 
 
 def test_every_email_is_there() -> None:
-    assert {"confirm", "welcome", "newsletter", *LESSONS} <= set(NAMES)
+    assert {"confirm", "welcome", "newsletter", "answer", *LESSONS} <= set(NAMES)
     assert not [
-        n for n in NAMES if n not in LESSONS and n not in {"confirm", "welcome", "newsletter"}
+        n
+        for n in NAMES
+        if n not in LESSONS and n not in {"confirm", "welcome", "newsletter", "answer"}
     ]
 
 
@@ -141,9 +144,34 @@ def test_links_go_only_to_drip_or_https(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nothing_is_fetched_from_the_web(name: str) -> None:
+    """Only drip's own pictures, on DRIP_BASE_URL, each with alt text; nothing else loads."""
     for tag, attrs in tags(render(name).html):
-        assert tag not in {"img", "link", "script", "iframe"}, tag
-        assert "src" not in attrs, (tag, attrs)
+        assert tag not in {"link", "script", "iframe"}, tag
+        if tag == "img":
+            assert (attrs.get("src") or "").startswith(f"{BASE}/pictures/"), attrs
+            assert len(attrs.get("alt") or "") > 40, attrs
+            assert attrs.get("width"), attrs
+        else:
+            assert "src" not in attrs, (tag, attrs)
+
+
+def test_lesson_four_shows_the_muscle_and_reads_well_with_images_off() -> None:
+    rendered = render("lesson-04-gluteus-minimus")
+    images = [attrs for tag, attrs in tags(rendered.html) if tag == "img"]
+    assert len(images) == 1
+    assert images[0]["src"] == f"{BASE}/pictures/gluteus-minimus.png"
+    assert images[0]["alt"] == figure.gluteus_minimus().alt
+    # With images off, the words around the picture still give both patterns.
+    words = flat(re.sub(r"<img[^>]*>", "", rendered.html))
+    for phrase in ("down the outside of the thigh and leg", "as far as the ankle",
+                   "passing the outside of the knee by", "to just below the knee"):  # fmt: skip
+        assert phrase in flat(re.sub(r"<[^>]+>", "", words)), phrase
+        assert phrase in flat(rendered.text), phrase
+    assert f"{BASE}/pictures/gluteus-minimus.png" in rendered.text
+    # No other email carries a picture.
+    for name in NAMES:
+        if name != "lesson-04-gluteus-minimus":
+            assert "<img" not in render(name).html, name
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -161,9 +189,18 @@ def test_hostile_name_is_escaped_in_html(name: str) -> None:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in {"newsletter", "confirm"}])
+def test_the_greeting_uses_the_first_name(name: str) -> None:
+    """("confirm" greets no one by name: the address is not confirmed yet.)"""
+    rendered = render(name, name="  Sam   Reader ")
+    assert re.search(r"<p[^>]*>Hi Sam,</p>", rendered.html)
+    assert "\nHi Sam,\n" in "\n" + rendered.text
+    assert "Reader" not in rendered.text
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "newsletter"])
 def test_empty_name_greets_without_a_gap(name: str) -> None:
-    rendered = render(name, name="")
+    rendered = render(name, name="   ")
     assert re.search(r"<p[^>]*>Hi,</p>", rendered.html)
     assert "\nHi,\n" in "\n" + rendered.text
     assert "Hi ," not in rendered.text
@@ -195,6 +232,51 @@ def test_lesson_carries_the_shared_safety_note(name: str) -> None:
     # Included, not copied, so the note cannot drift between lessons.
     assert '{% include "partials/safety.html" %}' in (EMAILS / f"{name}.html").read_text()
     assert '{% include "partials/safety.txt" %}' in (EMAILS / f"{name}.txt").read_text()
+
+
+#: The urgent signs added after the seed's readers' questions (issue 20), in every lesson.
+URGENT_SIGNS = (
+    "both legs",
+    "weakness that is getting worse",
+    "a foot that starts to drop",
+    "hot, swollen, painful calf",
+)
+
+
+@pytest.mark.parametrize("name", sorted(LESSONS))
+def test_every_lesson_lists_the_three_new_urgent_signs(name: str) -> None:
+    rendered = render(name)
+    for part in (rendered.html, rendered.text):
+        urgent = flat(re.sub(r"<[^>]+>", "", part))
+        urgent = urgent[urgent.index("Get urgent medical help") :]
+        for phrase in URGENT_SIGNS:
+            assert phrase in urgent, (phrase, name)
+
+
+def test_the_nerve_rule_stands_where_sciatica_comes_up() -> None:
+    """Tingling, numbness and weakness: a nerve, not gluteus minimus, and both together."""
+    rule = (
+        "tingling, numbness and weakness point to a nerve, not to gluteus minimus trigger "
+        "points, and the two can happen together"
+    )
+    for name in ("lesson-04-gluteus-minimus", "lesson-05-trigger-point-or-sciatica"):
+        rendered = render(name)
+        for part in (rendered.html, rendered.text):
+            assert rule in flat(re.sub(r"<[^>]+>", "", part)).lower(), name
+            assert "sciatica" in part
+
+
+def test_one_call_to_action_colour_on_the_site_and_in_the_emails() -> None:
+    css = (ROOT / "drip" / "web" / "static" / "site.css").read_text()
+    accent = re.search(r"--accent:\s*(#[0-9a-fA-F]{6})", css)
+    assert accent is not None
+    assert "background: var(--accent)" in css
+    buttons = [
+        attrs.get("style") or ""
+        for tag, attrs in tags(render("confirm").html)
+        if tag == "td" and "border-radius" in (attrs.get("style") or "")
+    ]
+    assert buttons and all(f"background-color: {accent.group(1)}" in b for b in buttons)
 
 
 @pytest.mark.parametrize("name", sorted(LESSONS))

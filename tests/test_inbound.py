@@ -97,7 +97,7 @@ def test_forged_unsigned_and_foreign_mail_changes_nothing(
         _send(inbound_port, to, dsn(to=to, recipient="target@example.com", original=original))
         _send(inbound_port, to, arf(to=to, original=original))
     # Not our domain, or not one of our addresses: refused at RCPT.
-    for to in (f"postmaster@{DOMAIN}", "bounces@example.org", f"reply+1-x@{DOMAIN}"):
+    for to in (f"postmaster@{DOMAIN}", "bounces@example.org", f"abuse+1-x@{DOMAIN}"):
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             _send(inbound_port, to, dsn(to=to, recipient="x@example.com", original=original))
     # One message for many addresses is taken for a few, not for a thousand.
@@ -116,6 +116,8 @@ def test_routes_by_the_local_part_on_the_bounce_domain_only() -> None:
     assert route(f"bounces@{DOMAIN}", DOMAIN) == (ROUTES["bounces"], None)
     assert route("bounces+12-abc@example.org", DOMAIN) is None
     assert route(f"someone@{DOMAIN}", DOMAIN) is None
+    # Readers' replies have their own route (drip.replies).
+    assert route(f"reply+12-abc@{DOMAIN}", DOMAIN) == (ROUTES["reply"], "12-abc")
 
 
 def test_inbound_without_a_bounce_domain_says_so_plainly(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import dkim
 import pytest
 
 from drip.render import Rendered
-from drip.sending.message import Unaddressable, compose
+from drip.sending.message import PACK_FILENAME, Unaddressable, compose
 from drip.settings import Settings, load_settings
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -142,6 +142,9 @@ def test_unicode_names_subjects_and_bodies_survive_the_round_trip(tmp_path: Path
     assert rich.get_content().replace("\r\n", "\n") == html
     pdf = next(p for p in parsed.iter_attachments() if p.get_content_type() == "application/pdf")
     assert pdf.get_content() == (tmp_path / "pack.pdf").read_bytes()
+    # Named twice, as clients old and new look for it: Content-Type name= and the filename.
+    assert pdf.get_param("name") == PACK_FILENAME
+    assert pdf.get_filename() == PACK_FILENAME
 
 
 def test_a_non_ascii_mailbox_name_is_refused_with_the_reason() -> None:
@@ -207,3 +210,45 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
 
     assert dkim.verify(data, dnsfunc=dns)
     assert not dkim.verify(data.replace(b"Lesson 1", b"Lesson 2"), dnsfunc=dns)
+
+
+def test_reply_to_and_threading_headers_when_given_and_never_injected() -> None:
+    settings = load_settings(_env_file=None)
+    envelope = compose(
+        settings,
+        RENDERED,
+        email="sam@example.com",
+        name="Sam",
+        message_id="<9@example.org>",
+        unsubscribe_url=None,
+        attach_pack=False,
+        now=NOW,
+        reply_to="reply+9-abc@bounce.example.org",
+        in_reply_to="<q@reader.example>",
+    )
+    parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert parsed["Reply-To"] == "reply+9-abc@bounce.example.org"
+    assert parsed["In-Reply-To"] == parsed["References"] == "<q@reader.example>"
+    plain = compose(
+        settings,
+        RENDERED,
+        email="sam@example.com",
+        name="Sam",
+        message_id="<10@example.org>",
+        unsubscribe_url=None,
+        attach_pack=False,
+        now=NOW,
+    )
+    assert b"Reply-To" not in plain.data and b"In-Reply-To" not in plain.data
+    with pytest.raises(ValueError, match="line break"):
+        compose(
+            settings,
+            RENDERED,
+            email="sam@example.com",
+            name="Sam",
+            message_id="<11@example.org>",
+            unsubscribe_url=None,
+            attach_pack=False,
+            now=NOW,
+            in_reply_to="<q@x>\r\nBcc: victim@example.com",
+        )

@@ -505,10 +505,22 @@ def test_a_compressed_course_says_minutes_not_tomorrow_morning(
 ) -> None:
     fast = TestClient(create_app(settings.model_copy(update={"minutes_per_day": 2.0})))
     form = fast.get("/").text
-    assert "over about 36 minutes" in form and "week" not in form  # 18 course days
+    assert "over about 40 minutes" in form  # 20 course days
+    assert "week" not in form
     fast.post("/subscribe", data=FORM)
     confirmed = fast.post(f"/confirm/{_token(settings, engine, 'confirm')}").text
     assert "Your first lesson follows in about 2 minutes." in confirmed
     assert "tomorrow" not in confirmed
     normal = TestClient(create_app(settings)).get("/").text
     assert "over about 3 weeks" in normal
+
+
+def test_the_course_pictures_are_served_as_png(client: TestClient) -> None:
+    answer = client.get("/pictures/gluteus-minimus.png")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/png"
+    assert answer.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert "max-age" in answer.headers["cache-control"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    for missing in ("/pictures/nothing.png", "/pictures/..%2fapp.png"):
+        assert client.get(missing).status_code == 404

@@ -36,6 +36,9 @@ DKIM_HEADERS = (
     "Message-ID",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
     "MIME-Version",
 )
 
@@ -131,7 +134,7 @@ def _pack_part(path: Path, mtime: float) -> str:
     encoded = binascii.b2a_base64(data, newline=False).decode("ascii")
     lines = CRLF.join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
     return (
-        f"Content-Type: application/pdf{CRLF}"
+        f'Content-Type: application/pdf; name="{PACK_FILENAME}"{CRLF}'
         f'Content-Disposition: attachment; filename="{PACK_FILENAME}"{CRLF}'
         f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{lines}{CRLF}"
     )
@@ -161,6 +164,8 @@ def compose(
     attach_pack: bool,
     now: datetime,
     bounce_address: str | None = None,
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
 ) -> Envelope:
     """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`.
 
@@ -169,6 +174,8 @@ def compose(
     sender's address, and is repeated in an `X-Drip-Bounce` header: a relay that
     rewrites the Return-Path (SES, Gmail) keeps the header, and a report quoting the
     original's headers still names the message.
+    `reply_to`: where a reader's reply goes (drip.replies' address for this message);
+    `in_reply_to`: the Message-ID this one answers, so mail clients thread them.
     """
     recipient = ascii_address(email)
     sender = settings.sender_address
@@ -179,6 +186,11 @@ def compose(
         "Date": format_datetime(now),
         "Message-ID": _checked(message_id, "Message-ID"),
     }
+    if reply_to:
+        headers["Reply-To"] = _checked(reply_to, "Reply-To")
+    if in_reply_to:
+        headers["In-Reply-To"] = _checked(in_reply_to, "In-Reply-To")
+        headers["References"] = headers["In-Reply-To"]
     if unsubscribe_url:
         headers["List-Unsubscribe"] = _checked(f"<{unsubscribe_url}>", "List-Unsubscribe")
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

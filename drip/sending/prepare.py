@@ -27,6 +27,7 @@ from drip.models import (
 from drip.newsletter import stored_context
 from drip.pack_link import pack_url
 from drip.render import RenderError, render_email
+from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
 from drip.settings import Settings
@@ -88,6 +89,14 @@ class Preparer:
             return None
         return verp.address(self.secret, domain, row.id, row.message_id)
 
+    def _reply_to(self, row: OutboxMessage) -> str | None:
+        """With DRIP_BOUNCE_DOMAIN, a lesson's, newsletter's or answer's replies go to
+        `reply+TAG@` that domain, where drip inbound files them as questions (drip.replies)."""
+        domain = self.settings.bounce_domain
+        if not domain or row.id is None or row.kind not in REPLY_KINDS:
+            return None
+        return reply_address(self.secret, domain, row.id, row.message_id)
+
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
         """Read the newsletters these rows carry, each once per run."""
         for letter_id in set(ids) - {None} - self._newsletters.keys():
@@ -118,6 +127,10 @@ class Preparer:
                 and self.settings.pack_delivery == "attach",
                 now=self.clock(),
                 bounce_address=self._bounce_address(row),
+                reply_to=self._reply_to(row),
+                in_reply_to=row.context.get("in_reply_to")
+                if row.kind == MessageKind.answer
+                else None,
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")

@@ -32,8 +32,9 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
-from drip import catcher, health
+from drip import catcher, health, replies
 from drip.clock import utcnow
+from drip.course import CourseError, load_course
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.limits import LoginPace, Turn, login_succeeded, login_turn
@@ -43,6 +44,7 @@ from drip.models import (
     SUBSCRIBED_STATUSES,
     CourseProgress,
     OutboxMessage,
+    QuestionStatus,
     Subscriber,
     SubscriberStatus,
 )
@@ -78,6 +80,9 @@ DONE = {
     "not-retried": "Nothing to retry: the message is no longer failed or bounced.",
     "resumed": "Newsletter sending resumed; the next pass carries on where it stopped.",
     "not-paused": "Newsletter sending was not paused.",
+    "answered": "The answer is queued; the next pass sends it.",
+    "already-answered": "That answer was already queued: it is sent once.",
+    "marked": "Marked.",
 }
 
 
@@ -262,6 +267,9 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
         context.setdefault("csrf", guard.csrf_token())
         context.setdefault("done", DONE.get(request.query_params.get("done", "")))
         context.setdefault("now", utcnow())
+        if "new_questions" not in context:
+            with read_scope(engine) as session:
+                context["new_questions"] = replies.count_new(session)
         return templates.TemplateResponse(request, f"admin/{name}", context, status_code)
 
     def problem(request: Request, status_code: int, title: str, text: str) -> HTMLResponse:
@@ -384,6 +392,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             found = session.get(Subscriber, subscriber_id)
             items = timeline(session, subscriber_id) if found else []
             progress = session.get(CourseProgress, subscriber_id) if found else None
+            asked = replies.asked_by(session, subscriber_id) if found else []
         if found is None:
             return problem(request, 404, "No such subscriber", f"No subscriber #{subscriber_id}.")
         return render(
@@ -392,6 +401,7 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             sub=found,
             items=items,
             progress=progress,
+            questions=asked,
             retryable={str(s) for s in RETRYABLE_STATUSES},
             final={str(s) for s in FINAL_STATUSES},
             can_leave=found.status in SUBSCRIBED_STATUSES,
@@ -450,6 +460,99 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             else:
                 target = _page_link("/admin/log", {"email": row.email, "done": done})
         return RedirectResponse(target, 303)
+
+    def lesson_titles() -> dict[str, str]:
+        try:
+            course = load_course(settings.emails_dir)
+        except CourseError:
+            return {}
+        return {
+            lesson.template: f"Lesson {n}: {lesson.title}"
+            for n, lesson in enumerate(course.lessons, start=1)
+        }
+
+    @router.get("/questions", response_class=HTMLResponse)
+    def questions(request: Request, status: str = "") -> HTMLResponse:
+        statuses = [s.value for s in QuestionStatus]
+        if status and status not in statuses:
+            return problem(request, 422, "Unknown status", f"status: one of {', '.join(statuses)}")
+        with read_scope(engine) as session:
+            rows = replies.inbox(session, status)
+        return render(
+            request,
+            "questions.html",
+            rows=rows,
+            status=status,
+            statuses=statuses,
+            lessons=lesson_titles(),
+        )
+
+    @router.get("/questions/{thread_id}", response_class=HTMLResponse)
+    def question(request: Request, thread_id: RowId) -> HTMLResponse:
+        with read_scope(engine) as session:
+            found = replies.thread(session, thread_id)
+        if found is None:
+            return problem(request, 404, "No such question", f"No question #{thread_id}.")
+        items = [
+            {"who": "reader", "at": q.received_at, "text": q.body, "status": ""}
+            for q in found.questions
+        ] + [
+            {
+                "who": "author",
+                "at": a.created_at,
+                "text": a.context.get("answer_text", ""),
+                "status": a.status,
+            }
+            for a in found.answers
+        ]
+        items.sort(key=lambda item: item["at"])
+        return render(
+            request,
+            "question.html",
+            thread=found,
+            first=found.questions[0],
+            items=items,
+            lessons=lesson_titles(),
+            nonce=secrets.token_urlsafe(24),
+            can_answer=found.subscriber is not None
+            and found.subscriber.status == SubscriberStatus.active,
+        )
+
+    @router.post("/questions/{thread_id}/mark", response_model=None)
+    def mark_question(
+        request: Request,
+        thread_id: RowId,
+        csrf: Annotated[str, Form()] = "",
+        status: Annotated[str, Form()] = "",
+    ) -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        if status not in {s.value for s in QuestionStatus}:
+            return problem(request, 422, "Unknown status", "Mark a question new, read or answered.")
+        with session_scope(engine) as session:
+            if not replies.mark(session, thread_id, QuestionStatus(status)):
+                return problem(request, 404, "No such question", f"#{thread_id}")
+        return RedirectResponse(f"/admin/questions/{thread_id}?done=marked", 303)
+
+    @router.post("/questions/{thread_id}/answer", response_model=None)
+    def answer_question(
+        request: Request,
+        thread_id: RowId,
+        csrf: Annotated[str, Form()] = "",
+        nonce: Annotated[str, Form()] = "",
+        text: Annotated[str, Form()] = "",
+    ) -> Response:
+        if not guard.csrf_ok(csrf):
+            return refused_csrf(request)
+        try:
+            with session_scope(engine) as session:
+                queued = replies.answer(
+                    session, thread_id, text, nonce, utcnow(), settings.sender_address.domain
+                )
+        except replies.AnswerRefused as exc:
+            return problem(request, 400, "Not sent", f"Not sent: {exc}.")
+        done = "answered" if queued else "already-answered"
+        return RedirectResponse(f"/admin/questions/{thread_id}?done={done}", 303)
 
     @router.get("/outbox", response_class=HTMLResponse)
     def outbox(request: Request) -> HTMLResponse:

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from drip import alerts, pack_link, signup
+from drip import alerts, figure, pack_link, signup
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
@@ -143,7 +143,7 @@ def _course_facts(settings: Settings) -> dict[str, Any]:
     except CourseError:  # `drip check` names the problem; the pages still work
         facts: dict[str, Any] = {
             "course_title": "Trigger Point Relief",
-            "lesson_total": 8,
+            "lesson_total": 9,
             "course_weeks": 3,
             "course_span": "about 3 weeks",
             "first_lesson": "soon",
@@ -375,6 +375,17 @@ def create_app(settings: Settings) -> FastAPI:
             media_type="application/pdf",
             filename=PACK_FILENAME,
             headers={"cache-control": "private, no-store"},
+        )
+
+    @app.get("/pictures/{name}.png", response_model=None)
+    def picture(request: Request, name: str) -> Response:
+        """The course's pictures (lesson 4 shows the gluteus minimus), drawn by drip.figure."""
+        if name not in figure.FIGURES:
+            return _not_found(request)
+        return Response(
+            figure.png(name),
+            media_type="image/png",
+            headers={"Cache-Control": "public, max-age=86400"},
         )
 
     @app.get("/healthz")
