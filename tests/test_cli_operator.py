@@ -151,9 +151,11 @@ def test_piped_or_narrow_output_keeps_each_row_whole_on_one_line(
 
     for env in ({"COLUMNS": "80"}, {"COLUMNS": "200"}, {"COLUMNS": "100", "TTY_COMPATIBLE": "1"}):
         [line] = [x for x in run("logs", **env) if address in x]  # `drip logs | grep ADDRESS`
-        assert "queued" in line and "welcome" in line
+        assert "queued" in line
+        assert "welcome" in line
         [line] = [x for x in run("subscribers", "list", **env) if address in x]
-        assert "active" in line and "Ann" in line
+        assert "active" in line
+        assert "Ann" in line
     table = run("logs", COLUMNS="160", TTY_COMPATIBLE="1")  # a wide terminal: a table
     assert any("┃" in x and "email" in x for x in table)
 

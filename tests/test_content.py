@@ -276,7 +276,8 @@ def test_one_call_to_action_colour_on_the_site_and_in_the_emails() -> None:
         for tag, attrs in tags(render("confirm").html)
         if tag == "td" and "border-radius" in (attrs.get("style") or "")
     ]
-    assert buttons and all(f"background-color: {accent.group(1)}" in b for b in buttons)
+    assert buttons
+    assert all(f"background-color: {accent.group(1)}" in b for b in buttons)
 
 
 @pytest.mark.parametrize("name", sorted(LESSONS))

@@ -34,7 +34,8 @@ def test_the_png_is_wide_enough_for_a_sharp_email_at_two_x(picture: Image.Image)
 
 def test_the_png_shows_both_bands_where_the_seed_puts_them(picture: Image.Image) -> None:
     bands = figure.band_points("gluteus-minimus")
-    assert bands["front"] and bands["back"]
+    assert bands["front"]
+    assert bands["back"]
     for point in bands["front"]:
         assert near(at(picture, point), figure.FRONT_PART, 10), point
     for point in bands["back"]:
@@ -60,7 +61,8 @@ def test_every_figure_says_in_words_what_it_shows() -> None:
         fig = make()
         assert len(fig.alt) > 40
         texts = [s for s in fig.shapes if s.kind == "text"]
-        assert texts and all(t.text.isascii() for t in texts)  # Helvetica in the PDF
+        assert texts
+        assert all(t.text.isascii() for t in texts)  # Helvetica in the PDF
     alt = figure.gluteus_minimus().alt
     for phrase in (
         "under the larger gluteus medius",

@@ -32,7 +32,8 @@ def test_the_defaults_are_the_shipped_course_and_sender() -> None:
     assert made == {k: SAMPLE_CONTEXT[k] for k in made}  # previews and `drip check` agree
     assert made["signature"] == "Your Trigger Point Relief teacher"
     own = identity(load_settings(_env_file=None, **AUTHOR), "Trigger Point Relief")
-    assert own.signature == "Ana Ruiz" and own.privacy_contact_href == "mailto:privacy@ana.example"
+    assert own.signature == "Ana Ruiz"
+    assert own.privacy_contact_href == "mailto:privacy@ana.example"
     url = identity(load_settings(_env_file=None, privacy_contact="https://ana.example/p"), "T")
     assert url.privacy_contact_href == "https://ana.example/p"
 
@@ -76,16 +77,19 @@ def own(settings: Settings, tmp_path: Path) -> Settings:
 def test_settings_and_an_override_show_on_the_pages(own: Settings) -> None:
     client = TestClient(create_app(own), follow_redirects=False)
     form = client.get("/").text
-    assert "Ana&#39;s Back Room" in form and "Trigger Point Relief" not in form.split("<main")[0]
+    assert "Ana&#39;s Back Room" in form
+    assert "Trigger Point Relief" not in form.split("<main")[0]
     privacy = client.get("/privacy").text
     assert "Ana Ruiz Physio Ltd" in privacy
     assert 'href="mailto:privacy@ana.example"' in privacy
     thanks = client.get("/thanks").text
-    assert "Nearly there, friend" in thanks and "Ana Ruiz will write to you" in thanks
+    assert "Nearly there, friend" in thanks
+    assert "Ana Ruiz will write to you" in thanks
     assert "<title>Nearly there, friend</title>" in thanks
     assert "Check your inbox" not in thanks
     admin = client.get("/admin", auth=("op", "pw" * 8))
-    assert admin.status_code == 200 and "HIJACKED" not in admin.text
+    assert admin.status_code == 200
+    assert "HIJACKED" not in admin.text
 
 
 def test_settings_show_in_the_emails(own: Settings, recorder: Recorder) -> None:
@@ -94,7 +98,8 @@ def test_settings_show_in_the_emails(own: Settings, recorder: Recorder) -> None:
     [welcome] = recorder.wait_for(1)
     text = welcome.get_body(("plain",))
     html = welcome.get_body(("html",))
-    assert text is not None and html is not None
+    assert text is not None
+    assert html is not None
     assert "Keep moving,\nAna Ruiz" in text.get_content().replace("\r\n", "\n")
     assert "Ana's Back Room" in html.get_content().replace("&#39;", "'")
     assert "teacher" not in text.get_content()

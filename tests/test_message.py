@@ -239,7 +239,8 @@ def test_reply_to_and_threading_headers_when_given_and_never_injected() -> None:
         attach_pack=False,
         now=NOW,
     )
-    assert b"Reply-To" not in plain.data and b"In-Reply-To" not in plain.data
+    assert b"Reply-To" not in plain.data
+    assert b"In-Reply-To" not in plain.data
     with pytest.raises(ValueError, match="line break"):
         compose(
             settings,

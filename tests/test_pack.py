@@ -119,8 +119,10 @@ def test_routine_length_agrees_with_lesson_seven(built: Path) -> None:
     """One routine: about ten minutes a day, the evening part about seven (lesson 7)."""
     routine = page_texts(built)[section_pages(built)["A simple 7-day routine"] - 1]
     lesson = (ROOT / "emails" / "lesson-07-keep-them-away.txt").read_text()
-    assert "About ten minutes a day" in routine and "ten-minute daily routine" in lesson
-    assert "about 7 min" in routine and "Evening, about 7 minutes" in lesson
+    assert "About ten minutes a day" in routine
+    assert "ten-minute daily routine" in lesson
+    assert "about 7 min" in routine
+    assert "Evening, about 7 minutes" in lesson
     assert "10 min" not in routine
 
 

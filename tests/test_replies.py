@@ -173,9 +173,11 @@ def test_the_author_answers_from_admin_and_it_is_sent_once(
 
     inbox = client.get("/admin/questions")
     assert inbox.status_code == 200
-    assert "sam@example.com" in inbox.text and "Lesson 1: What trigger points are" in inbox.text
+    assert "sam@example.com" in inbox.text
+    assert "Lesson 1: What trigger points are" in inbox.text
     page = client.get(f"/admin/questions/{kept.question_id}")
-    assert page.status_code == 200 and "Neck pain too?" in page.text
+    assert page.status_code == 200
+    assert "Neck pain too?" in page.text
     csrf = _csrf(page.text)
     nonce = re.search(r'name="nonce" value="([A-Za-z0-9_-]+)"', page.text)
     assert nonce
@@ -191,7 +193,8 @@ def test_the_author_answers_from_admin_and_it_is_sent_once(
         sent = client.post(
             f"/admin/questions/{kept.question_id}/answer", data=form, follow_redirects=False
         )
-        assert sent.status_code == 303 and sent.headers["location"].endswith(expected)
+        assert sent.status_code == 303
+        assert sent.headers["location"].endswith(expected)
 
     factories.tick(settings)
     factories.tick(settings)
@@ -203,10 +206,12 @@ def test_the_author_answers_from_admin_and_it_is_sent_once(
     assert got[0]["In-Reply-To"] == "<q3@example.com>"  # threads under the reader's reply
     assert got[0]["References"] == "<q3@example.com>"
     body = got[0].get_body(("plain",))
-    assert body is not None and "Start with the shoulder." in str(body.get_content())
+    assert body is not None
+    assert "Start with the shoulder." in str(body.get_content())
     with read_scope(engine) as session:
         question = session.get(Question, kept.question_id)
-        assert question is not None and question.status == QuestionStatus.answered
+        assert question is not None
+        assert question.status == QuestionStatus.answered
     thread_page = client.get(f"/admin/questions/{kept.question_id}")
     assert "Start with the shoulder." in thread_page.text
     # The reader's own page lists the question; their data export carries it.
@@ -250,11 +255,13 @@ def test_erasing_a_reader_erases_their_questions_and_answers(
     with session_scope(engine) as session:
         replies.answer(session, kept.question_id, "Try this.", "n" * 20, utcnow(), "example.org")
     with session_scope(engine) as session:
-        assert sub.id is not None and forget_subscriber(session, sub.id, utcnow())
+        assert sub.id is not None
+        assert forget_subscriber(session, sub.id, utcnow())
     with read_scope(engine) as session:
         assert session.get(Question, kept.question_id) is None
     answers = [r for r in factories.outbox(engine) if r.kind == MessageKind.answer]
-    assert answers and all(r.context == {} for r in answers)
+    assert answers
+    assert all(r.context == {} for r in answers)
 
 
 def test_questions_are_marked_read_and_filtered_by_status(
@@ -326,11 +333,13 @@ def test_a_reply_over_smtp_reaches_admin_and_the_answer_goes_once(
     with read_scope(engine) as session:
         filed = list(session.execute(select(Question)).scalars())
     assert [q.body for q in filed] == ["Does this help neck pain?"]  # no out-of-office, no forgery
-    assert filed[0].subscriber_id == lesson.subscriber_id and filed[0].outbox_id == lesson.id
+    assert filed[0].subscriber_id == lesson.subscriber_id
+    assert filed[0].outbox_id == lesson.id
 
     admin = TestClient(create_app(settings), headers=_basic(USER, PASSWORD))
     inbox = admin.get("/admin/questions").text
-    assert "sam@example.com" in inbox and "Lesson 1: What trigger points are" in inbox
+    assert "sam@example.com" in inbox
+    assert "Lesson 1: What trigger points are" in inbox
     page = admin.get(f"/admin/questions/{filed[0].thread_id}").text
     nonce = re.search(r'name="nonce" value="([A-Za-z0-9_-]+)"', page)
     assert nonce
@@ -341,6 +350,7 @@ def test_a_reply_over_smtp_reaches_admin_and_the_answer_goes_once(
     factories.tick(settings)
     factories.tick(settings)
     answers = [m for m in recorder.wait_for(before + 1)[before:] if m["In-Reply-To"]]
-    assert len(answers) == 1 and len(recorder.raw) == before + 1
+    assert len(answers) == 1
+    assert len(recorder.raw) == before + 1
     assert answers[0]["In-Reply-To"] == "<e2e-1@example.com>"
     assert str(answers[0]["Reply-To"]).startswith("reply+")  # the reader can write back
