@@ -41,6 +41,9 @@ lock: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet 'uv>=0.5'
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(ARGS) -o $(LOCK)
 	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(ARGS) -o $(TEST_LOCK)
+	@# pytest-cov asks for coverage[toml]; pip's hash mode takes an extra as a second,
+	@# unpinned requirement unless the pin itself names it (no extra packages on 3.11).
+	sed -i 's/^coverage==/coverage[toml]==/' $(TEST_LOCK)
 
 run: $(STAMP)
 	$(BIN)/drip dev $(ARGS)
