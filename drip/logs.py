@@ -28,10 +28,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 class UTCFormatter(logging.Formatter):
     """The text format: an ISO 8601 UTC timestamp, the level, the logger, the message."""
 
-    converter = time.gmtime
-
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT, datefmt="%Y-%m-%dT%H:%M:%SZ")
+        self.converter = _utc
+
+
+def _utc(seconds: float | None) -> time.struct_time:
+    return time.gmtime(seconds)
 
 
 def json_formatter() -> logging.Formatter:
