@@ -53,17 +53,22 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class DripHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler configure() installs (and replaces when called again)."""
+
+
 def formatter(log_format: LogFormat) -> logging.Formatter:
     return json_formatter() if log_format == "json" else UTCFormatter()
 
 
 def configure(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     """Route every logger to one stderr handler in `log_format`; safe to call again."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = DripHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, DripHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
