@@ -131,7 +131,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_command_page_or_log_shows_a_secret(
+    log_format: str,
     tmp_path: Path,
     refusing_server: tuple[MailServer, FailingLogins],
     make_settings: SettingsFactory,
@@ -141,7 +143,7 @@ def test_no_command_page_or_log_shows_a_secret(
     output, log line, send-log entry, page or error page shows any of the three."""
     server, logins = refusing_server
     database_url = f"sqlite:///{tmp_path / 'subscribers.db'}"
-    env = environment(database_url, server.port)
+    env = environment(database_url, server.port, DRIP_LOG_FORMAT=log_format)
     assert run(env, tmp_path, "db", "upgrade").returncode == 0
     settings = make_settings(database_url, server.port, secret_key=SECRET_KEY)
     ann = subscriber(settings, "ann@example.com")

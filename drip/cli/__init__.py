@@ -21,6 +21,7 @@ from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
 from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
+from drip.logs import configure as configure_logs
 from drip.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -64,12 +65,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(newsletter_app, name="newsletter")
 
 DEV_STATE = Path(".drip")
-
-
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # "skipped: maximum number of running instances" is by design: one pass at a time.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _ready(settings: Settings) -> None:
@@ -134,7 +129,7 @@ def dev(
     settings = load_settings(**overrides)
     _ready(settings)
     preflight(settings)
-    _logging()
+    configure_logs(settings.log_format)
     # aiosmtpd logs every connection and command at INFO: a screenful per caught mail.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
@@ -201,6 +196,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     settings = load_settings()
     settings.require_secret()
     _ready(settings)
+    configure_logs(settings.log_format)
     # Bounded heads, a head-read timeout, tokens kept out of the access log: drip.web.server.
     uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port)).run()
 
@@ -213,7 +209,7 @@ def worker() -> None:
     settings = load_settings()
     _ready(settings)
     preflight(settings)
-    _logging()
+    configure_logs(settings.log_format)
     asyncio.run(run_worker(settings))
 
 
@@ -229,6 +225,7 @@ def tick(
     settings = load_settings()
     settings.require_secret()
     _ready(settings)
+    configure_logs(settings.log_format)
     try:
         when: datetime | None = parse_instant(now) if now else None
     except (ValueError, OverflowError):
@@ -263,7 +260,7 @@ def inbound(
             "DRIP_BOUNCE_DOMAIN: not set; drip inbound takes mail for bounces+TAG@ that domain"
         )
     _ready(settings)
-    _logging()
+    configure_logs(settings.log_format)
 
     def ready() -> None:
         console().print(

@@ -5,6 +5,8 @@
   (httptools) would buffer a header of any size.
 - A request's head must arrive whole within DRIP_HEADER_TIMEOUT seconds (10) of its
   first byte, or of the connection: a client dribbling its headers is cut off.
+- uvicorn's loggers are left to drip.logs: the same handler and format (text or JSON)
+  as every other line drip logs.
 - The access log never shows a token: the part of a /confirm/, /unsubscribe/ or /pack/
   path after the prefix is logged as `[token]`.
 - X-Forwarded-For is read by drip itself, only from DRIP_TRUSTED_PROXIES
@@ -14,14 +16,12 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import re
 from typing import Any
 
 import h11
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from drip.settings import Settings
@@ -46,11 +46,11 @@ class RedactTokens(logging.Filter):
         return True
 
 
-def log_config() -> dict[str, Any]:
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["tokens"] = {"()": RedactTokens}
-    config["handlers"]["access"]["filters"] = ["tokens"]
-    return config
+def redact_access_log() -> None:
+    """Put RedactTokens on uvicorn's access logger, once."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
 
 class TimedHeadProtocol(H11Protocol):
@@ -92,6 +92,7 @@ class TimedHeadProtocol(H11Protocol):
 def server_config(
     app: Any, settings: Settings, *, host: str, port: int, log_level: str = "info"
 ) -> uvicorn.Config:
+    redact_access_log()
     protocol = type("DripHTTP", (TimedHeadProtocol,), {"head_timeout": settings.header_timeout})
     return uvicorn.Config(
         app,
@@ -101,6 +102,6 @@ def server_config(
         h11_max_incomplete_event_size=MAX_HEAD,
         proxy_headers=False,
         server_header=False,
-        log_config=log_config(),
+        log_config=None,  # its loggers reach the root handler drip.logs set up
         log_level=log_level,
     )
