@@ -200,7 +200,7 @@ def test_two_workers_deliver_the_course_without_a_duplicate(
     # Passes at 08:30 and 17:30 UTC: the first inside the course's send window, so each
     # lesson goes out on the day it is due, whatever the time of day the test runs.
     start = utcnow().replace(hour=8, minute=30, second=0, microsecond=0)
-    moments = [start + timedelta(days=d, hours=h) for d in range(0, 25) for h in (0, 9)]
+    moments = [start + timedelta(days=d, hours=h) for d in range(0, 30) for h in (0, 9)]
 
     # Both workers run each pass at the same moment, as workers sharing one clock do.
     step = threading.Barrier(2)
