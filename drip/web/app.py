@@ -40,7 +40,7 @@ from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.identity import identity
-from drip.limits import SignupLimits
+from drip.limits import Admission, SignupLimits
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings, SettingsError
 from drip.web import embed
@@ -289,10 +289,11 @@ def create_app(settings: Settings) -> FastAPI:
         # Every post counts against the client (bots, typos and honeypot hits too); a
         # valid one also against the mailbox it names. In the database: every process.
         item = checked.signup if checked is not None else None
-        if not await writer.store(item, client_key(request)):
+        verdict = await writer.store(item, client_key(request))
+        if verdict != Admission.admitted:  # name the limit that refused it, and its real wait
             address = item.email if item is not None else None
-            limit, seconds = await run_in_threadpool(refusal, client_key(request), address)
-            return _slow_down(request, wants_json, limit, seconds)
+            seconds = await run_in_threadpool(refused_wait, verdict, client_key(request), address)
+            return _slow_down(request, wants_json, verdict, seconds)
         if fields is None or checked is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
         if checked.errors:
@@ -303,16 +304,18 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"status": "ok", "message": " ".join(THANKS)}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
 
-    def refusal(client: str, address: str | None) -> tuple[str, float]:
+    def refused_wait(refused: Admission, client: str, address: str | None) -> float:
         with read_scope(engine) as session:
-            return limits.refusal(session, client, address, utcnow())
+            return limits.refused_wait(session, refused, client, address, utcnow())
 
-    def _slow_down(request: Request, wants_json: bool, limit: str, seconds: float) -> Response:
+    def _slow_down(
+        request: Request, wants_json: bool, limit: Admission, seconds: float
+    ) -> Response:
         """429 naming the real wait of the limit that was spent (drip.limits), and Retry-After."""
         wait = wait_in_words(seconds)
         headers = {"retry-after": str(max(1, math.ceil(seconds)))}
         per_hour = settings.signups_per_address_per_hour
-        if wants_json and limit == "mailbox":  # the same for every address: it tells nobody
+        if wants_json and limit == Admission.mailbox:  # the same for every address: it tells nobody
             text_ = (  # who is on the list, and says why no confirmation email follows
                 f"This address has been signed up {per_hour} times in the last hour, so we "
                 "haven't sent another confirmation email. Please look for the ones already "
@@ -322,7 +325,9 @@ def create_app(settings: Settings) -> FastAPI:
         if wants_json:
             text_ = f"Too many signups just now. Please try again in {wait}."
             return JSONResponse({"errors": {"form": text_}}, status_code=429, headers=headers)
-        response = page(request, "slow-down.html", 429, limit=limit, wait=wait, per_hour=per_hour)
+        response = page(
+            request, "slow-down.html", 429, limit=limit.value, wait=wait, per_hour=per_hour
+        )
         response.headers.update(headers)
         return response
 
