@@ -566,3 +566,17 @@ def test_the_newsletter_box_and_the_source_are_stored(client: TestClient, engine
     assert (ann.newsletter, ann.source, ann.newsletter_source) == (True, "sidebar", "sidebar")
     assert ann.newsletter_at is not None
     assert (bo.newsletter, bo.source, bo.newsletter_at) == (False, "/posts/knees", None)
+
+
+def test_a_repeat_signup_confirmed_says_its_choices_are_saved(
+    settings: Settings, client: TestClient, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    assert "You're in!" in client.post(f"/confirm/{_token(settings, engine, 'confirm')}").text
+    client.post("/subscribe", data={**FORM, "newsletter": "yes"})
+    page = client.post(f"/confirm/{_token(settings, engine, 'confirm')}")
+    assert page.status_code == 200
+    assert "Your choices are saved" in page.text and "You're in!" not in page.text
+    with session_scope(engine) as session:
+        ann = session.execute(select(Subscriber)).scalar_one()
+    assert ann.newsletter is True

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import html
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
@@ -52,12 +54,6 @@ from drip.web.signup_writer import Writer
 from drip.web.webhooks import MAX_WEBHOOK_BODY, build_webhook_router
 
 HERE = Path(__file__).parent
-#: What a valid signup is told, on /thanks and in the JSON answer the embed shows.
-THANKS = (
-    "We've sent you an email with a link to confirm your address.",
-    "Click it and your free information pack and first lesson are on their way.",
-    "Nothing there in a few minutes? Look in your spam or promotions folder.",
-)
 MAX_BODY = 8 * 1024
 
 
@@ -301,7 +297,7 @@ def create_app(settings: Settings) -> FastAPI:
                 return JSONResponse({"errors": checked.errors}, status_code=422)
             return page(request, "signup.html", 422, values=fields, errors=checked.errors)
         if wants_json:  # the embed's script shows `message` in place of the form
-            return JSONResponse({"status": "ok", "message": " ".join(THANKS)}, status_code=202)
+            return JSONResponse({"status": "ok", "message": thanks_text()}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
 
     def refused_wait(refused: Admission, client: str, address: str | None) -> float:
@@ -330,6 +326,16 @@ def create_app(settings: Settings) -> FastAPI:
         )
         response.headers.update(headers)
         return response
+
+    def thanks_text() -> str:
+        """What /thanks says, as plain text: the author's thanks.html (if overridden) is
+        also what the embed's script shows in place of the form."""
+        template = templates.env.get_template("thanks.html")
+        body = template.blocks.get("body")
+        if body is None:
+            return "Thank you. Please check your inbox."
+        marked_up = "".join(body(template.new_context(dict(facts))))
+        return " ".join(html.unescape(re.sub(r"<[^>]*>", " ", marked_up)).split())
 
     @app.get("/thanks", response_class=HTMLResponse)
     def thanks(request: Request) -> HTMLResponse:
