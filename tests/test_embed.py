@@ -119,9 +119,12 @@ def test_the_script_thanks_in_place_through_cors(sites: Sites, js_page: Page) ->
     assert js_page.url == sites.blog + "/posts/knees"  # the reader never left the blog
     assert problems == []
     sub = _only(sites.engine)
-    assert sub.email == "reader@example.com" and sub.status == SubscriberStatus.pending
-    assert sub.name == "Robin" and sub.timezone == "Europe/Berlin"
-    assert sub.newsletter and sub.newsletter_source == "/posts/knees"
+    assert sub.email == "reader@example.com"
+    assert sub.status == SubscriberStatus.pending
+    assert sub.name == "Robin"
+    assert sub.timezone == "Europe/Berlin"
+    assert sub.newsletter
+    assert sub.newsletter_source == "/posts/knees"
     assert sub.source == "/posts/knees"  # the page's path, filled in by the script
 
     # A mistake the browser lets through comes back in place too, in drip's words.
@@ -141,8 +144,10 @@ def test_the_form_works_without_javascript(sites: Sites, plain_page: Page) -> No
     plain_page.wait_for_url(sites.drip + "/thanks")
     expect(plain_page.get_by_role("heading", name="Check your inbox")).to_be_visible()
     sub = _only(sites.engine)
-    assert sub.email == "plain@example.com" and sub.source == "sidebar"
-    assert not sub.newsletter and sub.newsletter_at is None
+    assert sub.email == "plain@example.com"
+    assert sub.source == "sidebar"
+    assert not sub.newsletter
+    assert sub.newsletter_at is None
 
 
 def test_a_site_not_allowed_falls_back_to_the_plain_post(sites: Sites, js_page: Page) -> None:

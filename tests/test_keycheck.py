@@ -27,7 +27,8 @@ def test_the_first_start_records_the_key_and_the_same_key_passes(
     inspect_key(engine, settings)  # nothing recorded yet: nothing to disagree with
     adopt_key(engine, settings)
     recorded = stored_check(engine)
-    assert recorded is not None and SECRET not in recorded
+    assert recorded is not None
+    assert SECRET not in recorded
     adopt_key(engine, settings)
     inspect_key(engine, settings)
     assert stored_check(engine) == recorded
@@ -43,7 +44,9 @@ def test_another_key_is_refused_in_plain_words(settings: Settings, engine: Engin
             step(engine, other)
         text = str(caught.value)
         assert text.startswith("DRIP_SECRET_KEY: this is not the key this database was used with")
-        assert "DRIP_OLD_SECRET_KEYS" in text and OTHER not in text and SECRET not in text
+        assert "DRIP_OLD_SECRET_KEYS" in text
+        assert OTHER not in text
+        assert SECRET not in text
 
 
 def test_a_rotation_moves_the_record_to_the_new_key(settings: Settings, engine: Engine) -> None:
@@ -99,7 +102,8 @@ def test_every_command_finds_the_key_drip_dev_made(
 
     key = _dev_secret(tmp_path / ".drip" / "secret-key")
     mode = stat.S_IMODE(os.stat(tmp_path / ".drip" / "secret-key").st_mode)
-    assert mode == 0o600 and len(key) >= 32
+    assert mode == 0o600
+    assert len(key) >= 32
     assert _dev_secret(tmp_path / ".drip" / "secret-key") == key  # made once, then reused
 
     env = _env(settings)
@@ -123,7 +127,8 @@ def test_every_command_finds_the_key_drip_dev_made(
         result = drip(*command, env=wrong, cwd=tmp_path)
         assert result.returncode != 0, command
         assert "this is not the key this database was used with" in result.stderr, command
-        assert "Traceback" not in result.stderr and OTHER not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
+        assert OTHER not in result.stderr + result.stdout
     # Rotating: the new key set, the old one listed; then the new key alone is the database's.
     rotated = {**wrong, "DRIP_OLD_SECRET_KEYS": key}
     assert drip("tick", env=rotated, cwd=tmp_path).returncode == 0

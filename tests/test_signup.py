@@ -189,16 +189,22 @@ def test_the_name_changes_only_when_the_new_signup_is_confirmed(
     signup.store(engine, settings, again, later)
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber)).scalar_one()
-        assert sub.name == "Ann" and sub.newsletter is False and sub.status == "active"
-        assert sub.pending_signup is not None and sub.pending_signup["name"] == "Mallory"
+        assert sub.name == "Ann"
+        assert sub.newsletter is False
+        assert sub.status == "active"
+        assert sub.pending_signup is not None
+        assert sub.pending_signup["name"] == "Mallory"
     assert [r.kind for r in _outbox(engine)][-1] == MessageKind.confirm  # the answer
     with session_scope(engine) as session:
         assert signup.confirm(session, settings, token, later, None) == "updated"
         assert signup.confirm(session, settings, token, later, None) == "already"
     with session_scope(engine) as session:
         sub = session.execute(select(Subscriber)).scalar_one()
-        assert sub.name == "Mallory" and sub.newsletter is True and sub.pending_signup is None
-        assert sub.newsletter_at == later and sub.newsletter_source == "/blog"
+        assert sub.name == "Mallory"
+        assert sub.newsletter is True
+        assert sub.pending_signup is None
+        assert sub.newsletter_at == later
+        assert sub.newsletter_source == "/blog"
         assert sub.source == "/blog"
     # The course did not start again.
     assert [r.kind for r in _outbox(engine)].count(MessageKind.welcome) == 1
@@ -220,7 +226,8 @@ def test_newsletter_consent_is_recorded_with_its_time_and_source(
         now,
         "/posts/knees",
     )
-    assert ann.source == "/posts/knees" and ann.consent_source == "web"
+    assert ann.source == "/posts/knees"
+    assert ann.consent_source == "web"
     assert (bob.newsletter, bob.newsletter_at, bob.newsletter_source) == (False, None, "")
 
 

@@ -31,14 +31,16 @@ def _status(engine: Engine, email: str) -> SubscriberStatus:
 def test_a_token_is_its_salt_and_a_mac_that_only_the_keys_make() -> None:
     token = make_token(SECRET, "ab" * 16, "unsubscribe")
     parts = split_token(token)
-    assert parts is not None and parts[0] == "ab" * 16
+    assert parts is not None
+    assert parts[0] == "ab" * 16
     salt, mac = parts
     assert verifies([SECRET], salt, "unsubscribe", mac)
     assert verifies([NEW_KEY, SECRET], salt, "unsubscribe", mac)
     assert not verifies([NEW_KEY], salt, "unsubscribe", mac)
     assert not verifies([SECRET], salt, "confirm", mac)  # a purpose's token opens only that
     assert not verifies([SECRET], "cd" * 16, "unsubscribe", mac)
-    assert split_token("no-dot-here") is None and split_token(".x") is None
+    assert split_token("no-dot-here") is None
+    assert split_token(".x") is None
 
 
 def test_a_link_signed_under_the_old_key_still_unsubscribes_after_rotation(
@@ -54,7 +56,8 @@ def test_a_link_signed_under_the_old_key_still_unsubscribes_after_rotation(
     )
     client = TestClient(create_app(rotated), follow_redirects=False)
     page = client.get(f"/unsubscribe/{old_link}")
-    assert page.status_code == 200 and "<form" in page.text
+    assert page.status_code == 200
+    assert "<form" in page.text
     assert _status(engine, "ann@example.com") == SubscriberStatus.active  # GET changes nothing
     done = client.post(f"/unsubscribe/{old_link}", data={"List-Unsubscribe": "One-Click"})
     assert done.status_code == 200
@@ -90,7 +93,8 @@ def _link(message: EmailMessage, base: str) -> str:
     assert found, header
     url = found.group(1)
     body = message.get_body(("plain",))
-    assert body is not None and url in body.get_content()  # the same link, visible in the text
+    assert body is not None
+    assert url in body.get_content()  # the same link, visible in the text
     assert url.startswith(base + "/unsubscribe/")
     return url.removeprefix(base)
 
@@ -133,5 +137,6 @@ def test_a_subscriber_imported_by_the_cli_unsubscribes_from_the_workers_email(
         content=b"List-Unsubscribe=One-Click",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert response.status_code == 200 and "unsubscribed" in response.text
+    assert response.status_code == 200
+    assert "unsubscribed" in response.text
     assert _status(engine, "kim@example.com") == SubscriberStatus.unsubscribed

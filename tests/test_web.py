@@ -540,9 +540,11 @@ def test_the_course_pictures_are_served_as_png(client: TestClient) -> None:
 
 def test_the_form_and_the_privacy_note_say_the_same_true_thing(client: TestClient) -> None:
     form = client.get("/?source=sidebar").text
-    assert "nothing else is sent" not in form and "and nothing more" not in form
+    assert "nothing else is sent" not in form
+    assert "and nothing more" not in form
     newsletter = re.search(r'<input id="newsletter"[^>]*>', form)
-    assert newsletter is not None and "checked" not in newsletter.group(0)  # unticked
+    assert newsletter is not None
+    assert "checked" not in newsletter.group(0)  # unticked
     assert '<input type="hidden" name="source" value="sidebar">' in form
     assert "Also send me the occasional newsletter" in form
     privacy = client.get("/privacy").text
@@ -551,7 +553,8 @@ def test_the_form_and_the_privacy_note_say_the_same_true_thing(client: TestClien
         assert kept in form.lower(), kept
     for kept in ("email address", "first name", "time zone", "what you agreed to", "a log"):
         assert kept in privacy.lower(), kept
-    assert "newsletter if you ticked" in privacy and "which page you signed up on" in privacy
+    assert "newsletter if you ticked" in privacy
+    assert "which page you signed up on" in privacy
 
 
 def test_the_newsletter_box_and_the_source_are_stored(client: TestClient, engine: Engine) -> None:
@@ -576,7 +579,8 @@ def test_a_repeat_signup_confirmed_says_its_choices_are_saved(
     client.post("/subscribe", data={**FORM, "newsletter": "yes"})
     page = client.post(f"/confirm/{_token(settings, engine, 'confirm')}")
     assert page.status_code == 200
-    assert "Your choices are saved" in page.text and "You're in!" not in page.text
+    assert "Your choices are saved" in page.text
+    assert "You're in!" not in page.text
     with session_scope(engine) as session:
         ann = session.execute(select(Subscriber)).scalar_one()
     assert ann.newsletter is True
