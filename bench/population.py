@@ -24,7 +24,7 @@ TIMEZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australi
 SUBSCRIBER_COLUMNS = (
     "id, email, email_key, name, status, timezone, created_at, consent_at, consent_source, "
     "consent_ip, confirmed_at, unsubscribed_at, confirm_sent_at, token_salt, "
-    "confirm_token_hash, unsubscribe_token_hash"
+    "confirm_token_hash, unsubscribe_token_hash, newsletter"
 )
 PROGRESS_COLUMNS = "subscriber_id, started_at, lessons_sent, last_sent_at, next_due_at, finished_at"
 OUTBOX_COLUMNS = (
@@ -79,6 +79,7 @@ def subscriber_rows(start: int, stop: int, now: datetime) -> Iterator[tuple[Any,
             f"{n:032x}",
             f"c{n:063x}",
             f"u{n:063x}",
+            True,  # every reader agreed to newsletters: bench/newsletter sends to them all
         )
 
 
@@ -199,7 +200,7 @@ def _pg_fill(engine: Engine, start: int, stop: int, now: datetime, course: Cours
             'Reader ' || n, 'active', (CAST(:zones AS text[]))[1 + n % :zone_count],
             :joined, :joined, 'bench', '192.0.2.1', :joined, NULL, :joined,
             lpad(to_hex(n), 32, '0'), 'c' || lpad(to_hex(n), 63, '0'),
-            'u' || lpad(to_hex(n), 63, '0')
+            'u' || lpad(to_hex(n), 63, '0'), true
         FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS n""",
         "SELECT setval('subscriber_id_seq', (SELECT max(id) FROM subscriber))",
     ]

@@ -6,6 +6,7 @@ from drip.bounce_mailbox import setting_problems as bounce_setting_problems
 from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
 from drip.deliverability import setting_problems
+from drip.keycheck import KeyMismatch, inspect_key
 from drip.render import RenderError, render_email, sample_context, template_names
 from drip.sending.message import PackMissing, check_pack
 from drip.settings import Settings, SettingsError
@@ -17,8 +18,10 @@ def problems(settings: Settings) -> list[str]:
     found: list[str] = []
     try:
         settings.require_secret()
+        keyed = True
     except SettingsError as exc:
         found.append(str(exc))
+        keyed = False
     found.extend(setting_problems(settings))
     found.extend(bounce_setting_problems(settings))
     if (
@@ -28,9 +31,14 @@ def problems(settings: Settings) -> list[str]:
     ):
         found.append(f"DRIP_DKIM_PRIVATE_KEY: no file at {settings.dkim_private_key}")
     try:
-        state = schema_state(get_engine(settings.database_url))
+        engine = get_engine(settings.database_url)
+        state = schema_state(engine)
         if state != "current":
             found.append(f"database schema is {state}: run `drip db upgrade`")
+        elif keyed:
+            inspect_key(engine, settings)
+    except KeyMismatch as exc:
+        found.append(str(exc))
     except DatabaseError as exc:
         found.append(str(exc))
     if not settings.emails_dir.is_dir():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import Table, case, delete, select, update
 from sqlmodel import Session, col
@@ -96,6 +97,14 @@ def wait(session: Session, bucket: str, key: str, rate: Rate, now: datetime) -> 
     return max(0.0, float(at) + rate.interval - rate.period - now.timestamp())
 
 
+class Admission(StrEnum):
+    """A signup post's standing: let through, or refused by the client's or the mailbox's limit."""
+
+    admitted = "admitted"
+    client = "client"
+    mailbox = "mailbox"
+
+
 @dataclass(frozen=True)
 class SignupLimits:
     per_client: Rate
@@ -109,26 +118,33 @@ class SignupLimits:
         )
 
     def admit(self, session: Session, client: str, address: str | None, now: datetime) -> bool:
-        """One post from `client`, naming `address` if it was a valid signup: within limits?
+        """One post from `client`, naming `address` if it was a valid signup: within limits?"""
+        return self.verdict(session, client, address, now) == Admission.admitted
+
+    def verdict(
+        self, session: Session, client: str, address: str | None, now: datetime
+    ) -> Admission:
+        """`admit`, saying which limit refused the post, so the page can say why.
 
         The client is counted first and for every post (typos and bots too); the mailbox
         only for a valid signup that the client's limit let through.
         """
         if not hit(session, PER_CLIENT, client[:64], self.per_client, now):
-            return False
+            return Admission.client
         if address is None:
-            return True
-        return hit(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now)
+            return Admission.admitted
+        if hit(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now):
+            return Admission.admitted
+        return Admission.mailbox
 
-    def refusal(
-        self, session: Session, client: str, address: str | None, now: datetime
-    ) -> tuple[str, float]:
-        """After `admit` said no: which limit is spent ("client" or "mailbox") and in how
-        many seconds it lets one more through, so the answer can name the real wait."""
-        spent = wait(session, PER_CLIENT, client[:64], self.per_client, now)
-        if spent > 0 or address is None:
-            return "client", spent
-        return "mailbox", wait(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now)
+    def refused_wait(
+        self, session: Session, refused: Admission, client: str, address: str | None, now: datetime
+    ) -> float:
+        """After `verdict` refused a post: in how many seconds the limit that refused it
+        lets one more through, so the answer can name the real wait."""
+        if refused == Admission.mailbox and address is not None:
+            return wait(session, PER_MAILBOX, mailbox_key(address), self.per_mailbox, now)
+        return wait(session, PER_CLIENT, client[:64], self.per_client, now)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
 from sqlmodel import Field, SQLModel
 
 from drip.clock import utcnow
@@ -111,15 +121,35 @@ class Subscriber(SQLModel, table=True):
     )
     consent_at: datetime | None = _when()
     consent_source: str = Field(default="", max_length=64)
+    #: Which page or form the signup came from: the form's hidden `source` field, else
+    #: the path of the page that posted it (its Referer); "" when neither was given.
+    source: str = Field(
+        default="", sa_column=Column(String(200), nullable=False, server_default="")
+    )
+    #: Newsletters too, not only the course: a separate, unticked choice on the form.
+    newsletter: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    #: When and where the newsletter choice was last made (form and page, or import file).
+    newsletter_at: datetime | None = _when()
+    newsletter_source: str = Field(
+        default="", sa_column=Column(String(200), nullable=False, server_default="")
+    )
+    #: What a repeated signup asked for (name, newsletter, source), applied only when
+    #: its confirmation link is followed, so nobody can change a subscriber by typing
+    #: their address into the form. None when no such signup waits.
+    pending_signup: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
     consent_ip: str | None = Field(default=None, max_length=64)
     confirmed_at: datetime | None = _when(index=True)
     unsubscribed_at: datetime | None = _when()
     confirm_sent_at: datetime | None = _when()
-    #: Random salt; tokens are HMACs of it under DRIP_SECRET_KEY, stored only as hashes.
-    token_salt: str = Field(max_length=64)
+    #: Random salt; a token is the salt and an HMAC of it under DRIP_SECRET_KEY (drip.tokens).
+    token_salt: str = Field(max_length=64, index=True)
     #: The confirmation token's own salt, renewed when a confirmation is asked for again
     #: after leaving, so an old link no longer works; NULL: the token comes from token_salt.
-    confirm_salt: str | None = Field(default=None, max_length=64)
+    confirm_salt: str | None = Field(default=None, max_length=64, index=True)
     confirm_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     unsubscribe_token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
 
@@ -365,3 +395,12 @@ class Question(SQLModel, table=True):
     )
     received_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     answered_at: datetime | None = _when()
+
+
+class Meta(SQLModel, table=True):
+    """Facts about this database itself, one value per name (e.g. the secret key's check)."""
+
+    __tablename__ = "meta"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=500)

@@ -1,4 +1,7 @@
-"""Newsletters: one Markdown file, queued once for every active subscriber.
+"""Newsletters: one Markdown file, queued once for every active subscriber who asked for them.
+
+Only those who ticked the newsletter box (or were imported with `newsletter` yes)
+get one: course consent is not newsletter consent.
 
 The file's SHA-256 names the newsletter, and queuing walks subscribers in id
 order in batches, remembering the last id queued in the same transaction. So
@@ -15,7 +18,18 @@ from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
 
-from sqlalchemy import JSON, Engine, String, cast, func, literal, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Engine,
+    String,
+    and_,
+    cast,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlmodel import Session, col
 
 from drip.db import insert_ignoring, session_scope
@@ -102,12 +116,17 @@ def preview(settings: Settings, letter: Letter) -> Rendered:
     return render_email(settings.emails_dir, "newsletter", context)
 
 
-def count_active(session: Session, after_id: int = 0) -> int:
+def _recipients() -> ColumnElement[bool]:
+    """Who gets newsletters: active subscribers who agreed to them."""
+    return and_(col(Subscriber.status) == SubscriberStatus.active, col(Subscriber.newsletter))
+
+
+def count_recipients(session: Session, after_id: int = 0) -> int:
     return int(
         session.execute(
             select(func.count())
             .select_from(Subscriber)
-            .where(col(Subscriber.status) == SubscriberStatus.active)
+            .where(_recipients())
             .where(col(Subscriber.id) > after_id)
         ).scalar_one()
     )
@@ -133,11 +152,11 @@ def queue(
     now: datetime,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Queue the letter to every active subscriber still without it: (queued, to go at start)."""
+    """Queue the letter to every recipient still without it: (queued, to go at start)."""
     with session_scope(engine) as session:
         newsletter = _record(session, letter, now)
         start = newsletter.queued_through
-        remaining = count_active(session, start)
+        remaining = count_recipients(session, start)
     assert newsletter.id is not None
     queued = 0
     cursor = start
@@ -146,7 +165,7 @@ def queue(
             ids = (
                 session.execute(
                     select(col(Subscriber.id))
-                    .where(col(Subscriber.status) == SubscriberStatus.active)
+                    .where(_recipients())
                     .where(col(Subscriber.id) > cursor)
                     .order_by(col(Subscriber.id))
                     .limit(BATCH)
@@ -175,7 +194,7 @@ def queue(
 def _enqueue_range(
     session: Session, newsletter_id: int, after: int, upto: int, now: datetime, settings: Settings
 ) -> int:
-    """Queue the letter for the active subscribers with ids in (after, upto], in one
+    """Queue the letter for the recipients with ids in (after, upto], in one
     INSERT ... SELECT: no subscriber row crosses the wire, so a million costs what the
     database takes to write them. Same rows as outbox.enqueue_many would write, and the
     same rule: a dedupe key already queued is skipped."""
@@ -199,7 +218,7 @@ def _enqueue_range(
         literal(now, UTCDateTime()),
         literal(now, UTCDateTime()),
     ).where(
-        col(Subscriber.status) == SubscriberStatus.active,
+        _recipients(),
         col(Subscriber.id) > after,
         col(Subscriber.id) <= upto,
     )

@@ -76,6 +76,11 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
             "consent_at": when(subscriber.consent_at),
             "consent_source": subscriber.consent_source,
             "consent_ip": subscriber.consent_ip,
+            "source": subscriber.source,
+            "newsletter": subscriber.newsletter,
+            "newsletter_at": when(subscriber.newsletter_at),
+            "newsletter_source": subscriber.newsletter_source,
+            "pending_signup": subscriber.pending_signup,
             "confirmed_at": when(subscriber.confirmed_at),
             "unsubscribed_at": when(subscriber.unsubscribed_at),
         },
@@ -147,6 +152,8 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
     subscriber.name = ""
     subscriber.consent_ip = None
     subscriber.consent_source = "deleted"
+    subscriber.source = subscriber.newsletter_source = ""
+    subscriber.pending_signup = None  # a repeated signup's name, not yet confirmed
     subscriber.timezone = "UTC"
     subscriber.token_salt = new_salt()
     # Random hashes: no token, old or new, can match them.

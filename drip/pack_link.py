@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -34,18 +35,21 @@ def pack_url(base_url: str, secret: str, subscriber_id: int, salt: str) -> str:
     return f"{base_url}/pack/{pack_token(secret, subscriber_id, salt)}"
 
 
-def subscriber_for(session: Session, secret: str, token: str) -> Subscriber | None:
-    """The subscriber a valid pack token names; None for anything else."""
+def subscriber_for(session: Session, keys: Sequence[str], token: str) -> Subscriber | None:
+    """The subscriber a pack token signed under any of `keys` names (the current key,
+    then DRIP_OLD_SECRET_KEYS, so a rotation keeps sent links working); None otherwise."""
     number, dot, signature = token.partition(".")
     if not dot or not number.isascii() or not number.isdigit() or len(number) > 18:
         return None
     subscriber = session.get(Subscriber, int(number))
     if subscriber is None or subscriber.id is None:
         return None
-    expected = _signature(secret, subscriber.id, subscriber.token_salt)
-    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
-        return None
-    return subscriber
+    given = signature.encode("utf-8", "replace")
+    valid = False
+    for key in keys:
+        expected = _signature(key, subscriber.id, subscriber.token_salt)
+        valid |= hmac.compare_digest(expected.encode(), given)
+    return subscriber if valid else None
 
 
 def record_download(session: Session, subscriber_id: int, now: datetime) -> None:

@@ -42,6 +42,7 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "privacy_controller": "Trigger Point Course",
     "privacy_contact": "course@localhost",
     "privacy_contact_href": "mailto:course@localhost",
+    "newsletter": True,
     # The shipped course (emails/course.toml): number, title, and the day after
     # confirmation when each lesson arrives; tests/test_content.py keeps them in step.
     "lessons": [

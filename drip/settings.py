@@ -40,6 +40,17 @@ def parse_networks(text: str) -> tuple[Network, ...]:
 
 
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
+MIN_SECRET = 16
+
+
+def read_key_file(path: Path) -> str | None:
+    """The key in `path` (one line), None if there is no such file; SettingsError if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"DRIP_SECRET_KEY_FILE: cannot read {path} ({exc})") from None
 
 
 class SettingsError(DripError):
@@ -61,6 +72,11 @@ class Settings(BaseSettings):
     sender: str = "Trigger Point Course <course@localhost>"
     base_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr | None = None
+    #: Where `drip dev` keeps the key it makes, and where every command looks when
+    #: DRIP_SECRET_KEY is not set, so all of them sign and check links with one key.
+    secret_key_file: Path = Path(".drip/secret-key")
+    #: Keys retired by a rotation, comma-separated: links signed with them still work.
+    old_secret_keys: SecretStr | None = None
     admin_user: str | None = None
     admin_password: SecretStr | None = None
     send_rate: float = Field(10.0, ge=0)
@@ -277,12 +293,29 @@ class Settings(BaseSettings):
         return bool(self.dkim_domain and self.dkim_selector and self.dkim_private_key)
 
     def require_secret(self) -> str:
-        if self.secret_key is None or len(self.secret_key.get_secret_value()) < 16:
+        """The current key: DRIP_SECRET_KEY, else the file `drip dev` made (load_settings)."""
+        if self.secret_key is None:
             raise SettingsError(
-                "DRIP_SECRET_KEY: missing or shorter than 16 characters; "
+                f"DRIP_SECRET_KEY: not set, and no key file at {self.secret_key_file}; "
                 "set it to a long random string (drip dev makes one for you)"
             )
+        if len(self.secret_key.get_secret_value()) < MIN_SECRET:
+            raise SettingsError(
+                f"DRIP_SECRET_KEY: shorter than {MIN_SECRET} characters; "
+                "set it to a long random string"
+            )
         return self.secret_key.get_secret_value()
+
+    def old_secrets(self) -> list[str]:
+        """The keys of DRIP_OLD_SECRET_KEYS, in the order given."""
+        if self.old_secret_keys is None:
+            return []
+        raw = self.old_secret_keys.get_secret_value()
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
+    def secret_keys(self) -> list[str]:
+        """Every key a link may be signed with: the current one first, then the old ones."""
+        return [self.require_secret(), *self.old_secrets()]
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -322,6 +355,14 @@ def load_settings(**overrides: object) -> Settings:
     if bool(settings.postmark_webhook_user) != bool(settings.postmark_webhook_password):
         raise SettingsError(
             "DRIP_POSTMARK_WEBHOOK_USER and DRIP_POSTMARK_WEBHOOK_PASSWORD: set both or neither"
+        )
+    if settings.secret_key is None:
+        found = read_key_file(settings.secret_key_file)
+        if found:
+            settings.secret_key = SecretStr(found)
+    if any(len(key) < MIN_SECRET for key in settings.old_secrets()):
+        raise SettingsError(
+            f"DRIP_OLD_SECRET_KEYS: every key must be at least {MIN_SECRET} characters"
         )
     if bool(settings.admin_user) != bool(settings.admin_password):
         raise SettingsError("DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD: set both or neither")

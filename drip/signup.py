@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -29,6 +30,7 @@ from drip.subscribers import (
     Newcomer,
     activate,
     add_subscriber,
+    apply_pending,
     confirmation,
     email_key,
     find_by_token,
@@ -43,13 +45,19 @@ EMAIL_MAX = 254
 _MARKUP = re.compile(r"[<>]")
 
 
+SOURCE_MAX = 200
+
+
 @dataclass(frozen=True)
 class Signup:
-    """A checked signup: a normalised address, a clean name and a known time zone."""
+    """A checked signup: a normalised address, a clean name and a known time zone; whether
+    newsletters were asked for too, and which page or form it came from."""
 
     email: str
     name: str
     timezone: str
+    newsletter: bool = False
+    source: str = ""
 
 
 @dataclass
@@ -112,8 +120,27 @@ def clean_timezone(raw: str, default: str) -> str:
     return known_timezone(raw.strip()[:64]) or default
 
 
+def clean_source(raw: str, referer: str = "") -> str:
+    """Which page or form a signup came from: the form's hidden `source` field, else the
+    path of the page that posted it (the Referer, without its query); printable, short."""
+    text = raw.strip()
+    if not text and referer:
+        parsed = urlsplit(referer.strip())
+        text = parsed.path if parsed.scheme in ("http", "https") else ""
+    text = "".join(c for c in text if unicodedata.category(c)[0] not in ("C", "Z") or c == " ")
+    return " ".join(text.split())[:SOURCE_MAX]
+
+
 def check(
-    *, email: str, name: str, consent: bool, website: str, timezone: str, settings: Settings
+    *,
+    email: str,
+    name: str,
+    consent: bool,
+    website: str,
+    timezone: str,
+    settings: Settings,
+    newsletter: bool = False,
+    source: str = "",
 ) -> Checked:
     """Every problem with the form, each in plain words under its field's name."""
     if website.strip():
@@ -132,13 +159,31 @@ def check(
     if errors:
         return Checked(signup=None, errors=errors)
     zone = clean_timezone(timezone, settings.default_timezone)
-    return Checked(signup=Signup(email=address, name=first_name, timezone=zone))
+    return Checked(
+        signup=Signup(
+            email=address,
+            name=first_name,
+            timezone=zone,
+            newsletter=newsletter,
+            source=clean_source(source),
+        )
+    )
 
 
 def subscribe(
     session: Session, settings: Settings, signup: Signup, now: datetime, source: str = "web"
 ) -> None:
-    """Store a signup and queue its confirmation, as far as the address's state allows."""
+    """Store a signup and queue its confirmation, as far as the address's state allows.
+
+    Every signup of an address that can get mail is answered by a confirmation email
+    (the per-address rate limit, checked before, bounds how many): a new address, one
+    whose first email was lost (pending), one that left and comes back (unsubscribed:
+    a fresh opt-in), and an active one (to change its name or newsletter choice). What
+    a repeated signup asks for waits in `pending_signup` until its link is followed, so
+    typing someone's address into the form changes nothing of theirs. Bounced or
+    complained addresses are suppressed: nothing is sent, and the page cannot say so
+    without telling anyone who is subscribed.
+    """
     subscriber, created = add_subscriber(
         session,
         settings,
@@ -146,19 +191,32 @@ def subscribe(
         name=signup.name,
         timezone=signup.timezone,
         source=source,
+        page=signup.source,
+        newsletter=signup.newsletter,
         now=now,
     )
-    if created or subscriber.status == SubscriberStatus.pending:
+    if created:
         queue_confirmation(session, settings, subscriber, now)
-    elif subscriber.status == SubscriberStatus.unsubscribed:
+        return
+    if subscriber.status not in (
+        SubscriberStatus.pending,
+        SubscriberStatus.unsubscribed,
+        SubscriberStatus.active,
+    ):
+        return
+    subscriber.pending_signup = {
+        "name": signup.name,
+        "newsletter": signup.newsletter,
+        "source": signup.source,
+        "at": now.isoformat(),
+    }
+    if subscriber.status == SubscriberStatus.unsubscribed:
         # Coming back is a fresh opt-in: confirm again, with a new link, before anything
         # is sent.
         subscriber.status = SubscriberStatus.pending
-        subscriber.name = signup.name or subscriber.name
         renew_confirm_token(settings, subscriber)
-        session.add(subscriber)
-        queue_confirmation(session, settings, subscriber, now)
-    # Active: nothing new. Bounced or complained: suppressed, nothing is sent.
+    session.add(subscriber)
+    queue_confirmation(session, settings, subscriber, now)
 
 
 def store(engine: Engine, settings: Settings, signup: Signup, now: datetime) -> None:
@@ -203,7 +261,10 @@ def subscribe_many(
             again.append(item)
         else:
             first[key] = item
-    people = [Newcomer(s.email, s.name, s.timezone) for s in first.values()]
+    people = [
+        Newcomer(s.email, s.name, s.timezone, newsletter=s.newsletter, page=s.source)
+        for s in first.values()
+    ]
     created = insert_new(session, settings, people, source=source, now=now, confirm_sent_at=now)
     messages = [confirmation(id_, first[key].email, now) for key, id_ in created.items()]
     if enqueue_many(session, messages, settings.sender_address.domain, now) != len(messages):
@@ -234,6 +295,8 @@ def store_many(
 class Confirmation(StrEnum):
     ready = "ready"
     confirmed = "confirmed"
+    #: Already active; what a later signup asked for (name, newsletters) is now applied.
+    updated = "updated"
     already = "already"
     expired = "expired"
     unknown = "unknown"
@@ -246,16 +309,16 @@ def confirmation_state(
 
     For GET, which mail scanners send for every link in a message: only a POST confirms.
     """
-    subscriber = find_by_token(session, token, "confirm")
+    subscriber = find_by_token(session, token, "confirm", settings.secret_keys())
     if subscriber is None:
         return Confirmation.unknown
-    if subscriber.status == SubscriberStatus.active:
+    if subscriber.status == SubscriberStatus.active and subscriber.pending_signup is None:
         return Confirmation.already
-    if subscriber.status != SubscriberStatus.pending:
+    if subscriber.status not in (SubscriberStatus.active, SubscriberStatus.pending):
         return Confirmation.unknown
     if _expired(settings, subscriber, now):
         return Confirmation.expired
-    return Confirmation.ready
+    return Confirmation.ready  # to confirm, or (already active) to apply a later signup
 
 
 def _expired(settings: Settings, subscriber: Subscriber, now: datetime) -> bool:
@@ -270,25 +333,31 @@ def confirm(
 
     `ip`: the address of whoever confirmed (the POST's client), kept as consent.
     """
-    subscriber = find_by_token(session, token, "confirm")
+    subscriber = find_by_token(session, token, "confirm", settings.secret_keys())
     if subscriber is None:
         return Confirmation.unknown
     # Two clicks at once (or a mail scanner racing the reader): the second waits for
     # the first, then sees "active".
     lock(session, subscriber)
-    if subscriber.status == SubscriberStatus.active:
-        return Confirmation.already
-    if subscriber.status != SubscriberStatus.pending:
+    if subscriber.status not in (SubscriberStatus.active, SubscriberStatus.pending):
         return Confirmation.unknown  # unsubscribed or suppressed: the old link no longer works
+    if subscriber.status == SubscriberStatus.active:
+        if subscriber.pending_signup is None:
+            return Confirmation.already
+        if _expired(settings, subscriber, now):
+            return Confirmation.expired
+        apply_pending(session, subscriber)
+        return Confirmation.updated
     if _expired(settings, subscriber, now):
         return Confirmation.expired
+    apply_pending(session, subscriber)
     activate(session, settings, subscriber, now, ip=ip)
     return Confirmation.confirmed
 
 
-def unsubscribe(session: Session, token: str, now: datetime) -> bool:
+def unsubscribe(session: Session, settings: Settings, token: str, now: datetime) -> bool:
     """Unsubscribe at once; False for an unknown token. Saying it twice is fine."""
-    subscriber = find_by_token(session, token, "unsubscribe")
+    subscriber = find_by_token(session, token, "unsubscribe", settings.secret_keys())
     if subscriber is None:
         return False
     if subscriber.status in SUBSCRIBED_STATUSES:
@@ -304,9 +373,9 @@ class UnsubscribeLink(StrEnum):
     done = "done"
 
 
-def unsubscribe_link(session: Session, token: str) -> UnsubscribeLink:
+def unsubscribe_link(session: Session, settings: Settings, token: str) -> UnsubscribeLink:
     """What an unsubscribe link leads to, before showing its button (read-only)."""
-    subscriber = find_by_token(session, token, "unsubscribe")
+    subscriber = find_by_token(session, token, "unsubscribe", settings.secret_keys())
     if subscriber is None:
         return UnsubscribeLink.unknown
     if subscriber.status in SUBSCRIBED_STATUSES:

@@ -39,7 +39,13 @@ EXPORT_FIELDS = (
     "created_at",
     "consent_at",
     "consent_source",
+    "newsletter",
+    "newsletter_at",
+    "source",
 )
+#: The `newsletter` column's words; an empty cell is no (course consent is not newsletter consent).
+YES = ("yes", "y", "true", "1")
+NO = ("no", "n", "false", "0", "")
 #: Separators a header line may use, in the order they are tried.
 DELIMITERS = (",", ";", "\t")
 _DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
@@ -51,6 +57,7 @@ class Row:
     email: str
     name: str
     timezone: str | None
+    newsletter: bool = False
 
 
 @dataclass
@@ -82,7 +89,10 @@ def check_row(line: int, record: dict[str, str]) -> Row | str:
     tz = record.get("timezone", "").strip() or None
     if tz is not None and known_timezone(tz) is None:
         return f"unknown time zone {tz!r}"
-    return Row(line, address, name, tz)
+    wants = record.get("newsletter", "").strip().lower()
+    if wants not in YES + NO:
+        return f"newsletter: {wants!r} is not yes or no"
+    return Row(line, address, name, tz, newsletter=wants in YES)
 
 
 def _header(first_line: str) -> tuple[str, list[str]]:
@@ -144,8 +154,9 @@ def import_subscribers(
     row that collides with a signup at the same moment is skipped, not the batch.
 
     Imported subscribers are active (the operator vouches for their consent) and start
-    the course unless `start_course` is false; with `confirm` they stay pending and get
-    the confirmation email instead. Every row is imported as of `now`.
+    the course unless `start_course` is false; they get newsletters only where the
+    `newsletter` column says yes; with `confirm` they stay pending and get the
+    confirmation email instead. Every row is imported as of `now`.
     """
     settings.require_secret()
     source = f"import:{path.name}"[:64]
@@ -166,6 +177,7 @@ def import_subscribers(
                             name=row.name,
                             timezone=row.timezone,
                             source=source,
+                            newsletter=row.newsletter,
                             now=now,
                         )
                         if not created:
@@ -239,6 +251,9 @@ def export_subscribers(
                     iso(s.created_at),
                     iso(s.consent_at) if s.consent_at else "",
                     s.consent_source,
+                    "yes" if s.newsletter else "no",
+                    iso(s.newsletter_at) if s.newsletter_at else "",
+                    s.source,
                 ]
             )
         last, total = rows[-1].id or last, total + len(rows)

@@ -13,16 +13,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlmodel import Session, col
 
 from drip.course import load_course
 from drip.db import insert_ignoring, table_of
 from drip.models import MessageKind, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
-from drip.sending.outbox import NewMessage, dedupe_key, enqueue, skip_for_subscriber
+from drip.sending.outbox import (
+    NewMessage,
+    dedupe_key,
+    enqueue,
+    has_unsent,
+    skip_for_subscriber,
+)
 from drip.settings import Settings
-from drip.tokens import hash_token, make_token, new_salt, token_hashes
+from drip.tokens import (
+    Purpose,
+    hash_token,
+    legacy_hash,
+    new_salt,
+    split_token,
+    token_hashes,
+    verifies,
+)
 
 
 def email_key(address: str) -> str:
@@ -35,15 +49,34 @@ def find_by_email(session: Session, address: str) -> Subscriber | None:
     ).scalar_one_or_none()
 
 
-def find_by_token(session: Session, token: str, purpose: str) -> Subscriber | None:
-    column = (
-        col(Subscriber.confirm_token_hash)
-        if purpose == "confirm"
-        else col(Subscriber.unsubscribe_token_hash)
+def find_by_token(
+    session: Session, token: str, purpose: Purpose, keys: Sequence[str]
+) -> Subscriber | None:
+    """The subscriber a link's token names, if it is signed with one of `keys`."""
+    parts = split_token(token)
+    if parts is not None:
+        salt, mac = parts
+        if not verifies(keys, salt, purpose, mac):
+            return None
+        if purpose == "unsubscribe":
+            return _first(session, col(Subscriber.token_salt) == salt)
+        # A confirmation link carries the confirmation's own salt once it was renewed
+        # (renew_confirm_token, leave), and the subscriber's salt before that.
+        return _first(session, col(Subscriber.confirm_salt) == salt) or _first(
+            session,
+            and_(col(Subscriber.token_salt) == salt, col(Subscriber.confirm_salt).is_(None)),
+        )
+    # A link sent before tokens carried their salt: its hash was stored when it was made.
+    column = col(
+        Subscriber.confirm_token_hash if purpose == "confirm" else Subscriber.unsubscribe_token_hash
     )
     return session.execute(
         select(Subscriber).where(column == hash_token(token))
     ).scalar_one_or_none()
+
+
+def _first(session: Session, where: ColumnElement[bool]) -> Subscriber | None:
+    return session.execute(select(Subscriber).where(where).limit(1)).scalar_one_or_none()
 
 
 def confirm_salt(subscriber: Subscriber) -> str:
@@ -57,9 +90,7 @@ def renew_confirm_token(settings: Settings, subscriber: Subscriber) -> None:
     unsubscribe token stays, so links in mail already sent still let them leave."""
     salt = new_salt()
     subscriber.confirm_salt = salt
-    subscriber.confirm_token_hash = hash_token(
-        make_token(settings.require_secret(), salt, "confirm")
-    )
+    subscriber.confirm_token_hash = legacy_hash(settings.require_secret(), salt, "confirm")
 
 
 def add_subscriber(
@@ -70,9 +101,16 @@ def add_subscriber(
     name: str = "",
     timezone: str | None = None,
     source: str,
+    page: str = "",
+    newsletter: bool = False,
     now: datetime,
 ) -> tuple[Subscriber, bool]:
-    """The subscriber for `email`, created as pending if new; (subscriber, created)."""
+    """The subscriber for `email`, created as pending if new; (subscriber, created).
+
+    `source` is how consent was given ("web", "import:FILE"); `page` which page or
+    form it came from; `newsletter` whether newsletters were asked for too, at `now`.
+    A known subscriber is returned unchanged.
+    """
     existing = find_by_email(session, email)
     if existing is not None:
         return existing, False
@@ -85,6 +123,10 @@ def add_subscriber(
         timezone=timezone or settings.default_timezone,
         created_at=now,
         consent_source=source,
+        source=page,
+        newsletter=newsletter,
+        newsletter_at=now if newsletter else None,
+        newsletter_source=(page or source) if newsletter else "",
         token_salt=salt,
         confirm_token_hash=confirm_hash,
         unsubscribe_token_hash=unsubscribe_hash,
@@ -99,6 +141,8 @@ class Newcomer:
     email: str
     name: str
     timezone: str
+    newsletter: bool = False
+    page: str = ""
 
 
 def insert_new(
@@ -115,7 +159,8 @@ def insert_new(
     The signup's fast path: one multi-row INSERT ... ON CONFLICT DO NOTHING instead of
     a look-up, an ORM flush and an update per person. An address already known (or
     inserted at the same moment by another transaction) is simply not returned, and
-    the caller takes the slow path for it. `people` must not repeat an email key.
+    the caller takes the slow path for it. `people` must not repeat an email key. The
+    new are marked as sent their confirmation at `now`: the caller queues it.
     """
     if not people:
         return {}
@@ -133,6 +178,11 @@ def insert_new(
                 "timezone": person.timezone or settings.default_timezone,
                 "created_at": now,
                 "consent_source": source,
+                "source": person.page,
+                "newsletter": person.newsletter,
+                "newsletter_at": now if person.newsletter else None,
+                "newsletter_source": (person.page or source) if person.newsletter else "",
+                "pending_signup": None,
                 "confirm_sent_at": confirm_sent_at,
                 "token_salt": salt,
                 "confirm_token_hash": confirm_hash,
@@ -145,12 +195,16 @@ def insert_new(
 
 
 def confirmation(subscriber_id: int, email: str, now: datetime) -> NewMessage:
-    """The confirmation email as an outbox row; its key carries the hour, so one an hour."""
+    """The confirmation email as an outbox row. Every signup gets its own: the key carries
+    the time and a random part, so a second signup in the same hour (the first mail lost,
+    or a return after unsubscribing) is never taken for the first. How many an address
+    gets is bounded by the signup rate limit, not here."""
+    stamp = f"{now:%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
     return NewMessage(
         kind=MessageKind.confirm,
         template="confirm",
         email=email,
-        dedupe_key=dedupe_key(MessageKind.confirm, subscriber_id, now.strftime("%Y%m%d%H")),
+        dedupe_key=dedupe_key(MessageKind.confirm, subscriber_id, stamp),
         due_at=now,
         subscriber_id=subscriber_id,
     )
@@ -159,18 +213,47 @@ def confirmation(subscriber_id: int, email: str, now: datetime) -> NewMessage:
 def queue_confirmation(
     session: Session, settings: Settings, subscriber: Subscriber, now: datetime
 ) -> bool:
-    """Queue the confirmation email. One per subscriber per hour: the key carries the hour."""
+    """Queue a confirmation email for this signup (see `confirmation`), unless one is
+    still on its way: that one answers this signup too (its link and words are made
+    when it is sent). False when none was queued."""
     assert subscriber.id is not None
-    queued = enqueue(
+    queued = not has_unsent(session, subscriber.id, MessageKind.confirm) and enqueue(
         session,
         confirmation(subscriber.id, subscriber.email, now),
         settings.sender_address.domain,
         now,
     )
-    if queued:
-        subscriber.confirm_sent_at = now
-        session.add(subscriber)
+    subscriber.confirm_sent_at = now  # the link lasts DRIP_CONFIRM_TTL_HOURS from this signup
+    session.add(subscriber)
     return queued
+
+
+def apply_pending(session: Session, subscriber: Subscriber) -> None:
+    """Apply what a repeated signup asked for, now that its confirmation link was followed:
+    the name given (a blank one keeps the old), the newsletter choice and its page."""
+    pending = subscriber.pending_signup
+    if not pending:
+        return
+    name = str(pending.get("name") or "")
+    if name:
+        subscriber.name = name
+    wants = bool(pending.get("newsletter"))
+    page = str(pending.get("source") or "")
+    if wants != subscriber.newsletter:  # the time and page of the latest change of mind
+        subscriber.newsletter = wants
+        subscriber.newsletter_at = _instant(pending.get("at"))
+        subscriber.newsletter_source = page or "web"
+    if page:
+        subscriber.source = page
+    subscriber.pending_signup = None
+    session.add(subscriber)
+
+
+def _instant(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def activate(
@@ -212,7 +295,9 @@ def leave(
         subscriber.status = status
         if status == SubscriberStatus.unsubscribed:
             subscriber.unsubscribed_at = now
-        # The confirmation link dies with leaving: a random hash no token can match.
+        # The confirmation link dies with leaving: a salt no link was made from, and a
+        # random hash no older link can match.
+        subscriber.confirm_salt = new_salt()
         subscriber.confirm_token_hash = secrets.token_hex(32)
         session.add(subscriber)
     stop_course(session, subscriber.id)

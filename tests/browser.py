@@ -39,9 +39,10 @@ def run_tick(settings: Settings) -> None:
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run `app` under uvicorn in a background thread; yields its base URL."""
-    port = free_port()
+def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
+    """Run `app` under uvicorn in a background thread (on `port`, else a free one); yields
+    its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

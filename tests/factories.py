@@ -25,11 +25,25 @@ from drip.subscribers import activate, add_subscriber, queue_confirmation
 
 
 def subscriber(
-    settings: Settings, email: str, *, active: bool = True, name: str = "Sam", start: bool = True
+    settings: Settings,
+    email: str,
+    *,
+    active: bool = True,
+    name: str = "Sam",
+    start: bool = True,
+    newsletter: bool = False,
 ) -> Subscriber:
     with session_scope(get_engine(settings.database_url)) as session:
         now = utcnow()
-        sub, _ = add_subscriber(session, settings, email=email, name=name, source="test", now=now)
+        sub, _ = add_subscriber(
+            session,
+            settings,
+            email=email,
+            name=name,
+            source="test",
+            newsletter=newsletter,
+            now=now,
+        )
         if active:
             activate(session, settings, sub, now, start=start)
         else:
@@ -57,14 +71,18 @@ def reload(session: Session, row: Subscriber) -> Subscriber:
     return found
 
 
-def many_active(engine: Engine, count: int, prefix: str = "r") -> list[Subscriber]:
-    """Insert `count` active subscribers at once (fast: no course, no emails queued)."""
+def many_active(
+    engine: Engine, count: int, prefix: str = "r", *, newsletter: bool = True
+) -> list[Subscriber]:
+    """Insert `count` active subscribers at once (fast: no course, no emails queued), who
+    agreed to newsletters unless `newsletter` is False."""
     with session_scope(engine) as session:
         subs = [
             Subscriber(
                 email=f"{prefix}{n}@example.com",
                 email_key=f"{prefix}{n}@example.com",
                 status=SubscriberStatus.active,
+                newsletter=newsletter,
                 token_salt=f"{n:032x}",
                 confirm_token_hash=f"c{prefix}{n:062x}",
                 unsubscribe_token_hash=f"u{prefix}{n:062x}",

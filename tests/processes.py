@@ -19,6 +19,7 @@ from drip.db import session_scope
 from drip.models import MessageKind, OutboxMessage
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
+from tests.conftest import SECRET
 from tests.factories import many_active
 from tests.mailserver import free_port
 from tests.waiting import wait_until
@@ -56,7 +57,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         **os.environ,
         "DRIP_DATABASE_URL": settings.database_url,
         "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SECRET_KEY": "x" * 32,
+        "DRIP_SECRET_KEY": SECRET,
         "DRIP_EMAILS_DIR": str(settings.emails_dir),
         "DRIP_INFO_PACK": str(settings.info_pack),
         "DRIP_WORKER_INTERVAL": "0.2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import mailbox
 import re
@@ -441,3 +442,19 @@ def test_a_caught_mail_with_a_hostile_header_lists_and_shows_escaped(
     for text in (listing.text, page.text):
         assert "<script>" not in text
         assert "\x1b" not in text
+
+
+def test_the_embed_page_shows_the_form_and_what_the_script_needs(
+    client: TestClient, admin_settings: Settings
+) -> None:
+    page = client.get("/admin/embed")
+    assert page.status_code == 200
+    assert 'aria-current="page">Form for your site' in page.text
+    assert "No site is allowed yet" in page.text
+    assert "DRIP_CORS_ORIGINS" in page.text
+    assert f'action="{admin_settings.base_url}/subscribe"' in html.unescape(page.text)
+    assert "<form class" not in page.text  # shown as text to copy, never as a live form
+    allowed = admin_settings.model_copy(update={"cors_origins": "https://blog.example"})
+    page = TestClient(admin_app(allowed), headers=_basic(USER, PASSWORD)).get("/admin/embed")
+    assert "<code>https://blog.example</code>" in page.text
+    assert TestClient(admin_app(allowed)).get("/admin/embed").status_code == 401

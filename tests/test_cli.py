@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from drip import __version__
 from drip.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SECRET
 from tests.factories import outbox, subscriber
 from tests.mailserver import Recorder
 
@@ -37,7 +37,7 @@ def _env(settings: Settings) -> dict[str, str]:
     return {
         "DRIP_DATABASE_URL": settings.database_url,
         "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SECRET_KEY": "x" * 32,
+        "DRIP_SECRET_KEY": SECRET,
         "DRIP_EMAILS_DIR": str(settings.emails_dir),
         "DRIP_INFO_PACK": str(settings.info_pack),
         "DRIP_SEND_RATE": "0",

@@ -242,12 +242,13 @@ def test_import_refuses_a_file_without_an_email_column(drip, tmp_path: Path) -> 
 def test_export_round_trips_through_import(
     drip, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
-    subscriber(settings, "ann@example.com", name="Ann, of Paris")
+    subscriber(settings, "ann@example.com", name="Ann, of Paris", newsletter=True)
     subscriber(settings, "bob@example.com", name='Bob "Bobby" Jones', active=False)
     assert drip("subscribers", "export", "--out", "all.csv").exit_code == 0
     text = (tmp_path / "all.csv").read_text(encoding="utf-8")
     assert text.splitlines()[0] == (
-        "email,name,status,timezone,created_at,consent_at,consent_source"
+        "email,name,status,timezone,created_at,consent_at,consent_source,"
+        "newsletter,newsletter_at,source"
     )
     stdout = drip("subscribers", "export").stdout
     assert stdout.replace("\r\n", "\n") == text.replace("\r\n", "\n")
@@ -260,6 +261,33 @@ def test_export_round_trips_through_import(
     rows = [line.split(",")[:2] for line in result.stdout.splitlines()]
     original = [line.split(",")[:2] for line in text.splitlines()]
     assert rows == original
+    listed = runner.invoke(app, ["subscribers", "list", "--json"], env=env).stdout
+    assert {(o["email"], o["newsletter"]) for o in map(json.loads, listed.splitlines())} == {
+        ("ann@example.com", True),
+        ("bob@example.com", False),
+    }
+
+
+def test_import_takes_the_newsletter_column(drip, engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "people.csv").write_text(
+        "email,name,newsletter\n"
+        "ann@example.com,Ann,yes\n"
+        "bob@example.com,Bob,no\n"
+        "cy@example.com,Cy,\n"
+        "dee@example.com,Dee,perhaps\n"
+    )
+    result = drip("subscribers", "import", "people.csv", "--no-course")
+    assert result.exit_code == 1
+    assert "line 5: refused: newsletter: 'perhaps' is not yes or no" in result.stderr
+    lines = drip("subscribers", "list", "--json").stdout.splitlines()
+    listed = {o["email"]: o for o in map(json.loads, lines)}
+    assert {e: (o["status"], o["newsletter"]) for e, o in listed.items()} == {
+        "ann@example.com": ("active", True),
+        "bob@example.com": ("active", False),
+        "cy@example.com": ("active", False),
+    }
+    assert listed["ann@example.com"]["newsletter_source"] == "import:people.csv"
+    assert listed["ann@example.com"]["newsletter_at"] is not None
 
 
 def test_subscribers_list(drip, settings: Settings) -> None:

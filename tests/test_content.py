@@ -367,3 +367,22 @@ def test_preview_of_an_unknown_email_fails_in_one_line(monkeypatch: pytest.Monke
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no-such-email" in result.stderr
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_the_emails_say_what_was_agreed_to(asked: bool) -> None:
+    """Course and newsletter are separate choices, and every email says which were made."""
+    for name in ("confirm", "welcome"):
+        rendered = render(name, newsletter=asked)
+        for part in (flat(rendered.text), flat(rendered.html)):
+            if asked:
+                assert "asked for our occasional newsletter" in part, name
+            else:
+                assert "no newsletters, as you chose" in part, name
+    letter = render("newsletter", newsletter=True, content_text="Hi.", content_html="<p>Hi.</p>")
+    assert "asked for it when signing up" in flat(letter.text)
+    for name in NAMES:
+        text = flat(render(name).text)
+        assert "nothing else is sent" not in text.lower()
+        if name != "confirm":  # the one email without an unsubscribe link
+            assert "no lessons, no newsletters" in text, name

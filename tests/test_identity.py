@@ -86,6 +86,9 @@ def test_settings_and_an_override_show_on_the_pages(own: Settings) -> None:
     assert "Nearly there, friend" in thanks
     assert "Ana Ruiz will write to you" in thanks
     assert "<title>Nearly there, friend</title>" in thanks
+    # The embed's inline thank-you (the JSON answer) says what the overridden page says.
+    answer = client.post("/subscribe", json={"email": "j@example.com", "consent": True})
+    assert answer.json()["message"] == "Ana Ruiz will write to you in a moment."
     assert "Check your inbox" not in thanks
     admin = client.get("/admin", auth=("op", "pw" * 8))
     assert admin.status_code == 200

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 from drip import limits
 from drip.clock import utcnow
 from drip.db import read_scope, session_scope
-from drip.limits import LoginPace, Rate, SignupLimits, mailbox_key
+from drip.limits import Admission, LoginPace, Rate, SignupLimits, mailbox_key
 from drip.models import OutboxMessage, RateLimit
 from drip.settings import Settings
 from tests.processes import drip_serve
@@ -207,12 +207,16 @@ def test_limits_hold_across_two_drip_serve_processes(
 
 def test_a_refusal_names_the_spent_limit_and_its_real_wait(engine: Engine) -> None:
     policy = SignupLimits(per_client=Rate(2, 60), per_mailbox=Rate(1, 3600))
+    ann = "ann@example.com"
     with session_scope(engine) as session:
-        assert policy.admit(session, "192.0.2.1", "ann@example.com", T0)
-        assert not policy.admit(session, "192.0.2.2", "ann@example.com", T0)
-        assert policy.refusal(session, "192.0.2.2", "ann@example.com", T0) == ("mailbox", 3600)
-        assert policy.admit(session, "192.0.2.1", None, T0)
-        assert not policy.admit(session, "192.0.2.1", None, T0)
-        which, seconds = policy.refusal(session, "192.0.2.1", None, T0)
-        assert which == "client"
+        assert policy.verdict(session, "192.0.2.1", ann, T0) == Admission.admitted
+        assert policy.verdict(session, "192.0.2.2", ann, T0) == Admission.mailbox
+        seconds = policy.refused_wait(session, Admission.mailbox, "192.0.2.2", ann, T0)
+        assert seconds == 3600
+        # This post spends the client's last turn and is refused by the mailbox's limit:
+        # the mailbox's, not the (now spent) client's, is named.
+        assert policy.verdict(session, "192.0.2.2", ann, T0) == Admission.mailbox
+        assert policy.verdict(session, "192.0.2.1", None, T0) == Admission.admitted
+        assert policy.verdict(session, "192.0.2.1", None, T0) == Admission.client
+        seconds = policy.refused_wait(session, Admission.client, "192.0.2.1", None, T0)
         assert seconds == pytest.approx(30)

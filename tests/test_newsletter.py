@@ -13,6 +13,7 @@ from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, Newsletter, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
+from tests.conftest import SECRET
 from tests.factories import many_active, tick
 from tests.mailserver import Recorder
 
@@ -101,6 +102,36 @@ def test_only_active_subscribers_get_it(
     assert newsletter.queue(settings, engine, newsletter.parse(letter_file), utcnow())[0] == 7
 
 
+def test_only_those_who_agreed_to_newsletters_get_it(
+    settings: Settings, engine: Engine, letter_file: Path, recorder: Recorder
+) -> None:
+    """Course consent is not newsletter consent: the queue, the dry-run count and the
+    delivery all leave out those who did not tick the box, or withdrew since."""
+    agreed = many_active(engine, 4, prefix="y")
+    many_active(engine, 3, prefix="n", newsletter=False)
+    with session_scope(engine) as session:
+        assert newsletter.count_recipients(session) == 4
+    assert newsletter.queue(settings, engine, newsletter.parse(letter_file), utcnow())[0] == 4
+    with session_scope(engine) as session:
+        queued = set(
+            session.execute(
+                select(OutboxMessage.email).where(OutboxMessage.kind == MessageKind.newsletter)
+            ).scalars()
+        )
+        assert queued == {s.email for s in agreed}
+        changed = session.get(Subscriber, agreed[0].id)
+        assert changed is not None
+        changed.newsletter = False  # a later signup, confirmed, without the box ticked
+    tick(settings)
+    assert sorted(m["To"] for m in recorder.wait_for(3)) == sorted(s.email for s in agreed[1:])
+    with session_scope(engine) as session:
+        skipped = session.execute(
+            select(OutboxMessage).where(OutboxMessage.email == agreed[0].email)
+        ).scalar_one()
+        assert skipped.status == "skipped"
+        assert skipped.last_smtp_message == "the subscriber did not agree to newsletters"
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [
@@ -124,12 +155,12 @@ def test_cli_dry_run_counts_and_queues_nothing(
     many_active(engine, 12)
     env = {
         "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": "x" * 32,
+        "DRIP_SECRET_KEY": SECRET,
         "DRIP_EMAILS_DIR": str(settings.emails_dir),
     }
     result = CliRunner().invoke(app, ["newsletter", "send", str(letter_file), "--dry-run"], env=env)
     assert result.exit_code == 0, result.output
-    assert "12 active subscribers" in result.output
+    assert "12 active subscribers who agreed to newsletters" in result.output
     assert _queued(engine) == 0
     result = CliRunner().invoke(app, ["newsletter", "send", str(letter_file)], env=env)
     assert result.exit_code == 0, result.output

@@ -117,24 +117,127 @@ def test_subscribe_confirm_and_leave(settings: Settings, engine: Engine) -> None
     assert [r.kind for r in _outbox(engine)] == [MessageKind.confirm, MessageKind.welcome]
     with session_scope(engine) as session:
         leave_token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
-        assert signup.unsubscribe(session, leave_token, now) is True
-        assert signup.unsubscribe(session, leave_token, now) is True
-        assert signup.unsubscribe(session, "nonsense", now) is False
+        assert signup.unsubscribe(session, settings, leave_token, now) is True
+        assert signup.unsubscribe(session, settings, leave_token, now) is True
+        assert signup.unsubscribe(session, settings, "nonsense", now) is False
     rows = _outbox(engine)
     assert rows[1].status == OutboxStatus.skipped
 
 
-def test_a_pending_address_gets_the_confirmation_again_at_most_hourly(
+def _mark_sent(engine: Engine) -> None:
+    """As if the worker had sent every queued email (and the reader lost them)."""
+    with session_scope(engine) as session:
+        for row in session.execute(select(OutboxMessage)).scalars():
+            if row.status == OutboxStatus.queued:
+                row.status = OutboxStatus.sent
+                session.add(row)
+
+
+def test_signing_up_again_after_the_first_mail_was_lost_sends_another_at_once(
     settings: Settings, engine: Engine
 ) -> None:
-    now = utcnow().replace(minute=5)
-    for minutes in (0, 10, 30):
-        with session_scope(engine) as session:
-            signup.subscribe(session, settings, _signup(), now + timedelta(minutes=minutes))
-    assert len(_outbox(engine)) == 1
+    """The same minute is fine: nothing about the hour silently drops a second signup. One
+    still waiting to go out answers for a signup made meanwhile (a double click)."""
+    now = utcnow()
     with session_scope(engine) as session:
-        signup.subscribe(session, settings, _signup(), now + timedelta(hours=1))
-    assert len(_outbox(engine)) == 2
+        signup.subscribe(session, settings, _signup(), now)
+        signup.subscribe(session, settings, _signup(), now)  # the first is still on its way
+    assert len(_outbox(engine)) == 1
+    for _ in range(3):  # each one was sent and lost: each signup gets a new one
+        _mark_sent(engine)
+        with session_scope(engine) as session:
+            signup.subscribe(session, settings, _signup(), now)
+    rows = _outbox(engine)
+    assert [r.kind for r in rows] == [MessageKind.confirm] * 4
+    assert [r.status for r in rows] == [OutboxStatus.sent] * 3 + [OutboxStatus.queued]
+
+
+def test_unsubscribe_then_sign_up_again_in_the_same_minute_gets_a_confirmation(
+    settings: Settings, engine: Engine
+) -> None:
+    now = utcnow()
+    signup.store(engine, settings, _signup(), now)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        secret = settings.require_secret()
+        confirm_token = make_token(secret, sub.token_salt, "confirm")
+        assert signup.confirm(session, settings, confirm_token, now, None) == "confirmed"
+    _mark_sent(engine)
+    with session_scope(engine) as session:
+        leave = make_token(secret, sub.token_salt, "unsubscribe")
+        assert signup.unsubscribe(session, settings, leave, now)
+    signup.store(engine, settings, _signup(), now)
+    confirms = [r for r in _outbox(engine) if r.kind == MessageKind.confirm]
+    assert [r.status for r in confirms] == [OutboxStatus.sent, OutboxStatus.queued]
+
+
+def test_the_name_changes_only_when_the_new_signup_is_confirmed(
+    settings: Settings, engine: Engine
+) -> None:
+    """Anyone can type an address into the form: what they ask for waits for its link."""
+    now = utcnow()
+    signup.store(engine, settings, _signup(), now)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        token = make_token(settings.require_secret(), sub.token_salt, "confirm")
+        assert signup.confirm(session, settings, token, now, None) == "confirmed"
+    _mark_sent(engine)
+    later = now + timedelta(minutes=5)
+    again = signup.Signup(
+        email="ann@example.com", name="Mallory", timezone="UTC", newsletter=True, source="/blog"
+    )
+    signup.store(engine, settings, again, later)
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        assert sub.name == "Ann"
+        assert sub.newsletter is False
+        assert sub.status == "active"
+        assert sub.pending_signup is not None
+        assert sub.pending_signup["name"] == "Mallory"
+    assert [r.kind for r in _outbox(engine)][-1] == MessageKind.confirm  # the answer
+    with session_scope(engine) as session:
+        assert signup.confirm(session, settings, token, later, None) == "updated"
+        assert signup.confirm(session, settings, token, later, None) == "already"
+    with session_scope(engine) as session:
+        sub = session.execute(select(Subscriber)).scalar_one()
+        assert sub.name == "Mallory"
+        assert sub.newsletter is True
+        assert sub.pending_signup is None
+        assert sub.newsletter_at == later
+        assert sub.newsletter_source == "/blog"
+        assert sub.source == "/blog"
+    # The course did not start again.
+    assert [r.kind for r in _outbox(engine)].count(MessageKind.welcome) == 1
+
+
+def test_newsletter_consent_is_recorded_with_its_time_and_source(
+    settings: Settings, engine: Engine
+) -> None:
+    now = utcnow()
+    people = [
+        signup.Signup("ann@example.com", "Ann", "UTC", newsletter=True, source="/posts/knees"),
+        signup.Signup("bob@example.com", "Bob", "UTC"),
+    ]
+    signup.store_many(engine, settings, people, now)
+    with session_scope(engine) as session:
+        ann, bob = session.execute(select(Subscriber).order_by(Subscriber.id)).scalars()
+    assert (ann.newsletter, ann.newsletter_at, ann.newsletter_source) == (
+        True,
+        now,
+        "/posts/knees",
+    )
+    assert ann.source == "/posts/knees"
+    assert ann.consent_source == "web"
+    assert (bob.newsletter, bob.newsletter_at, bob.newsletter_source) == (False, None, "")
+
+
+def test_the_source_is_the_field_else_the_referers_path() -> None:
+    assert signup.clean_source("  blog sidebar ") == "blog sidebar"
+    assert signup.clean_source("", "https://blog.example/posts/knees?utm=x#top") == "/posts/knees"
+    assert signup.clean_source("form-a", "https://blog.example/other") == "form-a"
+    assert signup.clean_source("", "javascript:alert(1)") == ""
+    assert signup.clean_source("a\r\nb\x00c") == "abc"
+    assert len(signup.clean_source("x" * 500)) == signup.SOURCE_MAX
 
 
 def test_an_old_confirmation_link_expires(settings: Settings, engine: Engine) -> None:
@@ -197,7 +300,7 @@ def test_coming_back_after_unsubscribing_needs_a_fresh_confirmation(
         )
         activate(session, settings, sub, now)
         leave_token = make_token(settings.require_secret(), sub.token_salt, "unsubscribe")
-        assert signup.unsubscribe(session, leave_token, now)
+        assert signup.unsubscribe(session, settings, leave_token, now)
     signup.store(engine, settings, _signup(), now)
     with session_scope(engine) as session:
         assert session.execute(select(Subscriber)).scalar_one().status == "pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -116,7 +117,7 @@ def test_a_valid_signup_queues_a_confirmation_and_redirects(
     assert response.headers["location"] == "/thanks"
     assert [r.kind for r in _rows(engine)] == [MessageKind.confirm]
     assert client.post("/subscribe", data=FORM).status_code == 303
-    assert len(_rows(engine)) == 1  # not again within the hour
+    assert len(_rows(engine)) == 1  # the first is still on its way: it answers for both
     assert "Check your inbox" in client.get("/thanks").text
 
 
@@ -132,14 +133,15 @@ def test_no_enumeration_new_pending_and_active_look_the_same(
     }
     assert answers == {(303, "/thanks", b"")}
     sent = {(r.email, r.kind) for r in _rows(engine)}
-    # New: a confirmation. Pending: its confirmation of this hour, not a second one.
-    # Active: nothing new beyond the welcome it already had.
+    # New: a confirmation. Pending: the one still on its way, not a second one.
+    # Active: a confirmation too (its link applies what the signup asked for).
     assert sorted(sent) == [
+        ("active@example.com", MessageKind.confirm),
         ("active@example.com", MessageKind.welcome),
         ("new@example.com", MessageKind.confirm),
         ("pending@example.com", MessageKind.confirm),
     ]
-    assert len(_rows(engine)) == 3
+    assert len(_rows(engine)) == 4
 
 
 def test_invalid_input_comes_back_with_messages_and_what_was_typed(
@@ -170,7 +172,8 @@ def test_the_honeypot_gets_the_same_answer_and_stores_nothing(
 def test_json_signup_and_cors(client: TestClient, engine: Engine) -> None:
     ok = client.post("/subscribe", json={"email": "j@example.com", "consent": True})
     assert ok.status_code == 202
-    assert ok.json() == {"status": "ok"}
+    assert ok.json()["status"] == "ok"
+    assert ok.json()["message"].startswith("We've sent you an email")
     bad = client.post("/subscribe", json={"email": "x", "consent": False})
     assert bad.status_code == 422
     assert set(bad.json()["errors"]) == {"email", "consent"}
@@ -213,12 +216,17 @@ def test_one_address_is_rate_limited(settings: Settings) -> None:
     codes = [client.post("/subscribe", data=FORM).status_code for _ in range(4)]
     assert codes == [303, 303, 303, 429]
     page = client.post("/subscribe", data=FORM)
-    assert "slow down" in page.text.lower()
-    # Three an hour per address: the next fits in 20 minutes, and the page says so.
-    assert "This address has been signed up several times" in page.text
+    assert "We've already sent you a link" in page.text
+    # Three an hour per address: the next fits in 20 minutes, and the page says so and why.
+    assert "This address has been signed up 3 times in the last hour" in page.text
+    assert "haven't sent another confirmation email" in page.text
     assert "try again in 20 minutes" in page.text
     assert "few minutes" not in page.text
     assert 1100 < int(page.headers["retry-after"]) <= 1200
+    answer = client.post("/subscribe", json={**FORM, "consent": True})
+    assert answer.status_code == 429
+    assert "last hour" in answer.json()["errors"]["email"]
+    assert "retry-after" in answer.headers
 
 
 def test_confirmation_activates_once_and_queues_the_welcome(
@@ -414,7 +422,7 @@ def test_the_honeypot_over_json_is_accepted_and_stores_nothing(
 ) -> None:
     response = client.post("/subscribe", json={**FORM, "consent": True, "website": "x"})
     assert response.status_code == 202
-    assert response.json() == {"status": "ok"}
+    assert response.json()["status"] == "ok"
     assert _rows(engine) == []
 
 
@@ -468,9 +476,9 @@ def test_signing_up_again_after_the_link_expired_sends_a_fresh_one(
         sub = session.execute(select(Subscriber)).scalar_one()
         sub.confirm_sent_at = utcnow() - timedelta(hours=settings.confirm_ttl_hours + 1)
         session.add(sub)
-        # The old confirmation was queued in an earlier hour too.
+        # The old confirmation went out then.
         for row in session.execute(select(OutboxMessage)).scalars():
-            row.dedupe_key = row.dedupe_key.replace("confirm:", "confirm:old-")
+            row.status = OutboxStatus.sent
             session.add(row)
     token = _token(settings, engine, "confirm")
     assert client.get(f"/confirm/{token}").status_code == 410
@@ -528,3 +536,51 @@ def test_the_course_pictures_are_served_as_png(client: TestClient) -> None:
     assert answer.headers["x-content-type-options"] == "nosniff"
     for missing in ("/pictures/nothing.png", "/pictures/..%2fapp.png"):
         assert client.get(missing).status_code == 404
+
+
+def test_the_form_and_the_privacy_note_say_the_same_true_thing(client: TestClient) -> None:
+    form = client.get("/?source=sidebar").text
+    assert "nothing else is sent" not in form
+    assert "and nothing more" not in form
+    newsletter = re.search(r'<input id="newsletter"[^>]*>', form)
+    assert newsletter is not None
+    assert "checked" not in newsletter.group(0)  # unticked
+    assert '<input type="hidden" name="source" value="sidebar">' in form
+    assert "Also send me the occasional newsletter" in form
+    privacy = client.get("/privacy").text
+    # Everything the form says is kept, the privacy note lists.
+    for kept in ("email address", "first name", "time zone", "what you agreed to", "log"):
+        assert kept in form.lower(), kept
+    for kept in ("email address", "first name", "time zone", "what you agreed to", "a log"):
+        assert kept in privacy.lower(), kept
+    assert "newsletter if you ticked" in privacy
+    assert "which page you signed up on" in privacy
+
+
+def test_the_newsletter_box_and_the_source_are_stored(client: TestClient, engine: Engine) -> None:
+    client.post("/subscribe", data={**FORM, "newsletter": "yes", "source": "sidebar"})
+    client.post(
+        "/subscribe",
+        data={**FORM, "email": "bo@example.com"},
+        headers={"referer": "https://blog.example/posts/knees?x=1"},
+    )
+    with session_scope(engine) as session:
+        ann, bo = session.execute(select(Subscriber).order_by(Subscriber.id)).scalars()
+    assert (ann.newsletter, ann.source, ann.newsletter_source) == (True, "sidebar", "sidebar")
+    assert ann.newsletter_at is not None
+    assert (bo.newsletter, bo.source, bo.newsletter_at) == (False, "/posts/knees", None)
+
+
+def test_a_repeat_signup_confirmed_says_its_choices_are_saved(
+    settings: Settings, client: TestClient, engine: Engine
+) -> None:
+    client.post("/subscribe", data=FORM)
+    assert "You're in!" in client.post(f"/confirm/{_token(settings, engine, 'confirm')}").text
+    client.post("/subscribe", data={**FORM, "newsletter": "yes"})
+    page = client.post(f"/confirm/{_token(settings, engine, 'confirm')}")
+    assert page.status_code == 200
+    assert "Your choices are saved" in page.text
+    assert "You're in!" not in page.text
+    with session_scope(engine) as session:
+        ann = session.execute(select(Subscriber)).scalar_one()
+    assert ann.newsletter is True

@@ -21,6 +21,7 @@ from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
 from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
+from drip.keycheck import adopt_key
 from drip.logs import configure as configure_logs
 from drip.settings import Settings, SettingsError, load_settings
 
@@ -32,7 +33,9 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-newsletter_app = typer.Typer(help="Newsletters to every active subscriber.", no_args_is_help=True)
+newsletter_app = typer.Typer(
+    help="Newsletters to every active subscriber who agreed to them.", no_args_is_help=True
+)
 
 
 def _show_version(value: bool) -> None:
@@ -68,18 +71,24 @@ DEV_STATE = Path(".drip")
 
 
 def _ready(settings: Settings) -> None:
-    ensure_schema(get_engine(settings.database_url))
+    """The schema is current and the secret key is the database's (drip.keycheck)."""
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    adopt_key(engine, settings)
 
 
-def _dev_secret(name: str) -> str:
-    """A random value kept in .drip/ so links in caught mail keep working across restarts."""
-    path = DEV_STATE / name
+def _dev_secret(path: Path) -> str:
+    """A random value kept in .drip/ so links in caught mail keep working across restarts.
+
+    Made readable by its owner only, from the first byte: the file is created 0600.
+    """
     if path.is_file():
         return path.read_text().strip()
-    DEV_STATE.mkdir(exist_ok=True)
-    value = secrets.token_urlsafe(24)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
     return value
 
 
@@ -115,11 +124,11 @@ def dev(
 
     base = load_settings()
     overrides: dict[str, Any] = {}
-    if base.secret_key is None:
-        overrides["secret_key"] = _dev_secret("secret-key")
+    if base.secret_key is None:  # neither DRIP_SECRET_KEY nor the key file: make the file
+        overrides["secret_key"] = _dev_secret(base.secret_key_file)
     if base.admin_user is None:
         overrides["admin_user"] = "admin"
-        overrides["admin_password"] = _dev_secret("admin-password")
+        overrides["admin_password"] = _dev_secret(DEV_STATE / "admin-password")
     if minutes_per_day is not None:
         overrides["minutes_per_day"] = minutes_per_day
     if "DRIP_WORKER_INTERVAL" not in os.environ:
@@ -194,7 +203,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from drip.web.server import server_config
 
     settings = load_settings()
-    settings.require_secret()
     _ready(settings)
     configure_logs(settings.log_format)
     # Bounded heads, a head-read timeout, tokens kept out of the access log: drip.web.server.
@@ -223,7 +231,6 @@ def tick(
     from drip.sending.tick import run_pass
 
     settings = load_settings()
-    settings.require_secret()
     _ready(settings)
     configure_logs(settings.log_format)
     try:
@@ -364,7 +371,8 @@ def newsletter_send(
         bool, typer.Option("--dry-run", help="render and count, queue nothing")
     ] = False,
 ) -> None:
-    """Queue a newsletter for every active subscriber, once; the worker or `drip tick` sends it."""
+    """Queue a newsletter for every active subscriber who agreed to newsletters, once; the
+    worker or `drip tick` sends it."""
     from drip import newsletter
     from drip.db import session_scope
 
@@ -376,8 +384,12 @@ def newsletter_send(
     _ready(settings)
     if dry_run:
         with session_scope(engine) as session:
-            count = newsletter.count_active(session)
-        console().print(f"dry run: {letter.subject!r} would go to {count} active subscribers")
+            count = newsletter.count_recipients(session)
+        console().print(
+            f"dry run: {letter.subject!r} would go to {count} active subscribers "
+            "who agreed to newsletters",
+            soft_wrap=True,
+        )
         return
     with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("queuing", total=None)

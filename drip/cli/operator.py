@@ -23,6 +23,8 @@ from sqlalchemy import Engine
 from drip.cli.output import PROBLEMS, console, err, fail, print_lines, wide
 from drip.clock import utcnow
 from drip.db import ensure_schema, get_engine, read_scope
+from drip.keycheck import adopt_key
+from drip.models import Subscriber
 from drip.printable import one_line, printable
 from drip.sendlog import (
     KINDS,
@@ -203,6 +205,9 @@ def list_command(
     ] = None,
     email: Annotated[str | None, typer.Option(help="addresses starting with this")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="one JSON object a line: email, status, newsletter...")
+    ] = False,
 ) -> None:
     """Subscribers, newest first."""
     try:
@@ -212,6 +217,11 @@ def list_command(
     engine = _engine(load_settings())
     with read_scope(engine) as session:
         rows = list_subscribers(session, wanted)
+    if json_output:
+        for s in rows:
+            sys.stdout.write(json.dumps(subscriber_json(s), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
     if not rows:
         err().print("no subscribers match")
         return
@@ -228,7 +238,7 @@ def list_command(
         )
         return
     table = Table(pad_edge=False)
-    for name in ("id", "email", "name", "status", "time zone", "since (UTC)", "source"):
+    for name in ("id", "email", "name", "status", "news", "time zone", "since (UTC)", "source"):
         table.add_column(name, overflow="fold", no_wrap=name in ("id", "status", "since (UTC)"))
     for s in rows:
         table.add_row(
@@ -236,11 +246,29 @@ def list_command(
             Text(printable(s.email)),
             Text(printable(s.name)),
             Text(str(s.status)),
+            Text("yes" if s.newsletter else "no"),
             Text(s.timezone),
             Text(s.created_at.strftime("%Y-%m-%d %H:%M")),
             Text(s.consent_source),
         )
     out.print(table)
+
+
+def subscriber_json(s: Subscriber) -> dict[str, object]:
+    """One subscriber as `list --json` prints it (the contract's email, status, newsletter)."""
+    return {
+        "email": s.email,
+        "status": str(s.status),
+        "newsletter": s.newsletter,
+        "name": s.name,
+        "timezone": s.timezone,
+        "created_at": iso(s.created_at),
+        "confirmed_at": iso(s.confirmed_at) if s.confirmed_at else None,
+        "consent_source": s.consent_source,
+        "newsletter_at": iso(s.newsletter_at) if s.newsletter_at else None,
+        "newsletter_source": s.newsletter_source,
+        "source": s.source,
+    }
 
 
 # -- drip subscribers import ------------------------------------------------------------
@@ -251,7 +279,10 @@ def import_command(
     csv_file: Annotated[
         Path,
         typer.Argument(
-            help="CSV with a header: email, and optionally name, timezone (, ; or tab between)",
+            help=(
+                "CSV with a header: email, and optionally name, timezone, newsletter "
+                "(yes/no); commas, semicolons or tabs between"
+            ),
             exists=True,
             dir_okay=False,
             readable=True,
@@ -266,10 +297,11 @@ def import_command(
     ] = False,
 ) -> None:
     """Import subscribers. They become active (you vouch for their consent) and start the
-    course. Refused rows are listed by line; the others are imported. Exits 1 if any row
-    was refused."""
+    course; they get newsletters only where the `newsletter` column says yes. Refused rows
+    are listed by line; the others are imported. Exits 1 if any row was refused."""
     settings = load_settings()
     engine = _engine(settings)
+    adopt_key(engine, settings)  # links signed now must open later: the database's key only
     with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("importing", total=count_records(csv_file))
         try:
@@ -313,7 +345,7 @@ def export_command(
     ] = None,
 ) -> None:
     """Every subscriber as CSV: email, name, status, timezone, created_at, consent_at,
-    consent_source."""
+    consent_source, newsletter, newsletter_at, source."""
     engine = _engine(load_settings())
     count = count_subscribers(engine)
     with Progress(console=err(), transient=True) as bar:

@@ -114,6 +114,24 @@ def enqueue(session: Session, message: NewMessage, msgid_domain: str, now: datet
     return enqueue_many(session, [message], msgid_domain, now) == 1
 
 
+#: Statuses of a message that has not been sent yet but still will be.
+UNSENT = (OutboxStatus.queued, OutboxStatus.deferred, OutboxStatus.sending)
+
+
+def has_unsent(session: Session, subscriber_id: int, kind: MessageKind) -> bool:
+    """Whether a message of this kind to this subscriber is still on its way."""
+    found = session.execute(
+        select(col(OutboxMessage.id))
+        .where(
+            col(OutboxMessage.subscriber_id) == subscriber_id,
+            col(OutboxMessage.kind) == kind,
+            col(OutboxMessage.status).in_(UNSENT),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def claim(
     engine: Engine,
     worker: str,

@@ -56,6 +56,11 @@ def email_context(
         "course_title": course.title if course else "",
         **identity(settings, course.title if course else "").context(),
         "pack_url": None,
+        # Newsletters too? A repeated signup's choice counts once its link is followed,
+        # so the confirmation it asks for already speaks of it.
+        "newsletter": bool(
+            (subscriber.pending_signup or {}).get("newsletter", subscriber.newsletter)
+        ),
         "unsubscribe_url": None
         if row.kind == MessageKind.confirm
         else f"{base}/unsubscribe/{unsubscribe}",
@@ -107,11 +112,17 @@ class Preparer:
         """Render and build the message, or say why it must not be sent."""
         if subscriber is None:
             return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
+        # A confirmation goes to a pending subscriber, or to an active one who signed up
+        # again (drip.signup.subscribe); everything else only to an active one.
         wanted = (
-            SubscriberStatus.pending if row.kind == MessageKind.confirm else SubscriberStatus.active
+            (SubscriberStatus.pending, SubscriberStatus.active)
+            if row.kind == MessageKind.confirm
+            else (SubscriberStatus.active,)
         )
-        if subscriber.status != wanted:
+        if subscriber.status not in wanted:
             return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
+        if row.kind == MessageKind.newsletter and not subscriber.newsletter:
+            return Result(OutboxStatus.skipped, None, "the subscriber did not agree to newsletters")
         letter = self._newsletters.get(row.newsletter_id) if row.newsletter_id else None
         context = email_context(self.settings, self.secret, self.course, row, subscriber, letter)
         try:

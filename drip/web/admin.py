@@ -254,10 +254,13 @@ def _page_link(path: str, params: dict[str, Any]) -> str:
 # -- the router -----------------------------------------------------------------------------
 
 
-def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> APIRouter:
+def build_admin_router(
+    settings: Settings, *, failure_delay: float = 1.0, embed: str = ""
+) -> APIRouter:
     """Every /admin page and action; closed (503) until the admin login is set.
 
     `failure_delay`: the wait after a first wrong password, growing with each next one.
+    `embed`: the signup form for the author's own site (drip.web.embed), shown as is.
     """
     guard = AdminGuard(settings, step=failure_delay)
     engine = get_engine(settings.database_url)
@@ -313,6 +316,16 @@ def build_admin_router(settings: Settings, *, failure_delay: float = 1.0) -> API
             return refused_csrf(request)
         done = "resumed" if health.resume(engine, utcnow()) else "not-paused"
         return RedirectResponse(f"/admin?done={done}", 303)
+
+    @router.get("/embed", response_class=HTMLResponse)
+    def embed_page(request: Request) -> HTMLResponse:
+        return render(
+            request,
+            "embed.html",
+            snippet=embed,
+            origins=settings.cors_origin_list,
+            base_url=settings.base_url,
+        )
 
     @router.get("/log", response_class=HTMLResponse)
     def log(

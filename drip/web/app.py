@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import html
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
@@ -40,9 +42,10 @@ from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.identity import identity
-from drip.limits import SignupLimits
+from drip.limits import Admission, SignupLimits
 from drip.sending.message import PACK_FILENAME
-from drip.settings import Settings
+from drip.settings import Settings, SettingsError
+from drip.web import embed
 from drip.web.admin import build_admin_router
 from drip.web.metrics import build_metrics_router
 from drip.web.proxies import ClientAddress, client_ip, client_key
@@ -224,7 +227,10 @@ def create_app(settings: Settings) -> FastAPI:
     facts = _course_facts(settings)
     limits = SignupLimits.of(settings)
     writer = Writer(engine, settings, limits=limits)
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    try:  # the keys signed pack links may carry (serve refuses to start without a good one)
+        keys = settings.secret_keys()
+    except SettingsError:
+        keys = []
 
     app = FastAPI(
         docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(settings, engine)
@@ -240,7 +246,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Outermost, so every answer has the headers, a 500 from any layer below included.
     app.add_middleware(SecurityHeaders, https=settings.base_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.include_router(build_admin_router(settings))
+    app.include_router(build_admin_router(settings, embed=embed.snippet(settings.base_url, facts)))
     app.include_router(build_webhook_router(settings, engine))
     app.include_router(build_metrics_router(settings, engine))
 
@@ -258,45 +264,78 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def form(request: Request) -> HTMLResponse:
-        values = {"email": "", "name": "", "consent": False, "timezone": ""}
+        values = {
+            "email": "",
+            "name": "",
+            "consent": False,
+            "newsletter": False,
+            "timezone": "",
+            "source": request.query_params.get("source", "")[: signup.SOURCE_MAX],
+        }
         return page(request, "signup.html", values=values, errors={})
 
     @app.post("/subscribe", response_model=None)
     async def subscribe(request: Request) -> Response:
         wants_json = request.headers.get("content-type", "").startswith("application/json")
         fields = await _fields(request, wants_json)
+        if fields is not None:  # no `source` field: the posting page (its Referer) names it
+            referer = request.headers.get("referer", "")
+            fields["source"] = signup.clean_source(fields["source"], referer)
         checked = None if fields is None else signup.check(settings=settings, **fields)
         # Every post counts against the client (bots, typos and honeypot hits too); a
         # valid one also against the mailbox it names. In the database: every process.
         item = checked.signup if checked is not None else None
-        if not await writer.store(item, client_key(request)):
+        verdict = await writer.store(item, client_key(request))
+        if verdict != Admission.admitted:  # name the limit that refused it, and its real wait
             address = item.email if item is not None else None
-            limit, seconds = await run_in_threadpool(refusal, client_key(request), address)
-            return _slow_down(request, wants_json, limit, seconds)
+            seconds = await run_in_threadpool(refused_wait, verdict, client_key(request), address)
+            return _slow_down(request, wants_json, verdict, seconds)
         if fields is None or checked is None:
             return JSONResponse({"errors": {"form": "The request body is not valid."}}, 400)
         if checked.errors:
             if wants_json:
                 return JSONResponse({"errors": checked.errors}, status_code=422)
             return page(request, "signup.html", 422, values=fields, errors=checked.errors)
-        if wants_json:
-            return JSONResponse({"status": "ok"}, status_code=202)
+        if wants_json:  # the embed's script shows `message` in place of the form
+            return JSONResponse({"status": "ok", "message": thanks_text()}, status_code=202)
         return RedirectResponse("/thanks", status_code=303)
 
-    def refusal(client: str, address: str | None) -> tuple[str, float]:
+    def refused_wait(refused: Admission, client: str, address: str | None) -> float:
         with read_scope(engine) as session:
-            return limits.refusal(session, client, address, utcnow())
+            return limits.refused_wait(session, refused, client, address, utcnow())
 
-    def _slow_down(request: Request, wants_json: bool, limit: str, seconds: float) -> Response:
+    def _slow_down(
+        request: Request, wants_json: bool, limit: Admission, seconds: float
+    ) -> Response:
         """429 naming the real wait of the limit that was spent (drip.limits), and Retry-After."""
         wait = wait_in_words(seconds)
         headers = {"retry-after": str(max(1, math.ceil(seconds)))}
+        per_hour = settings.signups_per_address_per_hour
+        if wants_json and limit == Admission.mailbox:  # the same for every address: it tells nobody
+            text_ = (  # who is on the list, and says why no confirmation email follows
+                f"This address has been signed up {per_hour} times in the last hour, so we "
+                "haven't sent another confirmation email. Please look for the ones already "
+                f"sent (also in spam or promotions), or try again in {wait}."
+            )
+            return JSONResponse({"errors": {"email": text_}}, status_code=429, headers=headers)
         if wants_json:
             text_ = f"Too many signups just now. Please try again in {wait}."
             return JSONResponse({"errors": {"form": text_}}, status_code=429, headers=headers)
-        response = page(request, "slow-down.html", 429, limit=limit, wait=wait)
+        response = page(
+            request, "slow-down.html", 429, limit=limit.value, wait=wait, per_hour=per_hour
+        )
         response.headers.update(headers)
         return response
+
+    def thanks_text() -> str:
+        """What /thanks says, as plain text: the author's thanks.html (if overridden) is
+        also what the embed's script shows in place of the form."""
+        template = templates.env.get_template("thanks.html")
+        body = template.blocks.get("body")
+        if body is None:
+            return "Thank you. Please check your inbox."
+        marked_up = "".join(body(template.new_context(dict(facts))))
+        return " ".join(html.unescape(re.sub(r"<[^>]*>", " ", marked_up)).split())
 
     @app.get("/thanks", response_class=HTMLResponse)
     def thanks(request: Request) -> HTMLResponse:
@@ -329,6 +368,8 @@ def create_app(settings: Settings) -> FastAPI:
     def confirmed(request: Request, outcome: signup.Confirmation) -> HTMLResponse:
         if outcome == signup.Confirmation.confirmed:
             return page(request, "confirmed.html")
+        if outcome == signup.Confirmation.updated:  # a repeat signup's choices, now applied
+            return page(request, "choices-saved.html")
         if outcome == signup.Confirmation.already:
             return page(request, "already-confirmed.html")
         if outcome == signup.Confirmation.expired:
@@ -341,7 +382,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         with read_scope(engine) as session:
-            link = signup.unsubscribe_link(session, token[:100])
+            link = signup.unsubscribe_link(session, settings, token[:100])
         if link == signup.UnsubscribeLink.unknown:
             return _not_found(request)
         if link == signup.UnsubscribeLink.done:  # a second visit: nothing left to ask
@@ -353,7 +394,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Also the RFC 8058 one-click POST (body List-Unsubscribe=One-Click, no cookies):
         # the unguessable token in the URL is the credential, so no CSRF token is needed.
         with session_scope(engine) as session:
-            done = signup.unsubscribe(session, token[:100], utcnow())
+            done = signup.unsubscribe(session, settings, token[:100], utcnow())
         if not done:
             return _not_found(request)
         return page(request, "unsubscribed.html")
@@ -361,10 +402,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/pack/{token}", response_model=None)
     def pack(request: Request, token: str) -> Response:
         """The information pack, to the holder of a signed link (DRIP_PACK_DELIVERY=link)."""
-        if not secret:  # no key, no valid signature: never HMAC under an empty key
+        if not keys:  # no key, no valid signature: never HMAC under an empty key
             return _not_found(request)
         with session_scope(engine) as session:
-            found = pack_link.subscriber_for(session, secret, token[:100])
+            found = pack_link.subscriber_for(session, keys, token[:100])
             if found is None or found.id is None:
                 return _not_found(request)
             if not settings.info_pack.is_file():
@@ -444,12 +485,18 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, Any] | None:
         value = data.get(key, "")
         return value if isinstance(value, str) else ""
 
-    consent = data.get("consent")
+    def ticked(key: str) -> bool:
+        value = data.get(key)
+        return value is True or (
+            isinstance(value, str) and value.lower() in ("yes", "on", "true", "1")
+        )
+
     return {
         "email": text_of("email"),
         "name": text_of("name"),
-        "consent": consent is True
-        or (isinstance(consent, str) and consent.lower() in ("yes", "on", "true", "1")),
+        "consent": ticked("consent"),
+        "newsletter": ticked("newsletter"),
         "website": text_of("website"),
         "timezone": text_of("timezone"),
+        "source": text_of("source"),
     }

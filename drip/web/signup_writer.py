@@ -27,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from drip.clock import Clock, utcnow
 from drip.db import session_scope
-from drip.limits import SignupLimits, purge
+from drip.limits import Admission, SignupLimits, purge
 from drip.settings import Settings
 from drip.signup import Signup, store_many
 
@@ -41,7 +41,7 @@ ADMIT_TRIES = 3
 class _Job:
     signup: Signup | None
     client: str
-    future: Future[bool]
+    future: Future[Admission]
 
 
 class Writer:
@@ -69,15 +69,15 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._purged: datetime | None = None
 
-    async def store(self, item: Signup | None, client: str = "unknown") -> bool:
+    async def store(self, item: Signup | None, client: str = "unknown") -> Admission:
         """Once the post is counted and its signup (if any) committed: whether the limits
-        let it through. Raises what storing it raised."""
+        let it through, and if not, which one refused it. Raises what storing it raised."""
         return await asyncio.wrap_future(self.submit(item, client))
 
-    def submit(self, item: Signup | None, client: str = "unknown") -> Future[bool]:
+    def submit(self, item: Signup | None, client: str = "unknown") -> Future[Admission]:
         """`item`: a valid signup, or None for a post that stores nothing (still counted
         against `client`, the key drip.web.proxies gives the post's client)."""
-        future: Future[bool] = Future()
+        future: Future[Admission] = Future()
         with self._lock:
             self._queue.put(_Job(item, client, future))
             if self._thread is None:
@@ -104,15 +104,15 @@ class Writer:
                     break
             self._write(batch)
 
-    def _admit(self, batch: list[_Job], now: datetime) -> list[bool]:
+    def _admit(self, batch: list[_Job], now: datetime) -> list[Admission]:
         limits = self.limits
         if limits is None:
-            return [True] * len(batch)
+            return [Admission.admitted] * len(batch)
         for attempt in range(1, ADMIT_TRIES + 1):
             try:
                 with session_scope(self.engine) as session:
                     admitted = [
-                        limits.admit(
+                        limits.verdict(
                             session, job.client, job.signup.email if job.signup else None, now
                         )
                         for job in batch
@@ -134,7 +134,9 @@ class Writer:
             now = self.clock()
             admitted = self._admit(batch, now)
             signups = [
-                job.signup for job, ok in zip(batch, admitted, strict=True) if ok and job.signup
+                job.signup
+                for job, ok in zip(batch, admitted, strict=True)
+                if ok == Admission.admitted and job.signup
             ]
             if signups:
                 store_many(self.engine, self.settings, signups, now)
