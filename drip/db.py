@@ -255,6 +255,7 @@ def upgrade_sql(engine: Engine) -> str:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
 
     _reachable(engine)
     with engine.connect() as conn:
@@ -264,7 +265,13 @@ def upgrade_sql(engine: Engine) -> str:
         return "-- the database schema is up to date: nothing to run\n"
     output = io.StringIO()
     start = f"{current[0]}:head" if current else "head"
-    command.upgrade(_alembic_config(engine, output), start, sql=True)
+    try:
+        command.upgrade(_alembic_config(engine, output), start, sql=True)
+    except CommandError:
+        raise DatabaseError(
+            "this upgrade rebuilds SQLite tables, which cannot be printed ahead: "
+            "take a `drip backup FILE`, then run `drip db upgrade`"
+        ) from None
     return output.getvalue()
 
 

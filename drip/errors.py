@@ -7,6 +7,7 @@ own words. Anything else that escapes is a bug in drip.
 
     DripError
     ├── SettingsError       a DRIP_* setting is missing or wrong          (drip.settings)
+    │   └── KeyMismatch     the secret key is not the database's          (drip.keycheck)
     ├── DatabaseError       the database is unreachable or out of date    (drip.db)
     │   └── BackupError     a backup or restore cannot go ahead           (drip.backup)
     ├── CourseError         emails/course.toml, with every problem        (drip.course)
@@ -15,6 +16,7 @@ own words. Anything else that escapes is a bug in drip.
     ├── PackMissing         the built pack cannot be attached             (drip.sending.message)
     ├── Unaddressable       an address a message cannot carry             (drip.sending.message)
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
+    ├── AnswerRefused       an answer to a reader's question              (drip.replies)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
     ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
     ├── MailboxError        the bounce mailbox cannot be read             (drip.bounce_mailbox)

@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 
 from drip import verp
 from drip.db import session_scope
+from drip.errors import DripError
 from drip.models import (
     MessageKind,
     OutboxMessage,
@@ -269,7 +270,7 @@ def mark(session: Session, thread_id: int, status: QuestionStatus) -> int:
     return len(found)
 
 
-class AnswerRefused(ValueError):
+class AnswerRefused(DripError):
     """The answer cannot be sent; the message says why in one line."""
 
 

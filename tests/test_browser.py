@@ -103,7 +103,7 @@ def test_the_keyboard_skips_the_honeypot(site: tuple[str, Settings, Engine], pag
     for _ in range(3):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
-    assert order == ["name", "consent", "BUTTON"]
+    assert order == ["name", "consent", "newsletter", "BUTTON"]
     expect(page.locator("#website")).not_to_be_in_viewport()
 
 

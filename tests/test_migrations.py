@@ -110,8 +110,11 @@ def test_a_first_release_database_with_rows_upgrades_and_carries_on(
     with pytest.raises(DatabaseError, match="run `drip db upgrade`"):
         ensure_schema(engine)
 
-    planned = upgrade_sql(engine)
-    assert "ALTER TABLE" in planned or "CREATE TABLE" in planned
+    if empty_database_url.startswith("sqlite"):
+        with pytest.raises(DatabaseError, match="take a `drip backup FILE`"):
+            upgrade_sql(engine)
+    else:
+        assert "ALTER TABLE" in upgrade_sql(engine)
     assert schema_state(engine) == "outdated", "--sql runs nothing"
 
     upgrade(engine)

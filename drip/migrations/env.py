@@ -20,12 +20,22 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    with engine.begin() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=SQLModel.metadata,
-            render_as_batch=True,
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+    with engine.connect() as connection:
+        # SQLite rebuilds a table to alter it; with foreign keys on, dropping the old
+        # table would cascade and delete the rows that point at it (course progress).
+        raw = connection.connection.driver_connection if engine.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")  # outside a transaction, or it is ignored
+        try:
+            with connection.begin():
+                context.configure(
+                    connection=connection,
+                    target_metadata=SQLModel.metadata,
+                    render_as_batch=True,
+                    compare_type=True,
+                )
+                with context.begin_transaction():
+                    context.run_migrations()
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
