@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import OutboxStatus, SendBudget, Subscriber, SubscriberStatus
+from drip.sending.outbox import claim
 from drip.sending.tick import run_pass
 from drip.settings import Settings
 from tests.conftest import EMAILS, SettingsFactory
@@ -249,6 +251,33 @@ def test_two_workers_deliver_each_message_exactly_once(
     log = attempts(engine)
     assert len(log) == count
     assert {a.worker for a in log} == {"worker-0", "worker-1"}
+
+
+def test_a_send_that_outlasts_the_lease_is_never_taken_by_another_worker(
+    database_url: str, engine: Engine, make_settings: SettingsFactory
+) -> None:
+    sending = threading.Event()
+
+    def slow(_: object) -> None:
+        sending.set()
+        time.sleep(2.5)  # the server takes its time over DATA: over twice the lease
+
+    with serve(Recorder(on_data=slow)) as server:
+        settings = make_settings(database_url, server.port, lease_seconds=1.0)
+        [expected] = queue_lessons(engine, 1)
+        first = threading.Thread(target=lambda: asyncio.run(run_pass(settings, worker="w1")))
+        first.start()
+        assert sending.wait(10)
+        taken = []
+        while first.is_alive():  # a second worker asks for due rows all along
+            taken += claim(engine, "w2", utcnow(), 10, timedelta(seconds=1))
+            time.sleep(0.05)
+        first.join()
+        assert server.handler.message_ids() == [expected]
+    assert taken == []
+    [row] = outbox(engine)
+    assert row.status == OutboxStatus.sent
+    assert [a.worker for a in attempts(engine)] == ["w1"]
 
 
 def test_a_server_that_never_answers_times_out_and_keeps_the_mail(

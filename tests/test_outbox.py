@@ -19,6 +19,7 @@ from drip.sending.outbox import (
     enqueue_many,
     record,
     release,
+    renew,
 )
 from tests.conftest import truncate_pg
 
@@ -111,6 +112,19 @@ def test_only_the_lease_holder_moves_a_row_on(engine: Engine) -> None:
     assert row.next_attempt_at is None
     assert row.sent_at
     assert [a.worker for a in attempts] == ["w1", "w2"]
+
+
+def test_renewing_keeps_a_lease_only_for_its_holder(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(1), _message(2)], "example.com", utcnow())
+    now = utcnow()
+    [first] = claim(engine, "w1", now, 1, LEASE)
+    [second] = claim(engine, "w2", now, 1, LEASE)
+    _pass_database_time(engine, LEASE - timedelta(seconds=1))
+    assert renew(engine, "w1", [first.id, second.id], LEASE) == {first.id}  # type: ignore[list-item]
+    _pass_database_time(engine, timedelta(seconds=2))
+    # w1 renewed in time and keeps its row; w2 did not, and its row is free again.
+    assert [r.id for r in claim(engine, "w3", now, 10, LEASE)] == [second.id]
 
 
 def test_leases_run_on_the_database_clock_not_the_workers(engine: Engine) -> None:

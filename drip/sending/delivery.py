@@ -12,6 +12,7 @@ one message in flight on each connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import socket
@@ -37,7 +38,7 @@ from drip.models import (
 )
 from drip.progress import Pace
 from drip.sending.message import Envelope
-from drip.sending.outbox import Result, claim, record, release, retry_or_give_up
+from drip.sending.outbox import Result, claim, record, release, renew, retry_or_give_up
 from drip.sending.prepare import Preparer
 from drip.sending.ratelimit import Limiter
 from drip.sending.sender import Connection, Outcome, Verdict
@@ -53,6 +54,10 @@ LEASE_MARGIN = 0.2
 CLAIM_PER_SLOT = 8
 #: How often a long delivery run judges sender health again (drip.health).
 HEALTH_EVERY = timedelta(seconds=60)
+#: Leases in hand are renewed this many times per lease: a live worker never loses a row.
+RENEWALS_PER_LEASE = 3
+
+log = logging.getLogger("drip.sending.delivery")
 
 
 def worker_name() -> str:
@@ -115,6 +120,8 @@ class Delivery:
         slots = self.settings.smtp_concurrency
         # One batch waits in the queue while the next is claimed and rendered.
         queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=slots * CLAIM_PER_SLOT)
+        over = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_leases(over))
         try:
             # A failure in one task cancels the others, so nothing waits on a dead queue.
             async with asyncio.TaskGroup() as tasks:
@@ -122,6 +129,8 @@ class Delivery:
                 for _ in range(slots):
                     tasks.create_task(self._consume(queue))
         finally:
+            over.set()
+            await keeper
             await asyncio.to_thread(
                 release, self.engine, self.worker, list(self._in_hand), self.clock()
             )
@@ -190,6 +199,37 @@ class Delivery:
             finally:
                 self._committing = False
         await done
+
+    async def _keep_leases(self, over: asyncio.Event) -> None:
+        """Renew the leases of the rows in hand a few times per lease until the run is over.
+
+        Without it a send, or the commit of its outcome, that outlasts the lease lets
+        another worker take the row and send it again; with it only a dead or stalled
+        worker's rows run out.
+        """
+        every = self.settings.lease_seconds / RENEWALS_PER_LEASE
+        while True:
+            try:
+                await asyncio.wait_for(over.wait(), every)
+                return
+            except TimeoutError:
+                pass
+            held = self._in_hand.copy()
+            if held:
+                await asyncio.to_thread(self._renew, held)
+
+    def _renew(self, held: set[int]) -> None:
+        ends = time.monotonic() + self.settings.lease_seconds
+        try:
+            kept = renew(
+                self.engine, self.worker, held, timedelta(seconds=self.settings.lease_seconds)
+            )
+        except SQLAlchemyError as exc:
+            # The old leases stand, and no send starts near their end (_lease_short).
+            log.warning("could not renew the leases in hand: %s", exc.__class__.__name__)
+            return
+        for row_id in kept & self._lease_ends.keys():
+            self._lease_ends[row_id] = ends
 
     def _lease_short(self, row: OutboxMessage) -> bool:
         """Too little of the lease left to start a send. Timed from just before the claim

@@ -270,6 +270,29 @@ def record(
     return moved
 
 
+def renew(engine: Engine, worker: str, ids: Iterable[int], lease: timedelta) -> set[int]:
+    """Extend the lease on rows `worker` still holds; returns the ids it kept.
+
+    A live worker renews what it holds, so only a dead (or stalled) worker's rows are
+    ever taken again: a slow send or a slow commit of its outcome never lets a second
+    worker resend what the first has already sent.
+    """
+    id_list = list(ids)
+    if not id_list:
+        return set()
+    table = table_of(OutboxMessage)
+    with session_scope(engine) as session:
+        kept = session.execute(
+            update(table)
+            .where(table.c.id.in_(id_list))
+            .where(table.c.leased_by == worker)
+            .where(table.c.status == OutboxStatus.sending)
+            .values(lease_until=database_now(engine, lease))
+            .returning(table.c.id)
+        ).scalars()
+        return set(kept)
+
+
 def release(engine: Engine, worker: str, ids: Iterable[int], now: datetime) -> int:
     """Hand back rows claimed but not attempted, e.g. on shutdown, so others take them at once."""
     id_list = list(ids)
