@@ -13,9 +13,9 @@ import statistics
 import time
 
 from bench.databases import database
-from bench.population import add_subscribers
+from bench.population import grow, label
 from bench.report import Figure, info, under
-from bench.tick import EMAILS, label
+from bench.tick import EMAILS
 from drip import metrics
 from drip.clock import utcnow
 from drip.course import load_course
@@ -45,12 +45,7 @@ def measure(sizes: list[int], renders: int) -> list[Figure]:
     now = utcnow()
     with database("postgresql") as url:
         engine = get_engine(url)
-        have = 0
-        for size in sizes:
-            began = time.perf_counter()
-            add_subscribers(engine, have + 1, size + 1, now, course)
-            have = size
-            print(f"  postgresql {label(size)}: filled in {time.perf_counter() - began:.1f} s")
+        for size in grow(engine, "postgresql", sizes, now, course):
             took = render_s(url, renders)
             name = f"postgresql {label(size)}: /metrics render (median of {renders})"
             if size == TARGET_AT:

@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.databases import database
-from bench.population import add_subscribers
+from bench.population import grow, label
 from bench.report import Figure, info, under
 from bench.sink import Sink, sink
 from drip.clock import utcnow
@@ -160,10 +160,6 @@ def send_for(env: dict[str, str], mail: Sink, window: float, cwd: Path) -> tuple
     return Run(seconds, rss, output), sent
 
 
-def label(size: int) -> str:
-    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
-
-
 def measure(sizes: list[int], window: float) -> list[Figure]:
     figures: list[Figure] = []
     worker_rss: dict[int, float] = {}
@@ -176,10 +172,7 @@ def measure(sizes: list[int], window: float) -> list[Figure]:
         letter = Path(folder) / "spring.md"
         letter.write_text(LETTER)
         env = environment(url, mail.port)
-        have = 0
-        for size in sizes:
-            add_subscribers(engine, have + 1, size + 1, utcnow(), None)
-            have = size
+        for size in grow(engine, "postgresql", sizes, utcnow(), None):
             with engine.begin() as conn:  # each size starts with an empty outbox
                 conn.execute(text("TRUNCATE delivery_attempt, outbox, newsletter"))
             queued = queue_newsletter(env, letter, timeout=600)

@@ -12,6 +12,7 @@ due until `make_due` says so.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -334,3 +335,21 @@ def undo_due(engine: Engine, upto: int, now: datetime) -> None:
             ),
             {"at": value, "every": DUE_EVERY, "upto": upto},
         )
+
+
+def label(size: int) -> str:
+    """A population size as the figures name it: 10k, 1M."""
+    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
+
+
+def grow(
+    engine: Engine, kind: str, sizes: Iterable[int], now: datetime, course: Course | None
+) -> Iterator[int]:
+    """Fill the database up to each of `sizes` in turn, yielding each size once it is there."""
+    have = 0
+    for size in sizes:
+        began = time.perf_counter()
+        add_subscribers(engine, have + 1, size + 1, now, course)
+        have = size
+        print(f"  {kind} {label(size)}: filled in {time.perf_counter() - began:.1f} s")
+        yield size

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench.databases import database
-from bench.population import add_subscribers, make_due, undo_due
+from bench.population import grow, label, make_due, undo_due
 from bench.report import Figure, info, under
 from drip.clock import utcnow
 from drip.course import load_course
@@ -45,10 +45,6 @@ def settings_for(url: str) -> Settings:
         smtp_port=9,  # nothing is sent: a pass that tried would fail loudly
         _env_file=None,
     )
-
-
-def label(size: int) -> str:
-    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
 
 
 def idle_pass_ms(settings: Settings, passes: int) -> float:
@@ -94,12 +90,7 @@ def measure(kind: str, sizes: list[int], passes: int) -> list[Figure]:
     with database(kind) as url:
         settings = settings_for(url)
         engine = get_engine(url)
-        have = 0
-        for size in sizes:
-            began = time.perf_counter()
-            add_subscribers(engine, have + 1, size + 1, now, course)
-            have = size
-            print(f"  {kind} {label(size)}: filled in {time.perf_counter() - began:.1f} s")
+        for size in grow(engine, kind, sizes, now, course):
             idle = idle_pass_ms(settings, passes)
             name = f"{kind} {label(size)}: pass, nothing due (median of {passes})"
             if size == TARGET_AT:
