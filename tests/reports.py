@@ -1,14 +1,40 @@
 """Bounce and complaint reports as real MTAs and mailbox providers write them, for tests.
 
 A delivery status notification (RFC 3464) as Postfix sends it, and a complaint
-report (ARF, RFC 5965) as a feedback loop sends it, each quoting the original.
+report (ARF, RFC 5965) as a feedback loop sends it, each quoting the original; the
+tagged address a report goes to, and what the report did to message and subscriber.
 """
 
 from __future__ import annotations
 
 from email.utils import format_datetime, make_msgid
 
+from sqlalchemy import Engine
+
+from drip import verp
 from drip.clock import utcnow
+from drip.db import session_scope
+from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from tests.conftest import SECRET
+
+#: DRIP_BOUNCE_DOMAIN in these tests.
+DOMAIN = "bounces.example.com"
+
+
+def tagged_address(row: OutboxMessage) -> str:
+    """The VERP address `row` went out with: where its bounces come back to."""
+    assert row.id is not None
+    return verp.address(SECRET, DOMAIN, row.id, row.message_id)
+
+
+def states(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, OutboxStatus]:
+    """The subscriber's status and the message's, as they are now."""
+    with session_scope(engine) as session:
+        sub = session.get(Subscriber, row.subscriber_id)
+        message = session.get(OutboxMessage, row.id)
+        assert sub is not None
+        assert message is not None
+        return sub.status, message.status
 
 
 def _headers(original: bytes) -> str:

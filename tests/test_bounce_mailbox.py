@@ -9,18 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from drip import verp
 from drip.bounce_mailbox import MailboxError, drain, parse_url, setting_problems
-from drip.db import session_scope
-from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.models import OutboxStatus, SubscriberStatus
 from drip.settings import Settings, SettingsError, load_settings
 from tests.conftest import SECRET, SettingsFactory
 from tests.dovecot import Dovecot, dovecot
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
-from tests.reports import arf, dsn, forged_original
+from tests.reports import DOMAIN, arf, dsn, forged_original, states, tagged_address
 
-DOMAIN = "bounces.example.com"
 VACATION = (
     b"From: reader@example.com\r\nTo: bounces@bounces.example.com\r\n"
     b"Subject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nAway until Monday.\r\n"
@@ -46,20 +43,6 @@ def with_mailbox(
     )
 
 
-def _address(row: OutboxMessage) -> str:
-    assert row.id is not None
-    return verp.address(SECRET, DOMAIN, row.id, row.message_id)
-
-
-def _states(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, OutboxStatus]:
-    with session_scope(engine) as session:
-        sub = session.get(Subscriber, row.subscriber_id)
-        message = session.get(OutboxMessage, row.id)
-        assert sub is not None
-        assert message is not None
-        return sub.status, message.status
-
-
 @pytest.mark.parametrize("scheme", ["imap", "pop3"])
 def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
     scheme: str,
@@ -75,7 +58,7 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
     original = recorder.raw[-1]
     kept, _ = lesson_sent(settings, "kept@example.com")
     forged = f"bounces+{kept.id}-{'a' * 12}@{DOMAIN}"
-    mailbox.deliver(dsn(to=_address(row), recipient="gone@example.com", original=original))
+    mailbox.deliver(dsn(to=tagged_address(row), recipient="gone@example.com", original=original))
     mailbox.deliver(
         dsn(to=forged, recipient="kept@example.com", original=forged_original("kept@example.com"))
     )
@@ -85,11 +68,11 @@ def test_a_dsn_in_the_mailbox_bounces_its_subscriber_and_only_it_is_deleted(
     assert report.mailbox is not None
     assert report.mailbox_error is None
     assert (report.mailbox.read, report.mailbox.recorded, report.mailbox.left) == (3, 1, 2)
-    assert _states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
-    assert _states(engine, kept) == (SubscriberStatus.active, OutboxStatus.sent)
+    assert states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    assert states(engine, kept) == (SubscriberStatus.active, OutboxStatus.sent)
     left = mailbox.messages()
     assert len(left) == 2
-    assert not any(_address(row).encode() in raw for raw, _ in left)
+    assert not any(tagged_address(row).encode() in raw for raw, _ in left)
     if scheme == "imap":
         # What drip could not use is marked read, left for a person, and not read again.
         assert all(seen for _, seen in left)
@@ -109,16 +92,18 @@ def test_recorded_mail_can_be_moved_to_a_folder_instead(
     url = mailbox.url("imap") + "?processed=drip%20recorded"
     settings = with_mailbox(url)
     row, sent_at = lesson_sent(settings, "moved@example.com")
-    mailbox.deliver(dsn(to=_address(row), recipient="moved@example.com", original=recorder.raw[-1]))
+    mailbox.deliver(
+        dsn(to=tagged_address(row), recipient="moved@example.com", original=recorder.raw[-1])
+    )
     mailbox.deliver(VACATION)
     for minutes in (5, 10):  # the second pass finds the folder already there
         report = tick(settings, sent_at + timedelta(minutes=minutes))
         assert report.mailbox_error is None
-    assert _states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    assert states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
     [(vacation, _)] = mailbox.messages()
     assert b"Out of office" in vacation
     [(moved, _)] = mailbox.messages("drip recorded")
-    assert _address(row).encode() in moved
+    assert tagged_address(row).encode() in moved
 
 
 def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
@@ -132,12 +117,14 @@ def test_an_arf_complaint_in_the_mailbox_stops_all_mail(
     settings = with_mailbox(mailbox.url("imap"))
     row, sent_at = lesson_sent(settings, "angry@example.com")
     # A feedback loop writes to its own address; the original's Return-Path names the message.
-    mailbox.deliver(arf(to="fbl@example.com", original=recorder.raw[-1], return_path=_address(row)))
+    mailbox.deliver(
+        arf(to="fbl@example.com", original=recorder.raw[-1], return_path=tagged_address(row))
+    )
     sent = len(recorder.raw)
     report = tick(settings, sent_at + timedelta(days=30))
     assert report.mailbox is not None
     assert report.mailbox.recorded == 1
-    assert _states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
+    assert states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
     assert len(recorder.raw) == sent
     assert mailbox.messages() == []
 

@@ -12,14 +12,13 @@ from drip.bounces import parse, read, severity, take
 from drip.clock import utcnow
 from drip.db import session_scope
 from drip.feedback import Kind, Recorded
-from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.models import OutboxStatus, Subscriber, SubscriberStatus
 from drip.settings import Settings
-from tests.conftest import SECRET, SettingsFactory
+from tests.conftest import SettingsFactory
 from tests.factories import lesson_sent, subscriber
 from tests.mailserver import MailServer, Recorder
-from tests.reports import arf, dsn, forged_original
+from tests.reports import DOMAIN, arf, dsn, forged_original, states, tagged_address
 
-DOMAIN = "bounces.example.com"
 SAMPLES = Path(__file__).parent / "data" / "bounces"
 
 
@@ -91,31 +90,19 @@ def bounce_settings(
     return make_settings(database_url, mail_server.port, bounce_domain=DOMAIN)
 
 
-def _status(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, OutboxStatus]:
-    with session_scope(engine) as session:
-        sub = session.get(Subscriber, row.subscriber_id)
-        message = session.get(OutboxMessage, row.id)
-        assert sub is not None
-        assert message is not None
-        return sub.status, message.status
-
-
-def _address(row: OutboxMessage) -> str:
-    assert row.id is not None
-    return verp.address(SECRET, DOMAIN, row.id, row.message_id)
-
-
 def test_a_dsn_to_the_tagged_address_bounces_the_subscriber_named_by_the_tag(
     bounce_settings: Settings, engine: Engine, recorder: Recorder
 ) -> None:
     row, _ = lesson_sent(bounce_settings, "gone@example.com")
     bystander = subscriber(bounce_settings, "bystander@example.com")
     # The report names another subscriber as the failed recipient: that is not believed.
-    report = dsn(to=_address(row), recipient="bystander@example.com", original=recorder.raw[-1])
-    tag = verp.split(_address(row))[1]
+    report = dsn(
+        to=tagged_address(row), recipient="bystander@example.com", original=recorder.raw[-1]
+    )
+    tag = verp.split(tagged_address(row))[1]
     outcome = take(engine, bounce_settings, report, utcnow(), source="inbound", envelope_tag=tag)
     assert outcome == Recorded.recorded
-    assert _status(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    assert states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
     with session_scope(engine) as session:
         other = session.get(Subscriber, bystander.id)
         assert other is not None
@@ -130,10 +117,10 @@ def test_when_the_envelope_is_lost_the_quoted_return_path_still_names_the_messag
         to="bounces@relay.example.org",
         recipient="lost@example.com",
         original=recorder.raw[-1],
-        return_path=_address(row),
+        return_path=tagged_address(row),
     )
     assert take(engine, bounce_settings, report, utcnow(), source="mailbox") == Recorded.recorded
-    assert _status(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    assert states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
 
 
 def test_when_a_relay_rewrote_the_return_path_the_quoted_header_names_the_message(
@@ -148,7 +135,7 @@ def test_when_a_relay_rewrote_the_return_path_the_quoted_header_names_the_messag
     assert take(engine, bounce_settings, complaint, utcnow(), source="mailbox") == (
         Recorded.recorded
     )
-    assert _status(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
+    assert states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
 
 
 def test_forged_and_unsigned_reports_change_nothing(
@@ -172,7 +159,7 @@ def test_forged_and_unsigned_reports_change_nothing(
                 engine, bounce_settings, data, utcnow(), source="inbound", envelope_tag=envelope_tag
             )
             assert outcome == Recorded.unknown
-    assert _status(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
+    assert states(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
 
 
 def test_a_delay_warning_changes_nothing(
@@ -180,11 +167,11 @@ def test_a_delay_warning_changes_nothing(
 ) -> None:
     row, _ = lesson_sent(bounce_settings, "slow@example.com")
     report = dsn(
-        to=_address(row),
+        to=tagged_address(row),
         recipient="slow@example.com",
         original=recorder.raw[-1],
         action="delayed",
         status="4.4.1",
     )
     assert take(engine, bounce_settings, report, utcnow(), source="inbound") == Recorded.unknown
-    assert _status(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
+    assert states(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)

@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from drip import verp
-from drip.db import session_scope
 from drip.inbound import ROUTES, route
-from drip.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from drip.models import OutboxStatus, SubscriberStatus
 from drip.settings import Settings
 from tests.conftest import SECRET, SettingsFactory
 from tests.factories import lesson_sent, tick
 from tests.mailserver import MailServer, Recorder, free_port
 from tests.processes import start_inbound
-from tests.reports import arf, dsn, forged_original
-
-DOMAIN = "bounces.example.com"
+from tests.reports import DOMAIN, arf, dsn, forged_original, states, tagged_address
 
 
 @pytest.fixture
@@ -42,20 +38,6 @@ def inbound_port(bounce_settings: Settings, tmp_path: Path) -> Iterator[int]:
         process.wait(timeout=10)
 
 
-def _address(row: OutboxMessage) -> str:
-    assert row.id is not None
-    return verp.address(SECRET, DOMAIN, row.id, row.message_id)
-
-
-def _states(engine: Engine, row: OutboxMessage) -> tuple[SubscriberStatus, OutboxStatus]:
-    with session_scope(engine) as session:
-        sub = session.get(Subscriber, row.subscriber_id)
-        message = session.get(OutboxMessage, row.id)
-        assert sub is not None
-        assert message is not None
-        return sub.status, message.status
-
-
 def _send(port: int, to: str, data: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("", [to], data)  # a bounce has the null sender
@@ -65,9 +47,9 @@ def test_a_dsn_for_a_lesson_bounces_its_subscriber(
     bounce_settings: Settings, engine: Engine, recorder: Recorder, inbound_port: int
 ) -> None:
     row, sent_at = lesson_sent(bounce_settings, "gone@example.com")
-    report = dsn(to=_address(row), recipient="gone@example.com", original=recorder.raw[-1])
-    _send(inbound_port, _address(row), report)  # 250 once recorded
-    assert _states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
+    report = dsn(to=tagged_address(row), recipient="gone@example.com", original=recorder.raw[-1])
+    _send(inbound_port, tagged_address(row), report)  # 250 once recorded
+    assert states(engine, row) == (SubscriberStatus.bounced, OutboxStatus.bounced)
     sent = len(recorder.raw)
     tick(bounce_settings, sent_at + timedelta(days=30))
     assert len(recorder.raw) == sent
@@ -77,8 +59,8 @@ def test_an_arf_complaint_stops_all_mail(
     bounce_settings: Settings, engine: Engine, recorder: Recorder, inbound_port: int
 ) -> None:
     row, sent_at = lesson_sent(bounce_settings, "angry@example.com")
-    _send(inbound_port, _address(row), arf(to=_address(row), original=recorder.raw[-1]))
-    assert _states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
+    _send(inbound_port, tagged_address(row), arf(to=tagged_address(row), original=recorder.raw[-1]))
+    assert states(engine, row) == (SubscriberStatus.complained, OutboxStatus.complained)
     sent = len(recorder.raw)
     tick(bounce_settings, sent_at + timedelta(days=30))
     assert len(recorder.raw) == sent
@@ -106,7 +88,7 @@ def test_forged_unsigned_and_foreign_mail_changes_nothing(
         client.mail("")
         codes = [client.rcpt(f"bounces+{n}-{'a' * 12}@{DOMAIN}")[0] for n in range(12)]
     assert codes == [250] * 10 + [452] * 2
-    assert _states(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
+    assert states(engine, row) == (SubscriberStatus.active, OutboxStatus.sent)
 
 
 def test_routes_by_the_local_part_on_the_bounce_domain_only() -> None:
