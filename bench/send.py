@@ -4,28 +4,37 @@
 with the same concurrency and reused connections, no database; (b) drip's path:
 claim from the outbox, render, build, send, record, with the rate limit off. Both
 send to the same counting aiosmtpd sink in its own process, in the same run.
+drip's CPU per message is split by phase: each phase's own thread CPU time
+(`time.thread_time`, so a loaded machine slows it less than wall time), and what is
+left of the process's CPU is the SMTP client and the event loop.
 Then 1, 2 and 4 `drip tick` processes drain one PostgreSQL outbox together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 from sqlalchemy import func, insert, select
 
 from bench.databases import database
-from bench.report import Figure, at_least, info
+from bench.report import Figure, at_least, info, under
 from bench.sink import Sink, sink
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, MessageKind, OutboxMessage, OutboxStatus, Subscriber
+from drip.sending import delivery as delivery_module
+from drip.sending import prepare as prepare_module
 from drip.sending.delivery import Delivery
 from drip.sending.message import Envelope
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
@@ -36,6 +45,9 @@ CONCURRENCY = 4
 LESSON = "lesson-02-finding-trigger-points"
 SECRET = "bench-secret-key-0123456789abcdef"
 TARGET_RATIO = 0.9
+TARGET_CPU_MS = 1.0
+#: Phases timed on their own; "SMTP client and event loop" is the rest of the process's CPU.
+PHASES = ("claim and read", "render", "compose", "record")
 
 
 def bench_settings(url: str, port: int) -> Settings:
@@ -146,18 +158,60 @@ def ceiling(box: Sink, count: int) -> float:
     return count / elapsed
 
 
-def drip_path(box: Sink, kind: str, count: int) -> float:
-    """Messages per second of drip's delivery, in this process, claim to send log."""
+def _timed(spent: dict[str, float], phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[phase] = spent.get(phase, 0.0) + time.thread_time() - began
+
+    return timed
+
+
+@contextmanager
+def phases() -> Iterator[dict[str, float]]:
+    """CPU seconds per phase of drip's delivery while the block runs (see the docstring)."""
+    spent: dict[str, float] = {}
+    patched = [
+        (delivery_module.Delivery, "_claim", "claim and read"),
+        (delivery_module.Delivery, "_finish", "record"),
+        (prepare_module, "render_email", "render"),
+        (prepare_module, "compose", "compose"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patched]
+    for owner, name, phase in patched:
+        setattr(owner, name, _timed(spent, phase, getattr(owner, name)))
+    began = time.process_time()
+    try:
+        yield spent
+    finally:
+        total = time.process_time() - began
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        # _claim's own figure includes the rendering and composing it calls.
+        spent["claim and read"] = (
+            spent.get("claim and read", 0.0) - spent.get("render", 0.0) - spent.get("compose", 0.0)
+        )
+        spent["SMTP client and event loop"] = total - sum(spent[p] for p in PHASES if p in spent)
+        spent["total"] = total
+
+
+def drip_path(box: Sink, kind: str, count: int) -> tuple[float, dict[str, float]]:
+    """Messages per second of drip's delivery, in this process, claim to send log, and
+    its CPU milliseconds per message by phase."""
     with database(kind) as url:
         seed(url, count)
         settings = bench_settings(url, box.port)
         delivery = Delivery(settings, get_engine(url), worker="bench", clock=utcnow)
-        began = time.perf_counter()
-        report = asyncio.run(delivery.run())
-        elapsed = time.perf_counter() - began
+        with phases() as spent:
+            began = time.perf_counter()
+            report = asyncio.run(delivery.run())
+            elapsed = time.perf_counter() - began
         if report.total != count or sent(url) != count:
             raise RuntimeError(f"drip sent {sent(url)} of {count}: {report.counts}")
-    return count / elapsed
+    return count / elapsed, {phase: s * 1000 / count for phase, s in spent.items()}
 
 
 def workers(box: Sink, processes: int, count: int) -> float:
@@ -203,9 +257,12 @@ def run(quick: bool) -> list[Figure]:
         top = ceiling(box, count)
         figures.append(info("send", f"(a) bare aiosmtplib, {count:,} msgs", top, "msg/s"))
         for kind in ("sqlite", "postgresql"):
-            rate = drip_path(box, kind, count)
+            rate, cpu = drip_path(box, kind, count)
             figures.append(info("send", f"(b) drip on {kind}, {count:,} msgs", rate, "msg/s"))
             figures.append(at_least("send", f"ratio b/a on {kind}", rate / top, "", TARGET_RATIO))
+            total = cpu.pop("total")
+            figures.append(under("send", f"CPU per message on {kind}", total, "ms", TARGET_CPU_MS))
+            figures += [info("send", f"  {phase} on {kind}", ms, "ms") for phase, ms in cpu.items()]
         single = None
         for processes in (1, 2, 4):
             rate = workers(box, processes, scaling)
