@@ -67,6 +67,11 @@ bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 	  $$S apt-get install -y -qq wrk || { $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }; \
 	} >/dev/null 2>&1 || echo "wrk could not be installed: bench signup falls back to httpx"
+	@# Postfix as a second, real receiving MTA (bench/postfix.py runs a private instance).
+	@command -v postfix >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$S debconf-set-selections; \
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix; \
+	} >/dev/null 2>&1 || echo "postfix could not be installed: bench send compares against aiosmtpd only"
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

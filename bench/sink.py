@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from typing import Any, Protocol
 
 
 def free_port() -> int:
@@ -37,6 +37,18 @@ def _serve(port: int, count: Synchronized[int], ready: Any) -> None:
     ready.set()
     while True:
         time.sleep(3600)
+
+
+class Receiver(Protocol):
+    """An SMTP server the benches send to: this sink, or a real MTA (bench/postfix.py)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def received(self) -> int: ...
+
+    def wait_for(self, total: int, timeout: float) -> None: ...
 
 
 @dataclass
