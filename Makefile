@@ -21,7 +21,7 @@ INSTALL_DRIP = $(BIN)/python -m pip install --quiet --no-deps -e . && \
 LINTED := drip tests bench scheduler.py
 
 # What the tests talk to, from Debian's packages: `command=package` (a command or a path).
-TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils /usr/lib/dovecot/imap=dovecot-imapd /usr/lib/dovecot/pop3=dovecot-pop3d /usr/sbin/nginx=nginx-light
+TEST_PACKAGES := chromium=chromium pdftoppm=poppler-utils /usr/lib/dovecot/imap=dovecot-imapd /usr/lib/dovecot/pop3=dovecot-pop3d /usr/sbin/nginx=nginx-light /usr/bin/caddy=caddy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, select
@@ -78,6 +79,40 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
+def serving(
+    command: list[str],
+    health: str,
+    log: Path,
+    *,
+    stop: signal.Signals = signal.SIGTERM,
+    **popen: Any,
+) -> Iterator[None]:
+    """Run `command` (its output to `log`) until `health` answers 200, for the block;
+    then stop it with `stop`, and kill it if it has not gone within 20 s."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
+    try:
+        wait_until(  # generous: on a busy shared machine start-up alone can take 30 s
+            lambda: _answers(health),
+            90,
+            Path(command[0]).name,
+            abort=lambda: (
+                None
+                if process.poll() is None
+                else f"it exited ({process.returncode}): {log.read_text()[-2000:]}"
+            ),
+        )
+        yield
+    finally:
+        process.send_signal(stop)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextmanager
 def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
     """A real `drip serve` process on a free loopback port; yields its base URL.
 
@@ -94,34 +129,10 @@ def drip_serve(settings: Settings, log: Path, **env: str) -> Iterator[str]:
         "DRIP_CATCHER_DIR": str(settings.catcher_dir),
         **env,
     }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "drip.cli", "serve", "--port", str(port)],
-            env=environment,
-            cwd=log.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(  # generous: on a busy shared machine start-up alone can take 30 s
-            lambda: _answers(f"{base}/healthz"),
-            90,
-            "drip serve",
-            abort=lambda: (
-                None
-                if process.poll() is None
-                else f"it exited ({process.returncode}): {log.read_text()[-2000:]}"
-            ),
-        )
+    command = [sys.executable, "-m", "drip.cli", "serve", "--port", str(port)]
+    with serving(command, f"{base}/healthz", log, env=environment, cwd=log.parent):
         yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def start_inbound(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -1,8 +1,9 @@
-"""deploy/: the systemd units parse, and the nginx site's proxy block, in front of a real
-`drip serve`, hands drip the reader's address and not one a visitor forged."""
+"""deploy/: the systemd units parse, and the nginx and Caddy examples, in front of a real
+`drip serve`, hand drip the reader's address and not one a visitor forged."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -22,16 +23,15 @@ from drip.settings import Settings
 from drip.subscribers import confirm_salt
 from drip.tokens import make_token
 from tests.mailserver import free_port
-from tests.processes import drip_serve
-from tests.waiting import wait_until
+from tests.processes import drip_serve, serving
 
 pytestmark = pytest.mark.process
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 FORM = {"email": "ann@example.com", "name": "Ann", "consent": "yes", "website": ""}
-#: The reader, as nginx sees them: another loopback address than nginx's own 127.0.0.1,
-#: which is the trusted proxy.
+#: The reader, as the proxy sees them: another loopback address than the proxy's own
+#: 127.0.0.1, which is the trusted one.
 READER = "127.0.0.2"
 
 
@@ -113,61 +113,68 @@ def nginx(tmp_path: Path, upstream: int) -> Iterator[str]:
         f"    server {{\n        listen 127.0.0.1:{port};\n        server_name localhost;\n"
         f"{location}    }}\n}}\n"
     )
-    process = subprocess.Popen(
-        [binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            httpx.get(f"{base}/healthz", timeout=2)
-            return True
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(
-            up,
-            30,
-            "nginx",
-            abort=lambda: (
-                None
-                if process.poll() is None
-                else f"it exited ({process.returncode}): {(root / 'error.log').read_text()}"
-            ),
-        )
+    command = [binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", "stderr"]
+    with serving(command, f"{base}/healthz", root / "nginx.log", stop=signal.SIGQUIT):
         yield base
-    finally:
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
-def _nginx_installed() -> bool:
-    return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+def caddy_site() -> str:
+    """The site block of deploy/caddy/Caddyfile, as written there."""
+    text = (DEPLOY / "caddy" / "Caddyfile").read_text()
+    found = re.search(r"^course\.example\.com \{\n.*?^\}\n", text, re.M | re.S)
+    assert found, "deploy/caddy/Caddyfile has no `course.example.com {` block"
+    assert "reverse_proxy 127.0.0.1:8000" in found.group(0)
+    return found.group(0)
 
 
-@pytest.mark.skipif(not _nginx_installed(), reason="nginx is not installed (make test installs it)")
-def test_a_signup_through_the_nginx_example_records_the_readers_address(
-    settings: Settings, engine: Engine, tmp_path: Path
+@contextmanager
+def caddy(tmp_path: Path, upstream: int) -> Iterator[str]:
+    """Caddy with the example's site block, served as plain HTTP on loopback."""
+    port = free_port()
+    root = tmp_path / "caddy"
+    root.mkdir()
+    site = (
+        caddy_site()
+        .replace("course.example.com", f"http://127.0.0.1:{port}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{upstream}")
+    )
+    (root / "Caddyfile").write_text("{\n\tadmin off\n}\n\n" + site)
+    base = f"http://127.0.0.1:{port}"
+    command = ["caddy", "run", "--adapter", "caddyfile", "--config", str(root / "Caddyfile")]
+    # Caddy keeps state under $HOME and the XDG folders: the test's own, not the machine's.
+    env = {
+        **os.environ,
+        "HOME": str(root),
+        "XDG_DATA_HOME": str(root),
+        "XDG_CONFIG_HOME": str(root),
+    }
+    with serving(command, f"{base}/healthz", root / "caddy.log", env=env):
+        yield base
+
+
+PROXIES = {"nginx": (nginx, "/usr/sbin/nginx"), "caddy": (caddy, "/usr/bin/caddy")}
+
+
+@pytest.mark.parametrize("proxy", sorted(PROXIES))
+def test_a_signup_through_the_proxy_example_records_the_readers_address(
+    proxy: str, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
+    start, binary = PROXIES[proxy]
+    if shutil.which(proxy) is None and not Path(binary).exists():
+        pytest.fail(f"{proxy} is not installed: make test installs it (scripts/system-packages.sh)")
     env = {"DRIP_TRUSTED_PROXIES": "127.0.0.1"}
     with drip_serve(settings, tmp_path / "serve.log", **env) as direct:
         upstream = int(direct.rsplit(":", 1)[1])
         with (
-            nginx(tmp_path, upstream) as base,
+            start(tmp_path, upstream) as base,
             httpx.Client(
                 base_url=base,
                 transport=httpx.HTTPTransport(local_address=READER),
                 timeout=10,
             ) as reader,
         ):
-            # The visitor forges X-Forwarded-For; nginx appends the address it saw.
+            # The visitor forges X-Forwarded-For; the proxy replaces or appends what it saw.
             forged = {"X-Forwarded-For": "6.6.6.6"}
             assert reader.post("/subscribe", data=FORM, headers=forged).status_code == 303
             token = _confirm_token(settings, engine, "ann@example.com")
