@@ -21,6 +21,7 @@ import jinja2
 from drip.course import Course, CourseError, load_course
 from drip.errors import DripError
 from drip.identity import identity
+from drip.progress import Pace
 from drip.settings import Settings
 
 SAMPLE_CONTEXT: dict[str, Any] = {
@@ -43,6 +44,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "privacy_contact": "course@localhost",
     "privacy_contact_href": "mailto:course@localhost",
     "newsletter": True,
+    "first_lesson": "tomorrow morning",
+    "first_lesson_later": "a day later",
     # The shipped course (emails/course.toml): number, title, and the day after
     # confirmation when each lesson arrives; tests/test_content.py keeps them in step.
     "lessons": [
@@ -85,6 +88,7 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
         context["course_title"] = course.title
         context["lesson_total"] = course.total
         context["lessons"] = course.schedule()
+        context.update(Pace(settings.minutes_per_day).first_lesson(course))
         for number, lesson in enumerate(course.lessons, start=1):
             if lesson.template == name:
                 context["lesson_number"] = number

@@ -70,6 +70,32 @@ def test_confirmation_has_no_unsubscribe_header(settings: Settings, recorder: Re
     assert f"{settings.base_url}/confirm/" in _parts(message)["text/plain"].get_content()
 
 
+@pytest.mark.parametrize(
+    ("minutes_per_day", "confirm_says", "welcome_says"),
+    [
+        (None, "follows a day later", "lesson one arrives tomorrow morning"),
+        (2.0, "follows about 2 minutes later", "lesson one arrives in about 2 minutes"),
+    ],
+)
+def test_the_emails_say_when_the_first_lesson_comes_at_the_pace_set(
+    minutes_per_day: float | None,
+    confirm_says: str,
+    welcome_says: str,
+    database_url: str,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(database_url, mail_server.port, minutes_per_day=minutes_per_day)
+    subscriber(settings, "pending@example.com", active=False)
+    subscriber(settings, "ann@example.com")
+    tick(settings)
+    by_address = {m["To"].addresses[0].addr_spec: m for m in recorder.wait_for(2)}
+    confirmation, welcome = by_address["pending@example.com"], by_address["ann@example.com"]
+    assert confirm_says in " ".join(_parts(confirmation)["text/plain"].get_content().split())
+    assert welcome_says in _parts(welcome)["text/html"].get_content()
+
+
 def test_the_confirmation_carries_none_of_the_visitors_words(
     settings: Settings, recorder: Recorder
 ) -> None:

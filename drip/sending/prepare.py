@@ -26,6 +26,7 @@ from drip.models import (
 )
 from drip.newsletter import stored_context
 from drip.pack_link import pack_url
+from drip.progress import Pace
 from drip.render import RenderError, render_email
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
@@ -65,6 +66,8 @@ def email_context(
         if row.kind == MessageKind.confirm
         else f"{base}/unsubscribe/{unsubscribe}",
     }
+    if course is not None:  # true also under drip dev --minutes-per-day
+        context.update(Pace(settings.minutes_per_day).first_lesson(course))
     if row.kind == MessageKind.welcome and settings.pack_delivery == "link":
         assert subscriber.id is not None
         context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)

@@ -43,6 +43,7 @@ from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.identity import identity
 from drip.limits import Admission, SignupLimits
+from drip.progress import Pace
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings, SettingsError
 from drip.web import embed
@@ -120,24 +121,6 @@ def wait_in_words(seconds: float) -> str:
     return f"{minutes} minutes"
 
 
-def _after(days: int, minutes_per_day: float | None) -> str:
-    """When something `days` course days away arrives, as a page would say it."""
-    if minutes_per_day is None:  # real days: lessons go out in the morning
-        return "tomorrow morning" if days <= 1 else f"in {days} days"
-    minutes = days * minutes_per_day  # drip dev --minutes-per-day: a compressed course
-    if minutes < 1:
-        return "in a few seconds"
-    return f"in about {round(minutes)} minute{'s' if round(minutes) != 1 else ''}"
-
-
-def _span(days: int, minutes_per_day: float | None) -> str:
-    if minutes_per_day is None:
-        weeks = max(1, round(days / 7))
-        return f"about {weeks} week{'s' if weeks != 1 else ''}"
-    minutes = max(1, round(days * minutes_per_day))
-    return f"about {minutes} minute{'s' if minutes != 1 else ''}"
-
-
 def _course_facts(settings: Settings) -> dict[str, Any]:
     """What the pages say about the course and its author, from course.toml and the
     settings, so the copy stays true (also under drip dev --minutes-per-day)."""
@@ -153,13 +136,13 @@ def _course_facts(settings: Settings) -> dict[str, Any]:
         }
     else:
         days = [int(str(item["day"])) for item in course.schedule()] or [1]
-        pace = settings.minutes_per_day
+        pace = Pace(settings.minutes_per_day)
         facts = {
             "course_title": course.title,
             "lesson_total": course.total,
             "course_weeks": max(1, round(days[-1] / 7)),
-            "course_span": _span(days[-1], pace),
-            "first_lesson": _after(days[0], pace),
+            "course_span": pace.span(days[-1]),
+            "first_lesson": pace.after(days[0]),
         }
     facts.update(identity(settings, facts["course_title"]).context())
     return facts
