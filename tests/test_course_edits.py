@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import Envelope
 from sqlalchemy import Engine, select
+from starlette.exceptions import StarletteDeprecationWarning
 from typer.testing import CliRunner
 
 from drip.cli import app
@@ -298,3 +300,32 @@ def test_a_typo_fix_reaches_readers_not_yet_at_the_lesson_and_nobody_twice(
     got = {(e["email"], e["version"]) for e in lines if e["template"] == TEMPLATES["b"]}
     assert got == {("p@example.com", before), ("q@example.com", after)}
     assert all({"at", "email", "message_id", "smtp_code", "version"} <= set(e) for e in lines)
+
+
+def test_the_admin_timeline_shows_the_version_each_message_carried(
+    database_url: str, mail_server: MailServer, make_settings: SettingsFactory, emails: Path
+) -> None:
+    from tests.test_admin import PASSWORD, USER, _basic, admin_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StarletteDeprecationWarning)
+        from fastapi.testclient import TestClient
+
+    settings = make_settings(
+        database_url,
+        mail_server.port,
+        emails_dir=emails,
+        info_pack=emails / "info-pack.pdf",
+        admin_user=USER,
+        admin_password=PASSWORD,
+    )
+    engine = get_engine(settings.database_url)
+    days = Days(settings)
+    days.signup("p@example.com")
+    days.until("lesson a", lambda: slugs_of(engine, "p@example.com") == ["a"])
+    client = TestClient(admin_app(settings), headers=_basic(USER, PASSWORD))
+    with read_scope(engine) as session:
+        sub_id = session.execute(select(OutboxMessage.subscriber_id)).scalars().first()
+    page = client.get(f"/admin/subscribers/{sub_id}").text
+    for template in ("welcome", TEMPLATES["a"]):
+        assert f"version <code>{template_version(emails, template)}</code>" in page
