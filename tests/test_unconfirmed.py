@@ -9,10 +9,12 @@ from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
 
 from drip.clock import utcnow
-from drip.db import read_scope
+from drip.db import read_scope, session_scope
 from drip.metrics import render
 from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
+from drip.signup import Signup, subscribe
+from drip.subscribers import leave
 from drip.unconfirmed import expired_count
 from tests.conftest import SettingsFactory
 from tests.factories import subscriber, tick
@@ -92,3 +94,25 @@ def test_an_unconfirmed_signup_expires_its_data_deleted_and_counted(
     tick(settings, start + timedelta(days=9))
     with read_scope(engine) as session:
         assert expired_count(session) == 1
+
+
+def test_a_returning_reader_who_never_confirms_goes_back_to_unsubscribed_with_history_kept(
+    settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    start = utcnow()
+    sub = subscriber(settings, "back@example.com")
+    tick(settings, start)  # the welcome
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, sub.id)
+        assert row is not None
+        leave(session, row, SubscriberStatus.unsubscribed, start, "unsubscribed")
+    with session_scope(engine) as session:
+        subscribe(session, settings, Signup("back@example.com", "Sam", "UTC"), start)
+    tick(settings, start + timedelta(days=7, minutes=1))
+    with read_scope(engine) as session:
+        row = session.get(Subscriber, sub.id)
+        assert row is not None
+        assert (row.status, row.pending_signup) == (SubscriberStatus.unsubscribed, None)
+        kinds = session.execute(select(OutboxMessage.kind)).scalars().all()
+        assert MessageKind.welcome in kinds
+        assert expired_count(session) == 0
