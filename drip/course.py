@@ -127,7 +127,9 @@ def load_course(emails_dir: Path) -> Course:
         for suffix in (".html", ".txt"):
             if not (emails_dir / f"{template}{suffix}").is_file():
                 problems.append(f"{where}: template {template}{suffix} is missing")
-        lessons.append(Lesson(slug, str(template), str(lesson_title), float(delay), skip_if_past))
+        lessons.append(
+            Lesson(slug, str(template), str(lesson_title), float(delay), skip_if_past=skip_if_past)
+        )
     if problems:
         raise CourseError(problems)
     return Course(title=str(title), window_start=start, window_end=end, lessons=tuple(lessons))
