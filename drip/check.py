@@ -61,3 +61,21 @@ def problems(settings: Settings) -> list[str]:
     except PackMissing as exc:
         found.append(f"DRIP_INFO_PACK: {exc}")
     return found
+
+
+def course_changes(settings: Settings) -> list[str]:
+    """What the course file as it is now does to the readers already on it
+    (drip.course_changes): information for the author, not problems. Empty when the
+    course or the database cannot be read: `problems` says why."""
+    from drip.course_changes import explain
+    from drip.db import read_scope
+
+    try:
+        course = load_course(settings.emails_dir)
+        engine = get_engine(settings.database_url)
+        if schema_state(engine) != "current":
+            return []
+        with read_scope(engine) as session:
+            return explain(session, course, settings.emails_dir)
+    except (CourseError, DatabaseError):
+        return []

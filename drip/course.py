@@ -31,6 +31,9 @@ class Lesson:
     template: str
     title: str
     delay_days: float
+    #: Added mid-course for newcomers only: readers already past it (who have a later
+    #: lesson) skip it instead of getting it next. See README, "Changing the course mid-way".
+    skip_if_past: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,16 @@ def load_course(emails_dir: Path) -> Course:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 365:
             problems.append(f"{where}: delay_days must be a number from 0 to 365")
             delay = 0
+        skip_if_past = raw.get("skip_if_past", False)
+        if not isinstance(skip_if_past, bool):
+            problems.append(f"{where}: skip_if_past must be true or false")
+            skip_if_past = False
         for suffix in (".html", ".txt"):
             if not (emails_dir / f"{template}{suffix}").is_file():
                 problems.append(f"{where}: template {template}{suffix} is missing")
-        lessons.append(Lesson(slug, str(template), str(lesson_title), float(delay)))
+        lessons.append(
+            Lesson(slug, str(template), str(lesson_title), float(delay), skip_if_past=skip_if_past)
+        )
     if problems:
         raise CourseError(problems)
     return Course(title=str(title), window_start=start, window_end=end, lessons=tuple(lessons))

@@ -1,8 +1,9 @@
 """What a recorded attempt sets off in a subscriber's life.
 
-A sent course email (welcome or lesson) schedules the next lesson or closes the
-course; a bounce suppresses the address, so nothing more is sent to it. Delivery
-calls this in the transaction that records the attempts, for the rows it still held.
+A sent course email (welcome or lesson), or a queued lesson the author has since
+removed from the course, schedules the next lesson or closes the course; a bounce
+suppresses the address, so nothing more is sent to it. Delivery calls this in the
+transaction that records the attempts, for the rows it still held.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def follow_up(
     course_sent = [
         row.subscriber_id
         for row, result in mine
-        if result.status == OutboxStatus.sent and row.kind in COURSE_KINDS
+        if (result.status == OutboxStatus.sent or result.moves_on) and row.kind in COURSE_KINDS
     ]
     if course_sent and course is not None:
         after_send(session, course_sent, now, course, pace)  # type: ignore[arg-type]

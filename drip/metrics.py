@@ -32,6 +32,7 @@ from drip.models import (
     WorkerHeartbeat,
 )
 from drip.sending.ratelimit import BUCKET
+from drip.unconfirmed import expired_count
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECENT = timedelta(hours=1)
@@ -150,6 +151,11 @@ def _subscribers(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]
     yield GaugeMetricFamily("drip_signups_last_day", "Signups in the last 24 hours.", signups)
     yield GaugeMetricFamily(
         "drip_confirmations_last_day", "Confirmations in the last 24 hours.", confirmed
+    )
+    yield GaugeMetricFamily(
+        "drip_unconfirmed_expired",
+        "Signups never confirmed, deleted after DRIP_UNCONFIRMED_EXPIRE_DAYS, ever (a count only).",
+        expired_count(session),
     )
 
 

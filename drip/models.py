@@ -205,6 +205,9 @@ class OutboxMessage(SQLModel, table=True):
     #: The recipient at queue time; kept so the log still reads after the subscriber changes.
     email: str = Field(sa_column=Column(String(320), nullable=False, index=True))
     newsletter_id: int | None = Field(default=None, foreign_key="newsletter.id")
+    #: What went out: a short hash of the template's sources when it was last rendered
+    #: for sending (drip.versions), so a lesson fixed mid-course shows which text who got.
+    version: str | None = Field(default=None, max_length=16)
     #: Extra template variables (lesson number, total...), fixed at queue time.
     context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: OutboxStatus = Field(

@@ -147,8 +147,20 @@ def _queued_slugs_of(session: Session, subscriber_ids: Sequence[int]) -> dict[in
 
 
 def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
-    """The first lesson in course order not yet queued: in order, no gaps, no repeats."""
-    return next((lesson for lesson in course.lessons if lesson.slug not in queued), None)
+    """The first lesson in course order not yet queued: in order, no gaps, no repeats.
+
+    Progress is the set of slugs a reader has had, never a position, so an edit to the
+    course file moves nobody back or forth: a lesson inserted (or moved) before where
+    a reader is comes next for them, unless it is marked `skip_if_past`; a removed
+    one is simply no longer there to wait for.
+    """
+    for i, lesson in enumerate(course.lessons):
+        if lesson.slug in queued:
+            continue
+        if lesson.skip_if_past and any(later.slug in queued for later in course.lessons[i + 1 :]):
+            continue
+        return lesson
+    return None
 
 
 def after_send(

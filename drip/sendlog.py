@@ -47,6 +47,7 @@ JSON_FIELDS = (
     "smtp_code",
     "smtp_message",
     "message_id",
+    "version",
 )
 MAX_LIMIT = 1000
 #: The largest row id (ids are 32-bit integers on PostgreSQL): a bigger one names no row.
@@ -100,6 +101,8 @@ class LogEntry:
     smtp_code: int | None
     smtp_message: str | None
     message_id: str
+    #: The template's version when it was rendered (drip.versions); None before that.
+    version: str | None = None
 
     @property
     def sort_key(self) -> tuple[datetime, int, int]:
@@ -118,6 +121,7 @@ class LogEntry:
             "smtp_code": self.smtp_code,
             "smtp_message": self.smtp_message,
             "message_id": self.message_id,
+            "version": self.version,
         }
 
 
@@ -184,6 +188,7 @@ _ATTEMPT_COLUMNS = (
     col(OutboxMessage.kind),
     col(OutboxMessage.template),
     col(OutboxMessage.message_id),
+    col(OutboxMessage.version),
 )
 _QUEUED_COLUMNS = (
     col(OutboxMessage.id),
@@ -194,6 +199,7 @@ _QUEUED_COLUMNS = (
     col(OutboxMessage.kind),
     col(OutboxMessage.template),
     col(OutboxMessage.message_id),
+    col(OutboxMessage.version),
 )
 
 
@@ -240,6 +246,7 @@ def _attempt_entry(row: Any) -> LogEntry:
         smtp_code=row.smtp_code,
         smtp_message=row.smtp_message,
         message_id=row.message_id,
+        version=row.version,
     )
 
 
@@ -258,6 +265,7 @@ def _queued_entry(row: Any) -> LogEntry:
         smtp_code=None,
         smtp_message=None,
         message_id=row.message_id,
+        version=row.version,
     )
 
 

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     #: Seconds a client has to send a request's head, from its first byte (drip.web.server).
     header_timeout: float = Field(10.0, gt=0)
     confirm_ttl_hours: float = Field(72.0, gt=0)
+    #: Days a signup may stay unconfirmed before it and its data are deleted (drip.unconfirmed).
+    unconfirmed_expire_days: float = Field(7.0, gt=0)
     signups_per_ip_per_minute: int = Field(10, ge=1)
     signups_per_address_per_hour: int = Field(3, ge=1)
     default_timezone: str = "UTC"

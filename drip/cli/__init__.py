@@ -293,11 +293,14 @@ def check(
     ] = False,
 ) -> None:
     """Validate settings, deliverability, database, templates, course and attachment."""
-    from drip.check import problems
+    from drip.check import course_changes, problems
     from drip.deliverability import dns_problems
 
     settings = load_settings()
     found = problems(settings)
+    # What an edit of the course does to readers already on it: said, never a problem.
+    for line in course_changes(settings):
+        console().print(f"• {line}", markup=False, soft_wrap=True)
     if dns:
         report = dns_problems(settings)
         for line in report.found:

@@ -79,6 +79,12 @@ def _smtp(entry: LogEntry) -> str:
     return printable(" ".join(p for p in parts if p))
 
 
+def _template(entry: LogEntry) -> str:
+    """The template and, once rendered, the version of it that went: `lesson-2@1a2b3c4d5e6f`."""
+    shown = f"{entry.template}@{entry.version}" if entry.version else entry.template
+    return printable(shown)
+
+
 def _table(rows: list[LogEntry]) -> Table:
     table = Table(show_lines=False, pad_edge=False)
     table.add_column("time (UTC)", no_wrap=True)
@@ -89,7 +95,7 @@ def _table(rows: list[LogEntry]) -> Table:
             Text(e.at.strftime("%Y-%m-%d %H:%M:%S")),
             Text(printable(e.email)),
             Text(e.kind),
-            Text(printable(e.template)),
+            Text(_template(e)),
             Text(e.status, style=STATUS_STYLE.get(e.status, "")),
             Text(str(e.attempts)),
             Text(_smtp(e)),
@@ -98,7 +104,7 @@ def _table(rows: list[LogEntry]) -> Table:
 
 
 def _cells(e: LogEntry) -> list[str]:
-    return [iso(e.at), e.status, e.kind, e.template, e.email, f"#{e.attempts}", _smtp(e)]
+    return [iso(e.at), e.status, e.kind, _template(e), e.email, f"#{e.attempts}", _smtp(e)]
 
 
 def _line(e: LogEntry) -> Text:
@@ -108,7 +114,7 @@ def _line(e: LogEntry) -> Text:
         "  ",
         (f"{e.status:<8}", STATUS_STYLE.get(e.status, "")),
         one_line(
-            f"  {e.kind:<10}  {e.template:<14}  {e.email}  #{e.attempts}  {_smtp(e)}"
+            f"  {e.kind:<10}  {_template(e):<14}  {e.email}  #{e.attempts}  {_smtp(e)}"
         ).rstrip(),
     )
 

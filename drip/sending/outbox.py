@@ -21,6 +21,7 @@ from sqlalchemy import (
     SQLColumnExpression,
     String,
     and_,
+    bindparam,
     cast,
     insert,
     literal,
@@ -190,6 +191,9 @@ class Result:
     smtp_code: int | None = None
     smtp_message: str | None = None
     retry_at: datetime | None = None
+    #: Not sent, yet the course moves on past it as if it were: a lesson the author
+    #: removed from the course while it was queued (drip.sending.prepare).
+    moves_on: bool = False
 
     @property
     def log_text(self) -> str | None:
@@ -267,7 +271,23 @@ def record(
                 .returning(table.c.id)
             ).scalars()
         )
+    _record_versions(session, [message for message, _ in results if message.id in moved])
     return moved
+
+
+def _record_versions(session: Session, rows: Sequence[OutboxMessage]) -> None:
+    """Each rendered row's template version (drip.versions), in one statement."""
+    versions = [
+        {"v_id": row.id, "v_version": row.version} for row in rows if row.version is not None
+    ]
+    if versions:
+        table = table_of(OutboxMessage)
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("v_id"))
+            .values(version=bindparam("v_version")),
+            versions,
+        )
 
 
 def renew(engine: Engine, worker: str, ids: Iterable[int], lease: timedelta) -> set[int]:

@@ -34,6 +34,11 @@ from drip.sending.outbox import Result, retry_or_give_up
 from drip.settings import Settings
 from drip.subscribers import confirm_salt
 from drip.tokens import make_token
+from drip.versions import template_version
+
+#: Emails whose text is their template's alone, so its version says what went out
+#: (a newsletter's or an answer's text is in the database, not the template).
+VERSIONED_KINDS = (MessageKind.confirm, MessageKind.welcome, MessageKind.lesson)
 
 
 def email_context(
@@ -105,6 +110,17 @@ class Preparer:
             return None
         return reply_address(self.secret, domain, row.id, row.message_id)
 
+    def _removed_lesson(self, row: OutboxMessage) -> Result | None:
+        """A lesson queued before the author took it out of the course is not sent; the
+        reader moves on to their next lesson, with the usual gap from now."""
+        if row.kind != MessageKind.lesson or self.course is None:
+            return None
+        slug = row.context.get("slug")
+        if any(lesson.slug == slug for lesson in self.course.lessons):
+            return None
+        reason = f"lesson {slug!r} was removed from the course"
+        return Result(OutboxStatus.skipped, None, reason, moves_on=True)
+
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
         """Read the newsletters these rows carry, each once per run."""
         for letter_id in set(ids) - {None} - self._newsletters.keys():
@@ -126,10 +142,15 @@ class Preparer:
             return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
         if row.kind == MessageKind.newsletter and not subscriber.newsletter:
             return Result(OutboxStatus.skipped, None, "the subscriber did not agree to newsletters")
+        removed = self._removed_lesson(row)
+        if removed is not None:
+            return removed
         letter = self._newsletters.get(row.newsletter_id) if row.newsletter_id else None
         context = email_context(self.settings, self.secret, self.course, row, subscriber, letter)
         try:
             rendered = render_email(self.settings.emails_dir, row.template, context)
+            if row.kind in VERSIONED_KINDS:
+                row.version = template_version(self.settings.emails_dir, row.template)
             return compose(
                 self.settings,
                 rendered,

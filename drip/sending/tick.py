@@ -1,5 +1,5 @@
-"""One scheduler pass: read the bounce mailbox, queue what is due, deliver the outbox, note
-the pass.
+"""One scheduler pass: read the bounce mailbox, remind and expire unconfirmed signups, queue
+what is due, deliver the outbox, note the pass.
 
 `drip tick`, `drip worker` (every DRIP_WORKER_INTERVAL seconds) and the tests all
 run this same function. `now` may be given to travel in time; the pass's clock
@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from drip import alerts, health
+from drip import alerts, health, unconfirmed
 from drip.bounce_mailbox import MailboxError, MailboxReport, read_bounce_mailbox
 from drip.clock import travelling_clock
 from drip.course import load_course
@@ -88,7 +88,9 @@ async def run_pass(
         mailbox = await asyncio.to_thread(read_bounce_mailbox, settings, engine, clock())
     except MailboxError as exc:  # the mailbox's trouble never holds up the mail
         mailbox_error = str(exc)
-    queued = await asyncio.to_thread(queue_due, settings, engine, clock())
+    # Confirmation reminders, and unconfirmed signups expired with their data.
+    reminded, _ = await asyncio.to_thread(unconfirmed.tend, settings, engine, clock())
+    queued = reminded + await asyncio.to_thread(queue_due, settings, engine, clock())
     delivery = Delivery(settings, engine, worker=worker, clock=clock, stop=stop)
     report = await delivery.run()
     # Bounces and complaints of this pass (or reported since) may pause newsletters.
