@@ -161,7 +161,10 @@ class Preparer:
             context.update(
                 email_context(self.settings, self.secret, self.course, row, subscriber, kind)
             )
-        return self._build(row, kind, context, testmail.letter_of(row.context), test=True)
+        letter = testmail.letter_of(row.context)
+        # The sample reader's name greets, but is not put on an address that is not theirs.
+        to_name = "" if subscriber is None else None
+        return self._build(row, kind, context, letter, test=True, to_name=to_name)
 
     def _build(
         self,
@@ -170,6 +173,7 @@ class Preparer:
         context: dict[str, Any],
         letter: LetterTemplate | None,
         test: bool = False,
+        to_name: str | None = None,
     ) -> Envelope | Result:
         try:
             if letter is not None:
@@ -181,7 +185,7 @@ class Preparer:
                 self.settings,
                 rendered,
                 email=row.email,
-                name=context["name"],
+                name=context["name"] if to_name is None else to_name,
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
                 attach_pack=kind == MessageKind.welcome and self.settings.pack_delivery == "attach",
