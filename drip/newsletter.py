@@ -86,6 +86,11 @@ def parse(path: Path) -> Letter:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise NewsletterError(f"{path}: cannot read the file ({exc})") from None
+    return parse_text(raw, path)
+
+
+def parse_text(raw: str, path: Path) -> Letter:
+    """`parse` of a file's text (one pasted into /admin, say); `path` names it."""
     lines = raw.splitlines()
     if not lines or lines[0].strip() != "---" or "---" not in [x.strip() for x in lines[1:]]:
         raise NewsletterError(

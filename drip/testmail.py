@@ -77,36 +77,47 @@ def kind_of(settings: Settings, template: str) -> MessageKind:
     return MessageKind.test
 
 
+def of_letter(settings: Settings, letter: newsletter.Letter) -> TestMail:
+    """A newsletter as a test, checked by rendering it for the sample reader."""
+    newsletter.check(settings, letter)
+    return TestMail(
+        "newsletter",
+        MessageKind.newsletter,
+        {
+            "subject": letter.subject,
+            "body": letter.body,
+            "preheader": letter.preheader,
+            "label": letter.label,
+            "first_line": letter.first_line,
+        },
+    )
+
+
+def of_template(settings: Settings, name: str) -> TestMail:
+    """An email in emails/ as a test, checked by rendering it with sample data."""
+    names = template_names(settings.emails_dir)
+    if name not in names:
+        known = ", ".join(names) or "none"
+        raise SendTestRefused(f"no email named {name!r} in {settings.emails_dir}/ (known: {known})")
+    render_email(settings.emails_dir, name, sample_context(settings, name))
+    return TestMail(name, kind_of(settings, name))
+
+
 def resolve(settings: Settings, name: str) -> TestMail:
     """NAME as `drip send-test` takes it: an email in emails/, or a newsletter file.
 
     Checked by rendering it with sample data, so a broken template is refused here,
     before anything is queued.
     """
-    names = template_names(settings.emails_dir)
     path = Path(name)
-    if name not in names and (path.suffix.lower() in (".md", ".markdown") or path.is_file()):
-        letter = newsletter.parse(path)
-        newsletter.check(settings, letter)
-        return TestMail(
-            "newsletter",
-            MessageKind.newsletter,
-            {
-                "subject": letter.subject,
-                "body": letter.body,
-                "preheader": letter.preheader,
-                "label": letter.label,
-                "first_line": letter.first_line,
-            },
-        )
-    if name not in names:
-        known = ", ".join(names) or "none"
-        raise SendTestRefused(
-            f"no email named {name!r} in {settings.emails_dir}/ and no such newsletter file "
-            f"(emails: {known})"
-        )
-    render_email(settings.emails_dir, name, sample_context(settings, name))
-    return TestMail(name, kind_of(settings, name))
+    if name not in template_names(settings.emails_dir) and (
+        path.suffix.lower() in (".md", ".markdown") or path.is_file()
+    ):
+        return of_letter(settings, newsletter.parse(path))
+    try:
+        return of_template(settings, name)
+    except SendTestRefused as exc:
+        raise SendTestRefused(f"{exc}, and no newsletter file {name!r}") from None
 
 
 def letter_of(context: dict[str, Any]) -> LetterTemplate | None:
