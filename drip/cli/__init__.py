@@ -489,6 +489,10 @@ def send_test(
     if status == OutboxStatus.sent:
         console().print(f"sent a test of {name} to {email}, with {data}", soft_wrap=True)
         return
+    if status in (OutboxStatus.queued, OutboxStatus.sending):
+        # A running worker claimed it first (or the send rate held it): it goes with them.
+        console().print(f"queued a test of {name} to {email}; a worker is sending it")
+        return
     problem(f"test of {name} to {email} not sent ({status}): {said or 'see drip logs'}")
     raise typer.Exit(PROBLEMS)
 
