@@ -170,3 +170,19 @@ def test_unknown_names_and_bad_addresses_are_refused_before_anything_is_queued(
     with session_scope(engine) as session:
         assert session.execute(select(func.count()).select_from(OutboxMessage)).scalar_one() == 0
     assert recorder.raw == []
+
+
+def test_no_test_goes_to_an_address_that_bounced(
+    settings: Settings, engine: Engine, recorder: Recorder
+) -> None:
+    from drip.models import Subscriber, SubscriberStatus
+
+    gone = subscriber(settings, "gone@example.com", start=False)
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, gone.id)
+        assert row is not None
+        row.status = SubscriberStatus.bounced
+    code, _, err = _send_test(settings, "welcome", "--to", "gone@example.com")
+    assert code == 1
+    assert "not sent (skipped): the subscriber is bounced" in err
+    assert recorder.raw == []
