@@ -16,6 +16,7 @@ own words. Anything else that escapes is a bug in drip.
     ├── PackMissing         the built pack cannot be attached             (drip.sending.message)
     ├── Unaddressable       an address a message cannot carry             (drip.sending.message)
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
+    ├── SendTestRefused     a test send's email name or address           (drip.testmail)
     ├── AnswerRefused       an answer to a reader's question              (drip.replies)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
     ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)

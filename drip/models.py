@@ -60,6 +60,8 @@ class SubscriberStatus(StrEnum):
 
 #: Subscribers who may still be sent mail: waiting to confirm, or on the list.
 SUBSCRIBED_STATUSES = (SubscriberStatus.pending, SubscriberStatus.active)
+#: Addresses nothing may go to, not even a test: they bounced or complained.
+SUPPRESSED = (SubscriberStatus.bounced, SubscriberStatus.complained)
 
 
 class MessageKind(StrEnum):
@@ -69,6 +71,9 @@ class MessageKind(StrEnum):
     newsletter = "newsletter"
     #: The author's answer to a reader's reply (drip.replies), sent like any other email.
     answer = "answer"
+    #: `drip send-test`: one email to one address, marked as a test, outside the course
+    #: and the statistics (drip.testmail).
+    test = "test"
 
 
 class OutboxStatus(StrEnum):
@@ -175,7 +180,14 @@ class Newsletter(SQLModel, table=True):
     #: SHA-256 of the source file: sending the same file again resumes, never duplicates.
     digest: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     subject: str = Field(max_length=200)
+    #: The Markdown body, a Jinja2 template rendered per reader (drip.newsletter_body).
     body_markdown: str
+    #: The inbox's preview line (front matter `preheader:`), also a template; "" for none.
+    preheader: str = Field(
+        default="", sa_column=Column(String(300), nullable=False, server_default="")
+    )
+    #: When it was scheduled for (`newsletter send --at`); NULL: at once.
+    send_at: datetime | None = _when()
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

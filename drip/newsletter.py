@@ -7,6 +7,11 @@ The file's SHA-256 names the newsletter, and queuing walks subscribers in id
 order in batches, remembering the last id queued in the same transaction. So
 running the command again, or after a crash, queues only what is missing, and
 memory stays flat however long the list.
+
+The body is a Jinja2 template rendered for each reader when their copy is sent
+(drip.newsletter_body); `check` renders it first, so a broken one stops before
+anything is queued. A file with another newsletter's subject from the last 7 days is
+most often a typo fix of one already sent: `recent_same_subject` lets the command ask.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -27,6 +33,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -43,6 +50,7 @@ from drip.models import (
     SubscriberStatus,
     UTCDateTime,
 )
+from drip.newsletter_body import LetterTemplate
 from drip.render import Rendered, render_email, sample_context
 from drip.sending.outbox import dedupe_key_sql
 from drip.settings import Settings
@@ -61,14 +69,28 @@ class Letter:
     subject: str
     body: str
     digest: str
+    preheader: str = ""
+    #: Where it came from, for messages ("spring.md"), and the body's first line there.
+    label: str = "the newsletter"
+    first_line: int = 1
+
+    def template(self) -> LetterTemplate:
+        return LetterTemplate(
+            self.subject, self.body, self.preheader, label=self.label, first_line=self.first_line
+        )
 
 
 def parse(path: Path) -> Letter:
-    """Read `---\\nsubject: ...\\n---\\nMarkdown body`."""
+    """Read `---\\nsubject: ...\\npreheader: ...\\n---\\nMarkdown body`."""
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise NewsletterError(f"{path}: cannot read the file ({exc})") from None
+    return parse_text(raw, path)
+
+
+def parse_text(raw: str, path: Path) -> Letter:
+    """`parse` of a file's text (one pasted into /admin, say); `path` names it."""
     lines = raw.splitlines()
     if not lines or lines[0].strip() != "---" or "---" not in [x.strip() for x in lines[1:]]:
         raise NewsletterError(
@@ -85,35 +107,51 @@ def parse(path: Path) -> Letter:
         raise NewsletterError(f"{path}: the front matter needs a subject: line")
     if len(subject) > 200:
         raise NewsletterError(f"{path}: the subject is longer than 200 characters")
-    body = "\n".join(lines[end + 1 :]).strip() + "\n"
+    preheader = " ".join(meta.get("preheader", "").split())
+    if len(preheader) > 300:
+        raise NewsletterError(f"{path}: the preheader is longer than 300 characters")
+    rest = lines[end + 1 :]
+    blank = next((i for i, line in enumerate(rest) if line.strip()), len(rest))
+    body = "\n".join(rest).strip() + "\n"
     if not body.strip():
         raise NewsletterError(f"{path}: the newsletter has no text after the front matter")
-    return Letter(subject, body, hashlib.sha256(raw.encode()).hexdigest())
+    return Letter(
+        subject,
+        body,
+        hashlib.sha256(raw.encode()).hexdigest(),
+        preheader=preheader,
+        label=path.name,
+        first_line=end + 2 + blank,
+    )
 
 
-def newsletter_context(subject: str, body_markdown: str) -> dict[str, str]:
-    """A newsletter's template variables: its subject, and its body as HTML and as text."""
-    import markdown
-
-    return {
-        "subject": subject,
-        "content_html": markdown.markdown(body_markdown),
-        "content_text": body_markdown,
-    }
-
-
-def stored_context(session: Session, newsletter_id: int) -> dict[str, str]:
-    """`newsletter_context` of a queued newsletter (empty if it was deleted)."""
+def stored_letter(session: Session, newsletter_id: int) -> LetterTemplate:
+    """A queued newsletter's templates (empty if it was deleted: its rows then fail)."""
     letter = session.get(Newsletter, newsletter_id)
     if letter is None:
-        return newsletter_context("", "")
-    return newsletter_context(letter.subject, letter.body_markdown)
+        return LetterTemplate("", "")
+    label = f"newsletter {letter.subject!r}"
+    return LetterTemplate(letter.subject, letter.body_markdown, letter.preheader, label=label)
 
 
-def preview(settings: Settings, letter: Letter) -> Rendered:
+def render_letter(settings: Settings, letter: LetterTemplate, context: dict[str, Any]) -> Rendered:
+    """The whole newsletter email for one reader's template context."""
+    return render_email(settings.emails_dir, "newsletter", {**context, **letter.render(context)})
+
+
+def preview(settings: Settings, letter: Letter, name: str | None = None) -> Rendered:
+    """The newsletter as the sample reader gets it (`name` instead of theirs, if given)."""
     sample = sample_context(settings, "newsletter")
-    context = {**sample, **newsletter_context(letter.subject, letter.body)}
-    return render_email(settings.emails_dir, "newsletter", context)
+    if name is not None:
+        sample["name"] = name
+    return render_letter(settings, letter.template(), sample)
+
+
+def check(settings: Settings, letter: Letter) -> None:
+    """Render it for a reader with a name and one without: a broken template stops here,
+    before anything is queued (RenderError naming the file and line)."""
+    preview(settings, letter)
+    preview(settings, letter, name="")
 
 
 def _recipients() -> ColumnElement[bool]:
@@ -132,17 +170,48 @@ def count_recipients(session: Session, after_id: int = 0) -> int:
     )
 
 
-def _record(session: Session, letter: Letter, now: datetime) -> Newsletter:
+def _record(session: Session, letter: Letter, now: datetime, at: datetime | None) -> Newsletter:
     found = session.execute(
         select(Newsletter).where(col(Newsletter.digest) == letter.digest)
     ).scalar_one_or_none()
     if found is None:
         found = Newsletter(
-            digest=letter.digest, subject=letter.subject, body_markdown=letter.body, created_at=now
+            digest=letter.digest,
+            subject=letter.subject,
+            body_markdown=letter.body,
+            preheader=letter.preheader,
+            created_at=now,
+            send_at=at,
         )
         session.add(found)
         session.flush()
+    elif at is not None:
+        found.send_at = at  # the rest still to queue goes at the new time
     return found
+
+
+#: How far back a newsletter with the same subject makes `send` ask for --again.
+RECENT = timedelta(days=7)
+
+
+def recent_same_subject(session: Session, letter: Letter, now: datetime) -> Newsletter | None:
+    """Another newsletter with this subject queued (or scheduled) in the last 7 days.
+
+    The same file again is a resume and does not count; a file with the same subject
+    and other words is most often a typo fixed after sending, which would reach every
+    reader a second time.
+    """
+    since = now - RECENT
+    return session.execute(
+        select(Newsletter)
+        .where(
+            func.lower(col(Newsletter.subject)) == letter.subject.lower(),
+            col(Newsletter.digest) != letter.digest,
+            or_(col(Newsletter.created_at) >= since, col(Newsletter.send_at) >= since),
+        )
+        .order_by(col(Newsletter.created_at).desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 def queue(
@@ -151,11 +220,17 @@ def queue(
     letter: Letter,
     now: datetime,
     progress: Callable[[int], None] | None = None,
+    at: datetime | None = None,
 ) -> tuple[int, int]:
-    """Queue the letter to every recipient still without it: (queued, to go at start)."""
+    """Queue the letter to every recipient still without it: (queued, to go at start).
+
+    `at`: the time it is due (`newsletter send --at`); else the time it was first
+    scheduled for, else `now`.
+    """
     with session_scope(engine) as session:
-        newsletter = _record(session, letter, now)
+        newsletter = _record(session, letter, now, at)
         start = newsletter.queued_through
+        due = newsletter.send_at or now
         remaining = count_recipients(session, start)
     assert newsletter.id is not None
     queued = 0
@@ -180,7 +255,7 @@ def queue(
                 return queued, remaining
             upto = ids[-1]
             assert upto is not None
-            queued += _enqueue_range(session, newsletter.id, cursor, upto, now, settings)
+            queued += _enqueue_range(session, newsletter.id, cursor, upto, now, due, settings)
             cursor = upto
             session.execute(
                 update(Newsletter)
@@ -192,7 +267,13 @@ def queue(
 
 
 def _enqueue_range(
-    session: Session, newsletter_id: int, after: int, upto: int, now: datetime, settings: Settings
+    session: Session,
+    newsletter_id: int,
+    after: int,
+    upto: int,
+    now: datetime,
+    due: datetime,
+    settings: Settings,
 ) -> int:
     """Queue the letter for the recipients with ids in (after, upto], in one
     INSERT ... SELECT: no subscriber row crosses the wire, so a million costs what the
@@ -211,8 +292,8 @@ def _enqueue_range(
         literal(newsletter_id),
         literal({}, JSON),
         literal(str(OutboxStatus.queued)),
-        literal(now, UTCDateTime()),
-        literal(now, UTCDateTime()),
+        literal(due, UTCDateTime()),
+        literal(due, UTCDateTime()),
         literal(0),
         literal(f"<{left}.") + subscriber_id + literal(f"@{domain}>"),
         literal(now, UTCDateTime()),

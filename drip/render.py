@@ -64,6 +64,7 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "answer_text": "Often, yes: the same steps work for any muscle you can reach.\n\n"
     "Start with the top of the shoulder, and never press the front of the neck.",
     "subject": "Hip pain on the stairs? Three small changes",
+    "preheader": "Why stairs hurt more than walking, and three things to try this week.",
     "content_html": (
         "<h1>Hip pain on the stairs?</h1>"
         "<p>A reader asked why her hip aches most on the stairs. Here is what I told her.</p>"

@@ -458,3 +458,36 @@ def test_the_embed_page_shows_the_form_and_what_the_script_needs(
     page = TestClient(admin_app(allowed), headers=_basic(USER, PASSWORD)).get("/admin/embed")
     assert "<code>https://blog.example</code>" in page.text
     assert TestClient(admin_app(allowed)).get("/admin/embed").status_code == 401
+
+
+def test_send_test_from_admin_is_csrf_guarded_and_queues_a_marked_test(
+    client: TestClient, admin_settings: Settings, recorder: Recorder
+) -> None:
+    engine = get_engine(admin_settings.database_url)
+    page = client.get("/admin").text
+    assert 'action="/admin/send-test"' in page
+    assert "<option>lesson-03-pressure-release</option>" in page
+    form = {"name": "lesson-03-pressure-release", "to": "me@example.org"}
+    assert client.post("/admin/send-test", data={**form, "csrf": "0" * 64}).status_code == 403
+    refused = client.post(
+        "/admin/send-test", data={"csrf": _csrf(page), "name": "/etc/passwd", "to": "me@x.org"}
+    )
+    assert refused.status_code == 400
+    assert "Not sent: no email named &#39;/etc/passwd&#39;" in refused.text
+    with read_scope(engine) as session:
+        assert session.execute(select(OutboxMessage)).first() is None
+
+    letter = "---\nsubject: Spring news for {{ name }}\n---\nHi {{ name }}!\n"
+    done = client.post(
+        "/admin/send-test",
+        data={"csrf": _csrf(page), "name": "welcome", "to": "me@example.org", "letter": letter},
+    )
+    assert done.status_code == 200  # followed the 303 to the dashboard
+    assert "The test is queued" in done.text
+    tick(admin_settings)
+    [message] = recorder.wait_for(1)
+    assert message["Subject"] == "[Test] Spring news for Sam"
+    assert message["X-Drip-Test"] == "yes"
+    with read_scope(engine) as session:
+        [row] = session.execute(select(OutboxMessage)).scalars()
+        assert (row.kind, row.status) == ("test", OutboxStatus.sent)

@@ -18,7 +18,7 @@ from drip.settings import Settings
 from tests.browser import run_tick, serving
 from tests.conftest import SettingsFactory
 from tests.factories import subscriber
-from tests.mailserver import MailServer
+from tests.mailserver import MailServer, Recorder
 from tests.test_admin import PASSWORD, USER, admin_app
 
 
@@ -204,3 +204,20 @@ def test_closed_without_credentials_or_login(
         assert response.status == 503
         assert "admin is closed" in visitor.inner_text("body")
         context.close()
+
+
+def test_send_a_test_from_the_dashboard(
+    page: Page, site: str, admin_settings: Settings, recorder: Recorder
+) -> None:
+    subscriber(admin_settings, "ann@example.com", name="Ann Lee", start=False)
+    page.goto(f"{site}/admin")
+    page.get_by_label("Email", exact=True).select_option("lesson-02-finding-trigger-points")
+    page.get_by_label("To", exact=True).fill("ann@example.com")
+    page.get_by_role("button", name="Send test").click()
+    page.wait_for_url("**/admin?done=test-queued")
+    assert "The test is queued" in page.get_by_role("status").inner_text()
+    run_tick(admin_settings)
+    [message] = recorder.wait_for(1)
+    assert message["Subject"].startswith("[Test] Lesson 2 of 9")
+    assert message["X-Drip-Test"] == "yes"
+    assert message["To"] == "Ann Lee <ann@example.com>"

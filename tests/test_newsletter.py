@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,185 @@ def test_queued_rows_are_the_outbox_rows_enqueue_would_write(
         assert out.message_id.startswith("<")
         assert out.message_id.endswith(f"@{settings.sender_address.domain}>")
     assert len({r.message_id for r in rows}) == 30
+
+
+# -- newsletters worth writing: a template per reader, real text, preview, --again, --at --
+
+PERSONAL = """---
+subject: Spring news for {{ name }}
+preheader: Three quick releases, {{ name }}, and a video.
+---
+Hi {{ name }},
+
+This month: **three** quick releases for the hips. Watch the [video of the release](VIDEO)
+first, then try them in order, one each day, for a whole week.
+
+## What to try
+
+- Press the **side** of the hip for ninety seconds, breathing slowly all the while, then let go.
+- Walk, then [write to me](mailto:ann@example.com).
+""".replace(
+    "VIDEO",
+    "https://example.com/videos/2026/spring/the-pressure-release-step-by-step-for-hips?utm=news",
+)
+
+
+def _cli_env(settings: Settings) -> dict[str, str]:
+    return {
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SECRET_KEY": SECRET,
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_SMTP_PORT": str(settings.smtp_port),
+        "DRIP_SEND_RATE": "0",
+    }
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    html, text = message.get_body(("html",)), message.get_body(("plain",))
+    assert html is not None and text is not None
+    return html.get_content(), text.get_content()
+
+
+def test_name_greets_each_reader_and_the_text_part_is_text(
+    settings: Settings, engine: Engine, recorder: Recorder, tmp_path: Path
+) -> None:
+    from tests.factories import subscriber
+
+    subscriber(settings, "ann@example.com", name="Ann Lee", newsletter=True, start=False)
+    subscriber(settings, "bob@example.com", name="Bob", newsletter=True, start=False)
+    subscriber(settings, "nameless@example.com", name="", newsletter=True, start=False)
+    # A reader's own words are text, never markup: no bold, no link of theirs.
+    subscriber(
+        settings,
+        "eve@example.com",
+        name="[Eve](https://evil.example)",
+        newsletter=True,
+        start=False,
+    )
+    letter = newsletter.parse(_write(tmp_path, "spring.md", PERSONAL))
+    assert newsletter.queue(settings, engine, letter, utcnow())[0] == 4
+    tick(settings)
+    by_reader = {m["To"].addresses[0].addr_spec: m for m in recorder.wait_for(4)}
+    for email, greeting in [
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Bob"),
+        ("nameless@example.com", "there"),
+    ]:
+        message = by_reader[email]
+        assert message["Subject"] == f"Spring news for {greeting}"
+        html, text = _parts(message)
+        assert f"Hi {greeting}," in text
+        assert re.search(f"<p[^>]*>Hi {greeting},</p>", html)
+        assert f">Three quick releases, {greeting}, and a video.</div>" in html  # preheader
+        assert "{{" not in html + text
+        assert "**" not in text and "](" not in text and "##" not in text
+        assert "three quick releases" in text
+        assert "video of the release (https://example.com/videos/" in " ".join(text.split())
+        assert "WHAT TO TRY" in text
+        assert "- Walk, then write to me (ann@example.com)." in text
+        for line in text.splitlines():
+            assert len(line) <= 78 or "://" in line, line
+    html, text = _parts(by_reader["eve@example.com"])
+    assert "evil.example" not in html.replace("[Eve](https://evil.example)", "")
+    assert 'href="https://evil.example"' not in html
+    assert "Hi [Eve](https://evil.example)," in text
+
+
+def test_a_broken_template_is_refused_at_send_naming_the_line(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from drip.cli import app
+
+    many_active(engine, 3)
+    env = _cli_env(settings)
+    for body, problem in [
+        ("Hello {{ nmae }}\n", "broken.md, line 6: 'nmae' is undefined"),
+        ("Hello {% if name %}\n", "broken.md, line 6:"),
+        ("Hello {{ name.__class__ }}\n", "broken.md, line 6:"),
+    ]:
+        path = _write(tmp_path, "broken.md", f"---\nsubject: Hi\n---\n\nFirst line.\n{body}")
+        result = CliRunner().invoke(app, ["newsletter", "send", str(path)], env=env)
+        assert result.exit_code == 2, result.output
+        assert problem in result.stderr
+        assert "Traceback" not in result.output
+    assert _queued(engine) == 0
+
+
+def test_preview_shows_the_authors_own_file(tmp_path: Path) -> None:
+    from drip.cli import app
+    from tests.conftest import EMAILS
+
+    path = _write(tmp_path, "spring.md", PERSONAL)
+    env = {"DRIP_EMAILS_DIR": str(EMAILS)}
+    result = CliRunner().invoke(app, ["newsletter", "preview", str(path), "--text"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Subject: Spring news for Sam\n")
+    assert "Hi Sam," in result.stdout
+    assert "WHAT TO TRY" in result.stdout and "**" not in result.stdout
+    result = CliRunner().invoke(app, ["newsletter", "preview", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert re.search("<strong[^>]*>three</strong> quick releases", result.stdout)
+    assert "Three quick releases, Sam, and a video." in result.stdout
+
+
+def test_the_same_subject_within_a_week_asks_for_again(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from drip.cli import app
+
+    many_active(engine, 5)
+    env = _cli_env(settings)
+    first = _write(tmp_path, "first.md", "---\nsubject: Spring news\n---\nHelo all.\n")
+    fixed = _write(tmp_path, "fixed.md", "---\nsubject: Spring news\n---\nHello all.\n")
+    result = CliRunner().invoke(app, ["newsletter", "send", str(first)], env=env)
+    assert result.exit_code == 0, result.output
+    # The same file again resumes: nothing asked, nothing queued twice.
+    result = CliRunner().invoke(app, ["newsletter", "send", str(first)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "for 0 subscribers" in result.stdout
+    result = CliRunner().invoke(app, ["newsletter", "send", str(fixed)], env=env)
+    assert result.exit_code == 1, result.output
+    assert "'Spring news' went out" in result.stderr
+    assert "--again" in result.stderr
+    assert _queued(engine) == 5
+    result = CliRunner().invoke(app, ["newsletter", "send", str(fixed), "--again"], env=env)
+    assert result.exit_code == 0, result.output
+    assert _queued(engine) == 10
+
+
+def test_at_schedules_the_newsletter_and_refuses_the_past(
+    settings: Settings, engine: Engine, recorder: Recorder, letter_file: Path
+) -> None:
+    from drip.cli import app
+
+    many_active(engine, 3)
+    env = _cli_env(settings)
+    result = CliRunner().invoke(
+        app, ["newsletter", "send", str(letter_file), "--at", "2020-01-01T08:00:00Z"], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "--at 2020-01-01T08:00:00Z: that time has passed" in result.stderr
+    assert _queued(engine) == 0
+    at = (utcnow() + timedelta(days=2)).replace(microsecond=0)
+    result = CliRunner().invoke(
+        app, ["newsletter", "send", str(letter_file), "--at", at.isoformat()], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert f"for {at:%Y-%m-%d %H:%M} UTC for 3 subscribers" in result.stdout
+    with session_scope(engine) as session:
+        rows = list(
+            session.execute(
+                select(OutboxMessage).where(OutboxMessage.kind == MessageKind.newsletter)
+            ).scalars()
+        )
+    assert [r.due_at for r in rows] == [at] * 3
+    tick(settings, at - timedelta(minutes=1))
+    assert recorder.raw == []
+    tick(settings, at + timedelta(minutes=1))
+    assert len(recorder.wait_for(3)) == 3

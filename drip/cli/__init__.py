@@ -365,6 +365,19 @@ def restore_command(
     console().print(f"restored {copied.summary()} from {file}")
 
 
+def _when_at(at: str | None, now: datetime) -> datetime | None:
+    """`--at ISO` as a UTC time, refused when unreadable or already past."""
+    if at is None:
+        return None
+    try:
+        when = parse_instant(at)
+    except (ValueError, OverflowError):
+        fail(f"--at {at!r}: not an ISO-8601 time, e.g. 2026-05-04T08:00:00+02:00")
+    if when <= now:
+        fail(f"--at {at}: that time has passed (now is {now:%Y-%m-%d %H:%M} UTC)")
+    return when
+
+
 @newsletter_app.command("send")
 def newsletter_send(
     file: Annotated[
@@ -372,6 +385,13 @@ def newsletter_send(
     ],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="render and count, queue nothing")
+    ] = False,
+    at: Annotated[
+        str | None, typer.Option("--at", help="send it at this ISO-8601 time, not now")
+    ] = None,
+    again: Annotated[
+        bool,
+        typer.Option("--again", help="send even though this subject went out in the last 7 days"),
     ] = False,
 ) -> None:
     """Queue a newsletter for every active subscriber who agreed to newsletters, once; the
@@ -381,13 +401,24 @@ def newsletter_send(
 
     settings = load_settings()
     settings.require_secret()
+    now = utcnow()
+    when = _when_at(at, now)
     letter = newsletter.parse(file)
-    newsletter.preview(settings, letter)  # a broken template stops here, before anything is queued
+    newsletter.check(settings, letter)  # a broken template stops here, before anything is queued
     engine = get_engine(settings.database_url)
     _ready(settings)
+    with session_scope(engine) as session:
+        earlier = newsletter.recent_same_subject(session, letter, now)
+        count = newsletter.count_recipients(session)
+    if earlier is not None and not again:
+        went = earlier.send_at or earlier.created_at
+        problem(
+            f"{file}: a newsletter with the subject {letter.subject!r} went out "
+            f"{went:%Y-%m-%d %H:%M} UTC, and this file is not the same; sending it would "
+            "reach every reader again. Add --again to send it anyway."
+        )
+        raise typer.Exit(PROBLEMS)
     if dry_run:
-        with session_scope(engine) as session:
-            count = newsletter.count_recipients(session)
         console().print(
             f"dry run: {letter.subject!r} would go to {count} active subscribers "
             "who agreed to newsletters",
@@ -397,11 +428,76 @@ def newsletter_send(
     with Progress(console=err(), transient=True) as bar:
         task = bar.add_task("queuing", total=None)
         queued, _ = newsletter.queue(
-            settings, engine, letter, utcnow(), progress=lambda n: bar.advance(task, n)
+            settings, engine, letter, now, progress=lambda n: bar.advance(task, n), at=when
         )
+    timing = f" for {when:%Y-%m-%d %H:%M} UTC" if when is not None else ""
     console().print(
-        f"queued {letter.subject!r} for {queued} subscribers (already queued ones skipped)"
+        f"queued {letter.subject!r}{timing} for {queued} subscribers (already queued ones skipped)",
+        soft_wrap=True,
     )
+
+
+@newsletter_app.command("preview")
+def newsletter_preview(
+    file: Annotated[
+        Path, typer.Argument(help="Markdown with a front matter: ---, subject: ..., ---")
+    ],
+    text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the HTML part to this file.")
+    ] = None,
+) -> None:
+    """Show a newsletter file as a reader gets it (the sample reader's data); queues nothing."""
+    from drip import newsletter
+    from drip.cli.content import show
+
+    settings = load_settings()
+    show(newsletter.preview(settings, newsletter.parse(file)), text=text, out=out)
+
+
+@app.command("send-test")
+def send_test(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="an email in emails/ (a lesson, welcome, confirm...) or a newsletter file"
+        ),
+    ],
+    to: Annotated[str, typer.Option("--to", help="the address to send the test to")],
+) -> None:
+    """Send one email (or a newsletter FILE) to one address now, marked as a test, outside
+    the course."""
+    from sqlmodel import Session
+
+    from drip.clock import travelling_clock
+    from drip.models import OutboxMessage, OutboxStatus
+    from drip.sending.delivery import Delivery, worker_name
+    from drip.testmail import send_test as queue_send_test
+
+    settings = load_settings()
+    settings.require_secret()
+    engine = get_engine(settings.database_url)
+    _ready(settings)
+    configure_logs(settings.log_format)
+    row_id, known = queue_send_test(settings, engine, name, to, utcnow())
+    delivery = Delivery(
+        settings, engine, worker=worker_name(), clock=travelling_clock(None), only={row_id}
+    )
+    asyncio.run(delivery.run())
+    with Session(engine) as session:
+        row = session.get(OutboxMessage, row_id)
+        assert row is not None
+        status, email, said = row.status, row.email, row.last_smtp_message
+    data = "their subscriber data" if known else "sample data (not a subscriber)"
+    if status == OutboxStatus.sent:
+        console().print(f"sent a test of {name} to {email}, with {data}", soft_wrap=True)
+        return
+    if status in (OutboxStatus.queued, OutboxStatus.sending):
+        # A running worker claimed it first (or the send rate held it): it goes with them.
+        console().print(f"queued a test of {name} to {email}; a worker is sending it")
+        return
+    problem(f"test of {name} to {email} not sent ({status}): {said or 'see drip logs'}")
+    raise typer.Exit(PROBLEMS)
 
 
 @newsletter_app.command("resume")

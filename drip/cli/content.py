@@ -14,7 +14,7 @@ import typer
 
 from drip.cli.output import fail
 from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, build_pack
-from drip.render import render_email, sample_context, template_names
+from drip.render import Rendered, render_email, sample_context, template_names
 from drip.settings import load_settings
 
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
@@ -34,7 +34,11 @@ def preview(
     if name not in names:
         known = ", ".join(names) or "none"
         fail(f"no email named {name!r} in {emails_dir}/ (known: {known})")
-    rendered = render_email(emails_dir, name, sample_context(settings, name))
+    show(render_email(emails_dir, name, sample_context(settings, name)), text=text, out=out)
+
+
+def show(rendered: Rendered, *, text: bool, out: Path | None) -> None:
+    """Print a rendered email: its subject, then its HTML or (--text) its text part."""
     typer.echo(f"Subject: {rendered.subject}")
     if out is not None:
         try:

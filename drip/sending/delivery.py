@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -88,8 +89,11 @@ class Delivery:
         worker: str,
         clock: Clock,
         stop: asyncio.Event | None = None,
+        only: Collection[int] | None = None,
     ) -> None:
         self.settings = settings
+        #: Deliver none but these rows (`drip send-test` sends its own message at once).
+        self.only = only
         self.engine = engine
         self.worker = worker
         self.clock = clock
@@ -261,7 +265,7 @@ class Delivery:
         """
         lease = timedelta(seconds=self.settings.lease_seconds)
         ends = time.monotonic() + self.settings.lease_seconds
-        rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held())
+        rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held(), self.only)
         if not rows:
             return []
         self._in_hand.update(r.id for r in rows if r.id is not None)

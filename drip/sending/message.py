@@ -166,6 +166,7 @@ def compose(
     bounce_address: str | None = None,
     reply_to: str | None = None,
     in_reply_to: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Envelope:
     """The whole message, CRLF line ends, DKIM-signed when configured; dated `now`.
 
@@ -176,9 +177,11 @@ def compose(
     original's headers still names the message.
     `reply_to`: where a reader's reply goes (drip.replies' address for this message);
     `in_reply_to`: the Message-ID this one answers, so mail clients thread them.
+    `headers`: more headers, e.g. a test send's `X-Drip-Test` (drip.testmail).
     """
     recipient = ascii_address(email)
     sender = settings.sender_address
+    extra = headers or {}
     headers = {
         "From": mailbox(sender.display_name, sender.addr_spec, "From"),
         "To": mailbox(name, recipient),
@@ -196,6 +199,8 @@ def compose(
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     if bounce_address:
         headers["X-Drip-Bounce"] = _checked(bounce_address, "X-Drip-Bounce")
+    for key, value in extra.items():
+        headers[key] = _checked(value, key)
     headers["MIME-Version"] = "1.0"
     body = _multipart(
         "alternative", [_text_part("plain", rendered.text), _text_part("html", rendered.html)]

@@ -140,6 +140,7 @@ def claim(
     limit: int,
     lease: timedelta,
     held: Collection[MessageKind] = (),
+    only: Collection[int] | None = None,
 ) -> list[OutboxMessage]:
     """Lease up to `limit` due rows to `worker`; no two workers ever hold the same row.
 
@@ -147,7 +148,8 @@ def claim(
     `drip tick --now` may move) and no lease holds it. Leases are timed by the
     database's clock (`drip.db.database_now`), never the worker's: a worker whose clock
     runs ahead cannot take another's row before its lease has really run out. Rows of a
-    `held` kind (newsletters paused by sender health) stay where they are.
+    `held` kind (newsletters paused by sender health) stay where they are. `only`:
+    claim none but these rows (a test send delivering its own message).
     """
     free = or_(
         col(OutboxMessage.lease_until).is_(None),
@@ -156,6 +158,8 @@ def claim(
     due = and_(col(OutboxMessage.next_attempt_at) <= now, free)
     if held:
         due = and_(due, col(OutboxMessage.kind).not_in(list(held)))
+    if only is not None:
+        due = and_(due, col(OutboxMessage.id).in_(list(only)))
     pick = (
         select(col(OutboxMessage.id))
         .where(due)

@@ -9,25 +9,28 @@ use drip.render's sample values instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from sqlmodel import Session
 
-from drip import verp
+from drip import testmail, verp
 from drip.clock import Clock
 from drip.course import Course
 from drip.identity import identity
 from drip.models import (
+    SUPPRESSED,
     MessageKind,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
     SubscriberStatus,
 )
-from drip.newsletter import stored_context
+from drip.newsletter import stored_letter
+from drip.newsletter_body import LetterTemplate
 from drip.pack_link import pack_url
 from drip.progress import Pace
-from drip.render import RenderError, render_email
+from drip.render import RenderError, render_email, sample_context
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
@@ -47,16 +50,18 @@ def email_context(
     course: Course | None,
     row: OutboxMessage,
     subscriber: Subscriber,
-    newsletter: dict[str, Any] | None = None,
+    kind: MessageKind | None = None,
 ) -> dict[str, Any]:
-    """The template variables of `row`'s email to `subscriber`: links, course, newsletter,
-    and last the values fixed when the row was queued."""
+    """The template variables of `row`'s email to `subscriber`: links, course, and last
+    the values fixed when the row was queued. `kind`: render as this kind of email (a
+    test send's), not the row's own."""
+    kind = kind or row.kind
     base = settings.base_url
     unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
     context: dict[str, Any] = {
         # The confirmation goes to an address nobody has vouched for yet: none of the
         # visitor's words go in it (a name with a link would make drip a spam cannon).
-        "name": "" if row.kind == MessageKind.confirm else subscriber.name,
+        "name": "" if kind == MessageKind.confirm else subscriber.name,
         "email": subscriber.email,
         "base_url": base,
         "course_title": course.title if course else "",
@@ -68,20 +73,34 @@ def email_context(
             (subscriber.pending_signup or {}).get("newsletter", subscriber.newsletter)
         ),
         "unsubscribe_url": None
-        if row.kind == MessageKind.confirm
+        if kind == MessageKind.confirm
         else f"{base}/unsubscribe/{unsubscribe}",
     }
     if course is not None:  # true also under drip dev --minutes-per-day
         context.update(Pace(settings.minutes_per_day).first_lesson(course))
-    if row.kind == MessageKind.welcome and settings.pack_delivery == "link":
+    if kind == MessageKind.welcome and settings.pack_delivery == "link":
         assert subscriber.id is not None
         context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)
-    if row.kind == MessageKind.confirm:
+    if kind == MessageKind.confirm:
         confirm = make_token(secret, confirm_salt(subscriber), "confirm")
         context["confirm_url"] = f"{base}/confirm/{confirm}"
-    if newsletter is not None:
-        context.update(newsletter)
     context.update(row.context)
+    return context
+
+
+def sample_reader_context(settings: Settings, row: OutboxMessage) -> dict[str, Any]:
+    """A test send's variables for an address that is no subscriber's: the sample
+    reader's, on this site's links, with no unsubscribe link (there is nobody to
+    unsubscribe)."""
+    base = settings.base_url
+    context = sample_context(settings, row.template)
+    context.update(
+        email=row.email,
+        base_url=base,
+        unsubscribe_url=None,
+        confirm_url=f"{base}/confirm/SAMPLE-TOKEN",
+        pack_url=f"{base}/pack/SAMPLE-TOKEN" if settings.pack_delivery == "link" else None,
+    )
     return context
 
 
@@ -93,7 +112,7 @@ class Preparer:
         self.secret = settings.require_secret()
         self.course = course
         self.clock = clock
-        self._newsletters: dict[int, dict[str, Any]] = {}
+        self._newsletters: dict[int, LetterTemplate] = {}
 
     def _bounce_address(self, row: OutboxMessage) -> str | None:
         """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
@@ -125,10 +144,12 @@ class Preparer:
         """Read the newsletters these rows carry, each once per run."""
         for letter_id in set(ids) - {None} - self._newsletters.keys():
             assert letter_id is not None
-            self._newsletters[letter_id] = stored_context(session, letter_id)
+            self._newsletters[letter_id] = stored_letter(session, letter_id)
 
     def prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
         """Render and build the message, or say why it must not be sent."""
+        if row.kind == MessageKind.test:
+            return self._prepare_test(row, subscriber)
         if subscriber is None:
             return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
         # A confirmation goes to a pending subscriber, or to an active one who signed up
@@ -146,26 +167,57 @@ class Preparer:
         if removed is not None:
             return removed
         letter = self._newsletters.get(row.newsletter_id) if row.newsletter_id else None
-        context = email_context(self.settings, self.secret, self.course, row, subscriber, letter)
+        context = email_context(self.settings, self.secret, self.course, row, subscriber)
+        return self._build(row, row.kind, context, letter)
+
+    def _prepare_test(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
+        """A test send (drip.testmail): the subscriber's data if the address is one's, else
+        the sample reader's; never to an address that bounced or complained."""
+        kind = MessageKind(row.context.get("test_of", MessageKind.test))
+        if subscriber is not None and subscriber.status in SUPPRESSED:
+            return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
+        context = sample_context(self.settings, row.template)
+        if subscriber is None:
+            context = sample_reader_context(self.settings, row)
+        else:
+            context.update(
+                email_context(self.settings, self.secret, self.course, row, subscriber, kind)
+            )
+        letter = testmail.letter_of(row.context)
+        # The sample reader's name greets, but is not put on an address that is not theirs.
+        to_name = "" if subscriber is None else None
+        return self._build(row, kind, context, letter, test=True, to_name=to_name)
+
+    def _build(
+        self,
+        row: OutboxMessage,
+        kind: MessageKind,
+        context: dict[str, Any],
+        letter: LetterTemplate | None,
+        test: bool = False,
+        to_name: str | None = None,
+    ) -> Envelope | Result:
         try:
+            if letter is not None:
+                context.update(letter.render(context))
             rendered = render_email(self.settings.emails_dir, row.template, context)
-            if row.kind in VERSIONED_KINDS:
+            if test:
+                rendered = replace(rendered, subject=testmail.SUBJECT_PREFIX + rendered.subject)
+            elif row.kind in VERSIONED_KINDS:
                 row.version = template_version(self.settings.emails_dir, row.template)
             return compose(
                 self.settings,
                 rendered,
                 email=row.email,
-                name=context["name"],
+                name=context["name"] if to_name is None else to_name,
                 message_id=row.message_id,
                 unsubscribe_url=context["unsubscribe_url"],
-                attach_pack=row.kind == MessageKind.welcome
-                and self.settings.pack_delivery == "attach",
+                attach_pack=kind == MessageKind.welcome and self.settings.pack_delivery == "attach",
                 now=self.clock(),
                 bounce_address=self._bounce_address(row),
                 reply_to=self._reply_to(row),
-                in_reply_to=row.context.get("in_reply_to")
-                if row.kind == MessageKind.answer
-                else None,
+                in_reply_to=row.context.get("in_reply_to") if kind == MessageKind.answer else None,
+                headers={testmail.HEADER: "yes"} if test else None,
             )
         except RenderError as exc:
             return Result(OutboxStatus.failed, None, f"template error: {exc}")
