@@ -17,6 +17,7 @@ own words. Anything else that escapes is a bug in drip.
     ├── Unaddressable       an address a message cannot carry             (drip.sending.message)
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
     ├── AnswerRefused       an answer to a reader's question              (drip.replies)
+    ├── SteeringError       a pause, resume, skip or restart of a course  (drip.steering)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
     ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
     ├── MailboxError        the bounce mailbox cannot be read             (drip.bounce_mailbox)
