@@ -21,6 +21,7 @@ from drip.models import (
     OutboxStatus,
     Subscriber,
 )
+from drip.operator_actions import subscriber_data
 from drip.sending.tick import queue_due
 from drip.settings import Settings
 from drip.subscriber_view import timeline, with_actions
@@ -249,6 +250,17 @@ def test_every_action_is_in_the_readers_timeline_with_its_time(
     # Newest first, the messages among them by when they were queued.
     assert isinstance(entries[0], CourseAction)
     assert not isinstance(entries[-1], CourseAction)
+    # The reader's data export (GDPR access) carries them too, oldest first.
+    with read_scope(engine) as session:
+        data = subscriber_data(session, sub.id)
+    assert data is not None
+    assert [a["action"] for a in data["course"]["actions"]] == [
+        "pause",
+        "resume",
+        "skip",
+        "restart",
+    ]
+    assert data["course"]["round"] == 2
 
 
 def test_the_cli_steers_a_reader_and_names_what_it_cannot_do(
