@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
-from drip import newsletter
+from drip import check, newsletter
 from drip.clock import utcnow
 from drip.course import CourseError, load_course
 from drip.db import session_scope
@@ -50,6 +50,15 @@ def test_a_wrong_send_day_is_named_plainly(tmp_path: Path, value: object, said: 
     assert len(caught.value.problems) == 1
     assert said in caught.value.problems[0]
     assert str(emails / "course.toml") in caught.value.problems[0]
+
+
+def test_drip_check_names_a_wrong_send_day(
+    tmp_path: Path, database_url: str, make_settings: SettingsFactory
+) -> None:
+    emails = course_dir(tmp_path / "e", send_days=["mon", "sat_"])
+    found = check.problems(make_settings(database_url, 2525, emails_dir=emails))
+    days = "mon, tue, wed, thu, fri, sat, sun"
+    assert f"{emails / 'course.toml'}: send_days: 'sat_' is not a day; use {days}" in found
 
 
 def test_newsletter_same_day_must_be_true_or_false(tmp_path: Path) -> None:
