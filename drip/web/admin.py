@@ -421,6 +421,7 @@ def build_admin_router(
             progress = session.get(CourseProgress, subscriber_id) if found else None
             asked = replies.asked_by(session, subscriber_id) if found else []
             ahead = steering.upcoming(session, subscriber_id, course) if course and found else []
+        numbered = [(course.number_of(lesson.slug), lesson) for lesson in ahead] if course else []
         if found is None:
             return problem(request, 404, "No such subscriber", f"No subscriber #{subscriber_id}.")
         return render(
@@ -429,7 +430,7 @@ def build_admin_router(
             sub=found,
             items=items,
             entries=merged,
-            upcoming=ahead,
+            upcoming=numbered,
             can_steer=progress is not None
             and course is not None
             and found.status == SubscriberStatus.active,
