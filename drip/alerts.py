@@ -37,6 +37,7 @@ from drip.models import (
     OutboxStatus,
     WorkerHeartbeat,
 )
+from drip.sending.outbox import not_held
 from drip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     last_pass = session.execute(select(func.max(col(WorkerHeartbeat.last_pass_at)))).scalar()
     oldest_due = session.execute(
         select(func.min(col(OutboxMessage.due_at)))
-        .where(col(OutboxMessage.status).in_(UNSENT))
+        .where(col(OutboxMessage.status).in_(UNSENT), not_held())
         .where(col(OutboxMessage.due_at) <= now)
     ).scalar()
     if last_pass is not None and last_pass <= now - after:

@@ -1,4 +1,4 @@
-"""The course definition, `emails/course.toml`: ordered lessons and the send window.
+"""The course definition, `emails/course.toml`: ordered lessons, the send window and days.
 
 Lessons are identified by their `slug`, not their position, so an operator may
 add, reorder or retitle lessons without resending one a subscriber already has.
@@ -15,6 +15,9 @@ from pathlib import Path
 from drip.errors import DripError
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+#: `send_days` names, in the order of `datetime.weekday()` (Monday is 0).
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+EVERY_DAY = frozenset(range(7))
 
 
 class CourseError(DripError):
@@ -42,6 +45,10 @@ class Course:
     window_start: time
     window_end: time
     lessons: tuple[Lesson, ...]
+    #: Weekdays (0 is Monday) on which lessons may go, in the subscriber's time zone.
+    send_days: frozenset[int] = EVERY_DAY
+    #: False (the default): a lesson never goes on a day a newsletter went to that reader.
+    newsletter_same_day: bool = False
 
     @property
     def total(self) -> int:
@@ -74,6 +81,20 @@ def _parse_window(text: object) -> tuple[time, time]:
     return start, end
 
 
+def _parse_days(value: object) -> frozenset[int]:
+    """`["mon", "tue", ...]` to weekday numbers; any case, each name once at least."""
+    names = ", ".join(DAY_NAMES)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'send_days must be a list of days such as ["mon", "tue"] ({names})')
+    days: set[int] = set()
+    for item in value:
+        day = item.strip().lower() if isinstance(item, str) else None
+        if day not in DAY_NAMES:
+            raise ValueError(f"send_days: {item!r} is not a day; use {names}")
+        days.add(DAY_NAMES.index(day))
+    return frozenset(days)
+
+
 def load_course(emails_dir: Path) -> Course:
     """Read and check the course file, naming every problem found."""
     path = emails_dir / "course.toml"
@@ -95,6 +116,16 @@ def load_course(emails_dir: Path) -> Course:
     except ValueError as exc:
         problems.append(f"{path}: {exc}")
         start, end = time(8), time(10)
+    days = EVERY_DAY
+    if isinstance(meta, dict) and "send_days" in meta:
+        try:
+            days = _parse_days(meta["send_days"])
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
+    same_day = meta.get("newsletter_same_day", False) if isinstance(meta, dict) else False
+    if not isinstance(same_day, bool):
+        problems.append(f"{path}: newsletter_same_day must be true or false")
+        same_day = False
 
     lessons: list[Lesson] = []
     seen: set[str] = set()
@@ -132,4 +163,11 @@ def load_course(emails_dir: Path) -> Course:
         )
     if problems:
         raise CourseError(problems)
-    return Course(title=str(title), window_start=start, window_end=end, lessons=tuple(lessons))
+    return Course(
+        title=str(title),
+        window_start=start,
+        window_end=end,
+        lessons=tuple(lessons),
+        send_days=days,
+        newsletter_same_day=same_day,
+    )

@@ -6,12 +6,13 @@ page stays quick on a large log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from drip.held import HeldCourse, held_courses
 from drip.models import (
     NOT_TRIED_STATUSES,
     CourseProgress,
@@ -60,6 +61,10 @@ class Dashboard:
     workers: list[WorkerPass]
     #: Workers not seen for longer: left off the list.
     workers_gone: int = 0
+    #: Readers whose course waits on an email that failed for good (drip.held).
+    held: int = 0
+    #: The latest of them, with the failed message to retry.
+    held_courses: list[HeldCourse] = field(default_factory=list)
 
     def workers_alive(self, within: timedelta = STALE_AFTER) -> bool:
         return any(self.now - w.last_pass_at <= within for w in self.workers)
@@ -181,6 +186,7 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
     gone = session.execute(
         select(func.count()).select_from(hb).where(col(hb.last_pass_at) < since)
     ).scalar_one()
+    held, held_list = held_courses(session)
     return Dashboard(
         now=now,
         today=today_counts,
@@ -193,4 +199,6 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         waiting=int(waiting),
         workers=workers,
         workers_gone=int(gone),
+        held=held,
+        held_courses=held_list,
     )

@@ -18,6 +18,7 @@ own words. Anything else that escapes is a bug in drip.
     ├── NewsletterError     a newsletter file                             (drip.newsletter)
     ├── SendTestRefused     a test send's email name or address           (drip.testmail)
     ├── AnswerRefused       an answer to a reader's question              (drip.replies)
+    ├── SteeringError       a pause, resume, skip or restart of a course  (drip.steering)
     ├── ImportFileError     a subscriber CSV file as a whole              (drip.subscriber_csv)
     ├── LookupFailed        no answer from DNS for `drip check --dns`     (drip.deliverability)
     ├── MailboxError        the bounce mailbox cannot be read             (drip.bounce_mailbox)

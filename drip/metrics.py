@@ -31,6 +31,7 @@ from drip.models import (
     Subscriber,
     WorkerHeartbeat,
 )
+from drip.sending.outbox import not_held
 from drip.sending.ratelimit import BUCKET
 from drip.unconfirmed import expired_count
 
@@ -74,7 +75,7 @@ def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
     yield _by_status(session, "drip_outbox_messages", "Outbox rows", col(OutboxMessage.status))
     oldest = session.execute(
         select(func.min(col(OutboxMessage.due_at)))
-        .where(col(OutboxMessage.status).in_(UNSENT))
+        .where(col(OutboxMessage.status).in_(UNSENT), not_held())
         .where(col(OutboxMessage.due_at) <= now)
     ).scalar()
     waited = (now - oldest).total_seconds() if oldest is not None else 0.0

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     String,
     TypeDecorator,
     UniqueConstraint,
@@ -171,6 +172,30 @@ class CourseProgress(SQLModel, table=True):
     #: When the next lesson may be queued; NULL while one is in flight or the course is done.
     next_due_at: datetime | None = _when(index=True)
     finished_at: datetime | None = _when()
+    #: Set while the author holds this reader's course (drip.steering): nothing of it goes.
+    paused_at: datetime | None = _when()
+    #: How many times the course was started: a restart sends the lessons again, and
+    #: their dedupe keys name the round (drip.progress.lesson_key).
+    course_round: int = Field(
+        default=1, sa_column=Column(Integer, nullable=False, server_default="1")
+    )
+
+
+class CourseAction(SQLModel, table=True):
+    """The author steering one reader's course (pause, resume, skip, restart), for the
+    subscriber's timeline; drip.steering writes it."""
+
+    __tablename__ = "course_action"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True, ondelete="CASCADE")
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: `pause`, `resume`, `skip` or `restart`.
+    action: str = Field(sa_column=Column(String(16), nullable=False))
+    #: What it did, in words: the lessons held, skipped or due next.
+    detail: str = Field(default="", max_length=500)
+    #: Where the author did it: `cli` or `admin`.
+    source: str = Field(default="", max_length=16)
 
 
 class Newsletter(SQLModel, table=True):

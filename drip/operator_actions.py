@@ -28,6 +28,7 @@ from drip.models import (
 from drip.replies import asked_by
 from drip.sending.outbox import retry
 from drip.sendlog import iso
+from drip.steering import actions
 from drip.subscriber_view import timeline
 from drip.subscribers import leave
 from drip.tokens import new_salt
@@ -92,6 +93,12 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
             "last_sent_at": when(progress.last_sent_at),
             "next_due_at": when(progress.next_due_at),
             "finished_at": when(progress.finished_at),
+            "paused_at": when(progress.paused_at),
+            "round": progress.course_round,
+            "actions": [
+                {"at": when(a.at), "action": a.action, "detail": a.detail, "by": a.source}
+                for a in reversed(actions(session, subscriber_id))
+            ],
         },
         "messages": [
             {

@@ -3,17 +3,21 @@
 Confirmation queues the welcome email at once. When a course email is sent, the
 next lesson's due time is set (its delay after the previous send, the first
 counted from confirmation, moved into the send window in the subscriber's time
-zone). A pass then queues lessons whose due time has come. So a lesson is never
-queued before the previous one went out, and the pass only reads rows that are due.
+zone, on a send day: drip.sendtime). A pass then queues lessons whose due time has
+come, unless today is no send day or a newsletter's day for that reader: then the
+lesson waits for the next allowed day. So a lesson is never queued before the previous
+one went out, and the pass only reads rows that are due (and not paused: drip.steering).
+
+A restart begins a new round: the lessons' dedupe keys and the history read here are
+the round's own, so a reader gets a lesson again only because the author asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session, col
@@ -28,6 +32,7 @@ from drip.models import (
     SubscriberStatus,
 )
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
+from drip.sendtime import blocked_today, newsletter_days, send_moment, zone
 
 
 @dataclass(frozen=True)
@@ -79,23 +84,38 @@ class Pace:
 
 
 def into_window(when: datetime, tz_name: str, course: Course) -> datetime:
-    """The first moment at or after `when` that falls inside the subscriber's send window."""
-    try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = ZoneInfo("UTC")
-    local = when.astimezone(tz)
-    start = local.replace(
-        hour=course.window_start.hour, minute=course.window_start.minute, second=0, microsecond=0
+    """The first moment at or after `when` inside the subscriber's send window, on a send day."""
+    return send_moment(when, tz_name, course)
+
+
+def lesson_key(subscriber_id: int, slug: str, course_round: int = 1) -> str:
+    """A lesson's dedupe key: the first round's is `lesson:SLUG:subscriber:ID` as ever, a
+    restart's names its round (`SLUG.r2`; a slug has no dot), so it may go again."""
+    item = slug if course_round <= 1 else f"{slug}.r{course_round}"
+    return dedupe_key(MessageKind.lesson, subscriber_id, item)
+
+
+def lesson_message(
+    course: Course,
+    lesson: Lesson,
+    subscriber_id: int,
+    email: str,
+    course_round: int,
+    due_at: datetime,
+) -> NewMessage:
+    """The outbox row of one lesson of one round to one reader."""
+    context: dict[str, object] = {"slug": lesson.slug, **lesson_context(course, lesson)}
+    if course_round > 1:
+        context["round"] = course_round
+    return NewMessage(
+        kind=MessageKind.lesson,
+        template=lesson.template,
+        email=email,
+        dedupe_key=lesson_key(subscriber_id, lesson.slug, course_round),
+        due_at=due_at,
+        subscriber_id=subscriber_id,
+        context=context,
     )
-    end = local.replace(
-        hour=course.window_end.hour, minute=course.window_end.minute, second=0, microsecond=0
-    )
-    if local < start:
-        local = start
-    elif local >= end:
-        local = start + timedelta(days=1)
-    return local.astimezone(when.tzinfo)
 
 
 def lesson_context(course: Course, lesson: Lesson) -> dict[str, object]:
@@ -131,18 +151,20 @@ def start_course(
     )
 
 
-def _queued_slugs_of(session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
-    """The lessons already queued for each of these subscribers, in one query."""
+def _queued_slugs_of(session: Session, rounds: dict[int, int]) -> dict[int, set[str]]:
+    """The lessons already queued (sent, skipped, on their way) in each of these
+    subscribers' current round (`rounds`: subscriber id to round), in one query."""
     found: dict[int, set[str]] = {}
-    if not subscriber_ids:
+    if not rounds:
         return found
     rows = session.execute(
         select(col(OutboxMessage.subscriber_id), col(OutboxMessage.context))
-        .where(col(OutboxMessage.subscriber_id).in_(subscriber_ids))
+        .where(col(OutboxMessage.subscriber_id).in_(list(rounds)))
         .where(col(OutboxMessage.kind) == MessageKind.lesson)
     )
     for subscriber_id, context in rows:
-        found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
+        if context.get("round", 1) == rounds[subscriber_id]:
+            found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
     return found
 
 
@@ -173,12 +195,17 @@ def after_send(
     """
     progress = table_of(CourseProgress).c
     found = session.execute(
-        select(progress.subscriber_id, progress.started_at, progress.finished_at)
+        select(
+            progress.subscriber_id,
+            progress.started_at,
+            progress.finished_at,
+            progress.course_round,
+        )
         .add_columns(col(Subscriber.status), col(Subscriber.timezone))
         .join(Subscriber, col(Subscriber.id) == progress.subscriber_id)
         .where(progress.subscriber_id.in_(subscriber_ids))
     ).all()
-    history = _queued_slugs_of(session, [row.subscriber_id for row in found])
+    history = _queued_slugs_of(session, {row.subscriber_id: row.course_round for row in found})
     changes = []
     for row in found:
         queued = history.get(row.subscriber_id, set())
@@ -215,18 +242,32 @@ def after_send(
 
 
 def queue_due_lessons(
-    session: Session, now: datetime, course: Course, msgid_domain: str, limit: int = 500
+    session: Session,
+    now: datetime,
+    course: Course,
+    msgid_domain: str,
+    limit: int = 500,
+    pace: Pace | None = None,
 ) -> int:
     """Queue the next lesson of every subscriber whose lesson is due at `now`, up to `limit`.
 
     A batch costs a fixed number of statements whatever its size: read the due rows,
-    clear their due time, read their lesson history, queue the lessons, close the
-    courses that are done. A pass with 10k lessons due is 20 batches, not 20k round trips.
+    clear their due time, read their lesson history (and newsletter days), queue the
+    lessons, move those that must wait for another day, close the courses that are
+    done. A pass with 10k lessons due is 20 batches, not 20k round trips.
     """
+    pace = pace or Pace()
     stmt = (
-        select(col(CourseProgress.subscriber_id), col(Subscriber.email), col(Subscriber.status))
+        select(
+            col(CourseProgress.subscriber_id),
+            col(Subscriber.email),
+            col(Subscriber.status),
+            col(Subscriber.timezone),
+            col(CourseProgress.course_round),
+        )
         .join(Subscriber, col(Subscriber.id) == col(CourseProgress.subscriber_id))
         .where(col(CourseProgress.next_due_at) <= now)
+        .where(col(CourseProgress.paused_at).is_(None))
         .order_by(col(CourseProgress.next_due_at))
         .limit(limit)
     )
@@ -237,27 +278,37 @@ def queue_due_lessons(
     # The next due time is set when this lesson is sent.
     _set_progress(session, [row.subscriber_id for row in due], next_due_at=None)
     active = [row for row in due if row.status == SubscriberStatus.active]
-    history = _queued_slugs_of(session, [row.subscriber_id for row in active])
+    history = _queued_slugs_of(session, {row.subscriber_id: row.course_round for row in active})
+    busy: dict[int, set[date]] = {}
+    if pace.uses_window and not course.newsletter_same_day:
+        busy = newsletter_days(session, {row.subscriber_id: row.timezone for row in active}, now)
     messages: list[NewMessage] = []
     done: list[int] = []
-    for subscriber_id, email, _ in active:
-        lesson = next_lesson(course, history.get(subscriber_id, set()))
+    later: list[dict[str, Any]] = []
+    for row in active:
+        lesson = next_lesson(course, history.get(row.subscriber_id, set()))
         if lesson is None:
-            done.append(subscriber_id)
+            done.append(row.subscriber_id)
+            continue
+        taken = busy.get(row.subscriber_id, set())
+        if pace.uses_window and blocked_today(now, row.timezone, course, taken):
+            today = now.astimezone(zone(row.timezone)).date()
+            at = send_moment(now, row.timezone, course, taken | {today})
+            later.append({"p_id": row.subscriber_id, "p_due": at})
             continue
         messages.append(
-            NewMessage(
-                kind=MessageKind.lesson,
-                template=lesson.template,
-                email=email,
-                dedupe_key=dedupe_key(MessageKind.lesson, subscriber_id, lesson.slug),
-                due_at=now,
-                subscriber_id=subscriber_id,
-                context={"slug": lesson.slug, **lesson_context(course, lesson)},
-            )
+            lesson_message(course, lesson, row.subscriber_id, row.email, row.course_round, now)
         )
     if done:
         _set_progress(session, done, finished_at=now, only_unfinished=True)
+    if later:
+        progress = table_of(CourseProgress).c
+        session.execute(
+            update(table_of(CourseProgress))
+            .where(progress.subscriber_id == bindparam("p_id"))
+            .values(next_due_at=bindparam("p_due")),
+            later,
+        )
     return enqueue_many(session, messages, msgid_domain, now)
 
 

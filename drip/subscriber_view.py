@@ -1,7 +1,8 @@
 """The operator's view of subscribers, for `drip subscribers list` and /admin.
 
 The list (newest first, by status or address prefix) and one subscriber's timeline of
-every message and attempt. It only reads; drip.subscribers is where subscribers change.
+every message and attempt, and of the author's actions on their course (drip.steering).
+It only reads; drip.subscribers and drip.steering are where subscribers change.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, select
 from sqlmodel import Session, col
 
-from drip.models import DeliveryAttempt, OutboxMessage, Subscriber, SubscriberStatus
+from drip.models import (
+    CourseAction,
+    DeliveryAttempt,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
 from drip.sendlog import MAX_ID, MAX_LIMIT
+from drip.steering import actions
 from drip.subscribers import email_key
 
 
@@ -42,6 +50,21 @@ def timeline(session: Session, subscriber_id: int, limit: int = 500) -> list[Tim
         for attempt in attempts:
             by_message[attempt.outbox_id].append(attempt)
     return [TimelineItem(m, by_message.get(m.id or 0, [])) for m in messages]
+
+
+def with_actions(
+    session: Session, subscriber_id: int, items: list[TimelineItem]
+) -> list[TimelineItem | CourseAction]:
+    """The timeline's messages with the author's course actions (pause, skip...) among
+    them, newest first: a message by when it was queued, an action by when it was taken."""
+    merged: list[TimelineItem | CourseAction] = [*items, *actions(session, subscriber_id)]
+
+    def when(entry: TimelineItem | CourseAction) -> tuple[object, int]:
+        if isinstance(entry, CourseAction):
+            return entry.at, 1
+        return entry.message.created_at, 0
+
+    return sorted(merged, key=when, reverse=True)
 
 
 @dataclass(frozen=True)

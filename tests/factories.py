@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, select
 from sqlmodel import Session
@@ -32,14 +35,17 @@ def subscriber(
     name: str = "Sam",
     start: bool = True,
     newsletter: bool = False,
+    now: datetime | None = None,
+    timezone: str | None = None,
 ) -> Subscriber:
     with session_scope(get_engine(settings.database_url)) as session:
-        now = utcnow()
+        now = now or utcnow()
         sub, _ = add_subscriber(
             session,
             settings,
             email=email,
             name=name,
+            timezone=timezone,
             source="test",
             newsletter=newsletter,
             now=now,
@@ -49,6 +55,24 @@ def subscriber(
         else:
             queue_confirmation(session, settings, sub, now)
         return sub
+
+
+def course_dir(target: Path, **course: object) -> Path:
+    """A copy of the shipped emails at `target`, with these settings added to `[course]`
+    in TOML (`send_days=["mon"]`), for a test to break or bend."""
+    shutil.copytree(Path(__file__).resolve().parent.parent / "emails", target)
+    toml = target / "course.toml"
+    lines = "".join(f"{key} = {_toml(value)}\n" for key, value in course.items())
+    toml.write_text(toml.read_text().replace("[course]\n", f"[course]\n{lines}", 1))
+    return target
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def tick(settings: Settings, now: datetime | None = None) -> PassReport:

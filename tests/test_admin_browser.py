@@ -221,3 +221,25 @@ def test_send_a_test_from_the_dashboard(
     assert message["Subject"].startswith("[Test] Lesson 2 of 9")
     assert message["X-Drip-Test"] == "yes"
     assert message["To"] == "Ann Lee <ann@example.com>"
+
+
+def test_the_course_buttons_pause_resume_and_skip_from_the_subscribers_page(
+    page: Page, site: str, admin_settings: Settings, engine: Engine
+) -> None:
+    ann = subscriber(admin_settings, "ann@example.com")
+    run_tick(admin_settings)
+    page.goto(f"{site}/admin/subscribers/{ann.id}")
+    page.get_by_role("button", name="Pause the course").click()
+    page.wait_for_url("**done=course-pause")
+    assert "Course paused" in page.locator("main").inner_text()
+    assert page.locator(".pill", has_text="paused").count() == 1
+    page.get_by_role("button", name="Resume the course").click()
+    page.wait_for_url("**done=course-resume")
+    page.get_by_label("Skip to").select_option("pressure-release")
+    page.get_by_role("button", name="Skip", exact=True).click()
+    page.wait_for_url("**done=course-skip")
+    actions = page.locator("li.course-action strong").all_inner_texts()
+    assert actions == ["course skip", "course resume", "course pause"]
+    assert (
+        "lesson 2 (finding-trigger-points)" in page.locator("li.course-action").first.inner_text()
+    )

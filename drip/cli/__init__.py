@@ -517,7 +517,11 @@ def newsletter_resume() -> None:
 app.add_typer(pack_app, name="pack", help="The information pack PDF.")
 app.command("preview")(preview)
 app.command("logs")(logs)
-app.add_typer(subscribers_app, name="subscribers", help="List, import and export subscribers.")
+app.add_typer(
+    subscribers_app,
+    name="subscribers",
+    help="List, import and export subscribers; pause, resume, skip or restart one's course.",
+)
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
-"""Operator commands: `drip logs` and `drip subscribers list / import / export`.
+"""Operator commands: `drip logs` and `drip subscribers list / import / export /
+pause / resume / skip / restart`.
 
-Thin over drip.sendlog, drip.subscriber_view and drip.subscriber_csv, so the CLI and
+Thin over drip.sendlog, drip.subscriber_view, drip.subscriber_csv and drip.steering, so
+the CLI and
 /admin answer the same questions the same way. drip/cli/__init__.py mounts `logs` and
 `subscribers_app`; drip.cli.output says how they report problems.
 """
@@ -11,6 +13,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,13 +22,17 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from drip import steering
 from drip.cli.output import PROBLEMS, console, err, fail, print_lines, wide
 from drip.clock import utcnow
-from drip.db import ensure_schema, get_engine, read_scope
+from drip.course import Course, load_course
+from drip.db import ensure_schema, get_engine, read_scope, session_scope
 from drip.keycheck import adopt_key
 from drip.models import Subscriber
 from drip.printable import one_line, printable
+from drip.progress import Pace
 from drip.sendlog import (
     KINDS,
     LOG_STATUSES,
@@ -38,6 +45,7 @@ from drip.sendlog import (
     parse_since,
 )
 from drip.settings import Settings, load_settings
+from drip.steering import Steered
 from drip.subscriber_csv import (
     ImportFileError,
     count_records,
@@ -47,7 +55,10 @@ from drip.subscriber_csv import (
 )
 from drip.subscriber_view import SubscriberFilter, list_subscribers
 
-subscribers_app = typer.Typer(help="List, import and export subscribers.", no_args_is_help=True)
+subscribers_app = typer.Typer(
+    help="List, import and export subscribers; pause, resume, skip or restart one's course.",
+    no_args_is_help=True,
+)
 
 #: Skipped (already present) addresses listed one by one; beyond this only counted.
 SKIPPED_SHOWN = 20
@@ -364,3 +375,76 @@ def export_command(
                 total = export_subscribers(engine, handle, step)
     if out is not None:
         err().print(f"exported {total} subscribers to {out}", markup=False)
+
+
+# -- drip subscribers pause / resume / skip / restart -------------------------------------
+
+
+def _steer(email: str, act: Callable[[Session, Subscriber, Course, Settings], Steered]) -> None:
+    """Run one course action on one reader in one transaction, and say what it did."""
+    settings = load_settings()
+    engine = _engine(settings)
+    course = load_course(settings.emails_dir)
+    with session_scope(engine) as session:
+        done = act(session, steering.find(session, email), course, settings)
+    if done.changed:
+        console().print(f"{email}: {done.detail}", markup=False, soft_wrap=True)
+    else:
+        err().print(f"{email}: nothing to change: {done.detail}", markup=False, soft_wrap=True)
+
+
+EMAIL = Annotated[str, typer.Argument(help="the subscriber's address")]
+
+
+@subscribers_app.command("pause")
+def pause_command(email: EMAIL) -> None:
+    """Hold their course: nothing of it goes (a queued lesson waits, not lost) until resume."""
+    _steer(
+        email,
+        lambda session, sub, _course, _settings: steering.pause(session, sub, utcnow(), "cli"),
+    )
+
+
+@subscribers_app.command("resume")
+def resume_command(email: EMAIL) -> None:
+    """Let their course go on from where it stopped: the next lesson, then the normal gaps."""
+    _steer(
+        email,
+        lambda session, sub, course, settings: steering.resume(
+            session, sub, course, utcnow(), "cli", Pace(settings.minutes_per_day)
+        ),
+    )
+
+
+@subscribers_app.command("skip")
+def skip_command(
+    email: EMAIL,
+    to: Annotated[
+        str | None, typer.Option("--to", help="the slug of the lesson to go on with")
+    ] = None,
+) -> None:
+    """Skip their next lesson, or every lesson before --to SLUG; it is never sent to them."""
+    _steer(
+        email,
+        lambda session, sub, course, settings: steering.skip(
+            session,
+            sub,
+            course,
+            settings.sender_address.domain,
+            utcnow(),
+            "cli",
+            to,
+            Pace(settings.minutes_per_day),
+        ),
+    )
+
+
+@subscribers_app.command("restart")
+def restart_command(email: EMAIL) -> None:
+    """Start their course again from the first lesson (a normal delay after the last sent)."""
+    _steer(
+        email,
+        lambda session, sub, course, settings: steering.restart(
+            session, sub, course, utcnow(), "cli", Pace(settings.minutes_per_day)
+        ),
+    )

@@ -349,24 +349,94 @@ def skip_for_subscriber(session: Session, subscriber_id: int, reason: str, now: 
             .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
         ).scalars()
     )
+    return skip(session, ids, reason, now)
+
+
+def skip(
+    session: Session,
+    ids: Sequence[int],
+    reason: str,
+    now: datetime,
+    from_statuses: Collection[OutboxStatus] = PENDING_STATUSES,
+) -> int:
+    """Mark these messages skipped, with a send-log row each, if they are still in one of
+    `from_statuses` (a row a worker holds is left to it); returns how many moved."""
     if not ids:
         return 0
-    session.execute(
-        update(OutboxMessage)
-        .where(col(OutboxMessage.id).in_(ids))
-        .values(
-            status=OutboxStatus.skipped,
-            next_attempt_at=None,
-            last_smtp_message=reason,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    moved = list(
+        session.execute(
+            update(OutboxMessage)
+            .where(col(OutboxMessage.id).in_(list(ids)))
+            .where(col(OutboxMessage.status).in_(list(from_statuses)))
+            .values(
+                status=OutboxStatus.skipped,
+                next_attempt_at=None,
+                last_smtp_message=reason,
+                updated_at=now,
+            )
+            .returning(col(OutboxMessage.id))
+            .execution_options(synchronize_session=False)
+        ).scalars()
     )
     session.add_all(
         DeliveryAttempt(outbox_id=i, at=now, status=OutboxStatus.skipped, smtp_message=reason)
-        for i in ids
+        for i in moved
     )
-    return len(ids)
+    return len(moved)
+
+
+def not_held() -> ColumnElement[bool]:
+    """Rows a worker may take when due: a held row (see `hold`) has no next attempt."""
+    return col(OutboxMessage.next_attempt_at).is_not(None)
+
+
+def hold(
+    session: Session, subscriber_id: int, kinds: Collection[MessageKind], now: datetime
+) -> list[int]:
+    """Keep a subscriber's unsent messages of these kinds from every worker, until
+    `unhold`: they stay queued or deferred, with no time for their next attempt, so no
+    claim takes them and nothing waits on them. A row a worker holds already goes."""
+    return list(
+        session.execute(
+            update(OutboxMessage)
+            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
+            .where(col(OutboxMessage.kind).in_(list(kinds)))
+            .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
+            .where(not_held())
+            .values(next_attempt_at=None, updated_at=now)
+            .returning(col(OutboxMessage.id))
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+
+
+def held_for(
+    session: Session, subscriber_id: int, kinds: Collection[MessageKind]
+) -> list[OutboxMessage]:
+    """A subscriber's held messages of these kinds, oldest first."""
+    return list(
+        session.execute(
+            select(OutboxMessage)
+            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
+            .where(col(OutboxMessage.kind).in_(list(kinds)))
+            .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
+            .where(col(OutboxMessage.next_attempt_at).is_(None))
+            .order_by(col(OutboxMessage.id))
+        ).scalars()
+    )
+
+
+def unhold(session: Session, outbox_id: int, at: datetime, now: datetime) -> bool:
+    """Let a held message go again at `at`; False if it was not held."""
+    moved = session.execute(
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id) == outbox_id)
+        .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
+        .where(col(OutboxMessage.next_attempt_at).is_(None))
+        .values(next_attempt_at=at, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def retry(session: Session, outbox_id: int, now: datetime) -> bool:

@@ -21,7 +21,7 @@ from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, WorkerHeartbeat
-from drip.progress import queue_due_lessons
+from drip.progress import Pace, queue_due_lessons
 from drip.sending.delivery import Delivery, DeliveryReport, worker_name
 from drip.settings import Settings
 
@@ -45,7 +45,12 @@ def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
         # Each batch clears the due time of the rows it reads, so this loop ends.
         with session_scope(engine) as session:
             total += queue_due_lessons(
-                session, now, course, settings.sender_address.domain, limit=QUEUE_BATCH
+                session,
+                now,
+                course,
+                settings.sender_address.domain,
+                limit=QUEUE_BATCH,
+                pace=Pace(settings.minutes_per_day),
             )
             if not _more_due(session, now):
                 return total
@@ -56,6 +61,7 @@ def _more_due(session: Session, now: datetime) -> bool:
         session.execute(
             select(col(CourseProgress.subscriber_id))
             .where(col(CourseProgress.next_due_at) <= now)
+            .where(col(CourseProgress.paused_at).is_(None))
             .limit(1)
         ).first()
         is not None

@@ -32,9 +32,9 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
-from drip import catcher, health, newsletter, replies, testmail
+from drip import catcher, health, newsletter, replies, steering, testmail
 from drip.clock import utcnow
-from drip.course import CourseError, load_course
+from drip.course import Course, CourseError, load_course
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.errors import DripError
@@ -55,10 +55,11 @@ from drip.operator_actions import (
     retry_message,
     subscriber_data,
 )
+from drip.progress import Pace
 from drip.render import template_names
 from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_since
 from drip.settings import Settings
-from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline
+from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline, with_actions
 from drip.subscribers import leave
 from drip.web.chart import sends_chart
 from drip.web.proxies import client_key
@@ -86,6 +87,11 @@ DONE = {
     "already-answered": "That answer was already queued: it is sent once.",
     "marked": "Marked.",
     "test-queued": "The test is queued; the next pass sends it (in the send log as kind test).",
+    "course-pause": "Course paused: nothing of it goes until you resume it.",
+    "course-resume": "Course resumed: the next lesson goes at its time, then the normal delays.",
+    "course-skip": "Skipped: the next lesson takes the skipped one's place.",
+    "course-restart": "Course restarted: the first lesson goes next.",
+    "course-unchanged": "Nothing to change: the course was already so.",
 }
 
 
@@ -427,13 +433,23 @@ def build_admin_router(
             older=older,
         )
 
+    def current_course() -> Course | None:
+        try:
+            return load_course(settings.emails_dir)
+        except CourseError:
+            return None
+
     @router.get("/subscribers/{subscriber_id}", response_class=HTMLResponse)
     def subscriber(request: Request, subscriber_id: RowId) -> HTMLResponse:
+        course = current_course()
         with read_scope(engine) as session:
             found = session.get(Subscriber, subscriber_id)
             items = timeline(session, subscriber_id) if found else []
+            merged = with_actions(session, subscriber_id, items) if found else []
             progress = session.get(CourseProgress, subscriber_id) if found else None
             asked = replies.asked_by(session, subscriber_id) if found else []
+            ahead = steering.upcoming(session, subscriber_id, course) if course and found else []
+        numbered = [(course.number_of(lesson.slug), lesson) for lesson in ahead] if course else []
         if found is None:
             return problem(request, 404, "No such subscriber", f"No subscriber #{subscriber_id}.")
         return render(
@@ -441,6 +457,11 @@ def build_admin_router(
             "subscriber.html",
             sub=found,
             items=items,
+            entries=merged,
+            upcoming=numbered,
+            can_steer=progress is not None
+            and course is not None
+            and found.status == SubscriberStatus.active,
             progress=progress,
             questions=asked,
             retryable={str(s) for s in RETRYABLE_STATUSES},
@@ -459,6 +480,54 @@ def build_admin_router(
                 session, found, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed by the admin"
             )
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
+
+    def steer(request: Request, subscriber_id: int, action: str, to: str | None = None) -> Response:
+        """One course action from the subscriber's page; the domain says what it did."""
+        course = current_course()
+        if course is None:
+            return problem(
+                request, 409, "Not done", "The course file has problems: run drip check."
+            )
+        now = utcnow()
+        pace = Pace(settings.minutes_per_day)
+        try:
+            with session_scope(engine) as session:
+                found = session.get(Subscriber, subscriber_id)
+                if found is None:
+                    return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
+                if action == "pause":
+                    done = steering.pause(session, found, now, "admin")
+                elif action == "resume":
+                    done = steering.resume(session, found, course, now, "admin", pace)
+                elif action == "skip":
+                    domain = settings.sender_address.domain
+                    done = steering.skip(
+                        session, found, course, domain, now, "admin", to or None, pace
+                    )
+                else:
+                    done = steering.restart(session, found, course, now, "admin", pace)
+        except steering.SteeringError as exc:
+            return problem(request, 409, "Not done", f"Not done: {exc}.")
+        outcome = f"course-{action}" if done.changed else "course-unchanged"
+        return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done={outcome}", 303)
+
+    @router.post("/subscribers/{subscriber_id}/pause", response_model=None)
+    def pause_course(request: Request, subscriber_id: RowId) -> Response:
+        return steer(request, subscriber_id, "pause")
+
+    @router.post("/subscribers/{subscriber_id}/resume", response_model=None)
+    def resume_course(request: Request, subscriber_id: RowId) -> Response:
+        return steer(request, subscriber_id, "resume")
+
+    @router.post("/subscribers/{subscriber_id}/skip", response_model=None)
+    def skip_lesson(
+        request: Request, subscriber_id: RowId, to: Annotated[str, Form(max_length=64)] = ""
+    ) -> Response:
+        return steer(request, subscriber_id, "skip", to)
+
+    @router.post("/subscribers/{subscriber_id}/restart", response_model=None)
+    def restart_course(request: Request, subscriber_id: RowId) -> Response:
+        return steer(request, subscriber_id, "restart")
 
     @router.post("/subscribers/{subscriber_id}/export", response_model=None)
     def export(request: Request, subscriber_id: RowId) -> Response:
