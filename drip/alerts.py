@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 
 from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
-from drip.health import rates_since
+from drip.health import IS_MAIL, mail_attempts, rates_since
 from drip.models import (
     UNSENT_STATUSES as UNSENT,
 )
@@ -91,6 +91,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
         select(func.min(col(OutboxMessage.due_at)))
         .where(col(OutboxMessage.status).in_(UNSENT))
         .where(col(OutboxMessage.due_at) <= now)
+        .where(IS_MAIL)
     ).scalar()
     if last_pass is not None and last_pass <= now - after:
         found["worker_stopped"] = f"the last scheduler pass ended at {_when(last_pass)}"
@@ -121,15 +122,19 @@ def _smtp_failing(session: Session, now: datetime, after: timedelta) -> str | No
     and not one message accepted since."""
     status = col(DeliveryAttempt.status)
     at = col(DeliveryAttempt.at)
-    last_sent = session.execute(select(func.max(at)).where(status == OutboxStatus.sent)).scalar()
-    failures = select(func.min(at), func.max(at)).where(status == OutboxStatus.deferred)
+    last_sent = session.execute(
+        mail_attempts(select(func.max(at))).where(status == OutboxStatus.sent)
+    ).scalar()
+    failures = mail_attempts(select(func.min(at), func.max(at))).where(
+        status == OutboxStatus.deferred
+    )
     if last_sent is not None:
         failures = failures.where(at > last_sent)
     first, latest = session.execute(failures).one()
     if first is None or latest is None or first > now - after or latest < now - after:
         return None
     reply = session.execute(
-        select(col(DeliveryAttempt.smtp_message))
+        mail_attempts(select(col(DeliveryAttempt.smtp_message)))
         .where(status == OutboxStatus.deferred)
         .order_by(at.desc())
         .limit(1)

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from drip.health import IS_MAIL, mail_attempts
 from drip.models import (
     NOT_TRIED_STATUSES,
     CourseProgress,
@@ -70,7 +71,7 @@ def _count(session: Session, status: str, start: datetime, end: datetime | None 
     Many such counts beat one GROUP BY day: grouping sorts every row of the month,
     a range count only walks the index.
     """
-    stmt = (
+    stmt = mail_attempts(
         select(func.count())
         .select_from(DeliveryAttempt)
         .where(col(DeliveryAttempt.status) == status, col(DeliveryAttempt.at) >= start)
@@ -138,6 +139,7 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
         select(func.count())
         .select_from(OutboxMessage)
         .where(col(OutboxMessage.status).in_((*NOT_TRIED_STATUSES, OutboxStatus.deferred)))
+        .where(IS_MAIL)
     ).scalar_one()
     hb = WorkerHeartbeat
     since = now - GONE_AFTER

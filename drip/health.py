@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select
 from sqlmodel import Session, col
 
-from drip.db import read_scope, session_scope
+from drip.db import SelectT, read_scope, session_scope
 from drip.models import (
     DeliveryAttempt,
     MessageKind,
@@ -70,6 +70,17 @@ class Health:
     min_messages: int
 
 
+#: Outbox rows that are emails: webhook rows (drip.hooks) never count as mail.
+IS_MAIL = col(OutboxMessage.kind) != MessageKind.webhook
+
+
+def mail_attempts(stmt: SelectT) -> SelectT:
+    """`stmt` on DeliveryAttempt, narrowed to attempts at emails (not webhook POSTs)."""
+    return stmt.join(OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id)).where(
+        IS_MAIL
+    )
+
+
 def _counts(key: Any = None) -> Any:
     """Delivered, bounced and complained messages, each message counted once per figure."""
     outbox_id = col(DeliveryAttempt.outbox_id)
@@ -89,7 +100,7 @@ def _counts(key: Any = None) -> Any:
 def rates_since(session: Session, since: datetime) -> Rates:
     """Messages delivered, hard-bounced and complained about, by attempts at or after `since`."""
     row = session.execute(
-        _counts()
+        mail_attempts(_counts())
         .where(col(DeliveryAttempt.status).in_(_COUNTED))
         .where(col(DeliveryAttempt.at) >= since)
     ).one()

@@ -69,6 +69,13 @@ class MessageKind(StrEnum):
     newsletter = "newsletter"
     #: The author's answer to a reader's reply (drip.replies), sent like any other email.
     answer = "answer"
+    #: Not an email: an event POSTed to a DRIP_WEBHOOK_URLS receiver (drip.hooks), through
+    #: the same outbox, leases and retries; never counted as mail.
+    webhook = "webhook"
+
+
+#: Every kind that is an email (all but webhook rows): what mail counts count.
+EMAIL_KINDS = tuple(kind for kind in MessageKind if kind != MessageKind.webhook)
 
 
 class OutboxStatus(StrEnum):

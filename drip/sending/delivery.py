@@ -39,13 +39,14 @@ from drip.models import (
 from drip.progress import Pace
 from drip.sending.message import Envelope
 from drip.sending.outbox import Result, claim, record, release, renew, retry_or_give_up
+from drip.sending.post import Post, Poster
 from drip.sending.prepare import Preparer
 from drip.sending.ratelimit import Limiter
 from drip.sending.sender import Connection, Outcome, Verdict
 from drip.settings import Settings
 
 #: A claimed row with its message ready to send, or the reason it must not be sent.
-Claimed = tuple[OutboxMessage, Envelope | Result]
+Claimed = tuple[OutboxMessage, Envelope | Post | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
@@ -98,6 +99,7 @@ class Delivery:
         self.limiter = Limiter(engine, settings.send_rate, clock, chunk=settings.smtp_concurrency)
         settings.require_secret()  # missing, it stops the run here, not at the first message
         self.pace = Pace(settings.minutes_per_day)
+        self.poster = Poster()
         self._in_hand: set[int] = set()
         #: Per row in hand: when its lease runs out, on this process's monotonic clock.
         self._lease_ends: dict[int, float] = {}
@@ -131,6 +133,7 @@ class Delivery:
         finally:
             over.set()
             await keeper
+            await self.poster.close()
             await asyncio.to_thread(
                 release, self.engine, self.worker, list(self._in_hand), self.clock()
             )
@@ -156,9 +159,15 @@ class Delivery:
             await connection.close()
 
     async def _deliver(
-        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Result
+        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Post | Result
     ) -> None:
-        if isinstance(prepared, Envelope):
+        if isinstance(prepared, Post):
+            # Not an email: DRIP_SEND_RATE does not apply, and a receiver that is down
+            # defers its own rows without halting the run (as an SMTP server down does).
+            if self.stop.is_set() or self._lease_short(row):
+                return
+            result = self._judge(row, await self.poster.send(prepared))
+        elif isinstance(prepared, Envelope):
             await self.limiter.acquire()
             if self.stop.is_set() or self._lease_short(row):
                 return  # left in hand: released at the end, claimed afresh
@@ -249,6 +258,8 @@ class Delivery:
             return Result(OutboxStatus.sent, outcome.code, outcome.message)
         if outcome.verdict == Verdict.bounced:
             return Result(OutboxStatus.bounced, outcome.code, outcome.message)
+        if outcome.verdict == Verdict.failed:
+            return Result(OutboxStatus.failed, outcome.code, outcome.message)
         return retry_or_give_up(self.settings, row, outcome.code, outcome.message, self.clock())
 
     # -- database work, run in a thread -------------------------------------------
@@ -292,7 +303,7 @@ class Delivery:
             moved = record(session, results, self.worker, now)
             # A row missing from `moved` lost its lease: whoever holds it now follows up.
             held = [(row, result) for row, result in results if row.id in moved]
-            follow_up(session, held, now, self.course, self.pace)
+            follow_up(session, self.settings, held, now, self.course, self.pace)
         for row, result in results:
             self._in_hand.discard(row.id)
             self._lease_ends.pop(row.id or 0, None)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from drip import verp
+from drip import hooks, verp
 from drip.clock import Clock
 from drip.course import Course
 from drip.identity import identity
@@ -30,6 +30,7 @@ from drip.render import RenderError, render_email
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
+from drip.sending.post import Post
 from drip.settings import Settings
 from drip.subscribers import confirm_salt
 from drip.tokens import make_token
@@ -83,6 +84,7 @@ class Preparer:
     def __init__(self, settings: Settings, course: Course | None, clock: Clock) -> None:
         self.settings = settings
         self.secret = settings.require_secret()
+        self.webhook_secret = hooks.signing_secret(settings)
         self.course = course
         self.clock = clock
         self._newsletters: dict[int, dict[str, Any]] = {}
@@ -108,8 +110,13 @@ class Preparer:
             assert letter_id is not None
             self._newsletters[letter_id] = stored_context(session, letter_id)
 
-    def prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
-        """Render and build the message, or say why it must not be sent."""
+    def prepare(
+        self, row: OutboxMessage, subscriber: Subscriber | None
+    ) -> Envelope | Post | Result:
+        """Render and build the message, or say why it must not be sent. A webhook row
+        is its signed POST: it reports a fact, whatever the subscriber's state now."""
+        if row.kind == MessageKind.webhook:
+            return hooks.request(self.webhook_secret, row, self.clock())
         if subscriber is None:
             return Result(OutboxStatus.skipped, None, "the subscriber was deleted")
         # A confirmation goes to a pending subscriber, or to an active one who signed up

@@ -45,7 +45,12 @@ def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
         # Each batch clears the due time of the rows it reads, so this loop ends.
         with session_scope(engine) as session:
             total += queue_due_lessons(
-                session, now, course, settings.sender_address.domain, limit=QUEUE_BATCH
+                session,
+                now,
+                course,
+                settings.sender_address.domain,
+                limit=QUEUE_BATCH,
+                settings=settings,
             )
             if not _more_due(session, now):
                 return total
