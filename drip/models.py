@@ -314,6 +314,28 @@ class PackDownload(SQLModel, table=True):
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
 
 
+class Click(SQLModel, table=True):
+    """One request to a lesson's tracked link (DRIP_CLICK_TRACKING, drip.clicks).
+
+    Raw: every GET and HEAD is a row. `human` is decided when the click is recorded
+    (`reason` says why not: `head`, `early`, `scanner`, `burst`), and a click that
+    completes a burst of all a message's links turns the burst's earlier clicks
+    non-human too. Neither the address nor the user agent is kept: only the verdict.
+    """
+
+    __tablename__ = "click"
+    __table_args__ = (Index("ix_click_outbox_at", "outbox_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", ondelete="CASCADE")
+    #: Which link of the message (0-based, in order of first appearance).
+    link: int
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    method: str = Field(max_length=8)
+    human: bool = Field(sa_column=Column(Boolean, nullable=False))
+    reason: str = Field(default="", max_length=32)
+
+
 class WebhookReceipt(SQLModel, table=True):
     """A signed webhook's one-time value (Mailgun's token), kept while its timestamp is
     fresh, so the same signed request cannot be replayed."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from drip import hooks, verp
+from drip import clicks, hooks, verp
 from drip.clock import Clock
 from drip.course import Course
 from drip.identity import identity
@@ -134,6 +134,9 @@ class Preparer:
         context = email_context(self.settings, self.secret, self.course, row, subscriber, letter)
         try:
             rendered = render_email(self.settings.emails_dir, row.template, context)
+            if self.settings.click_tracking and row.kind == MessageKind.lesson and row.id:
+                base = self.settings.base_url
+                rendered = clicks.track_links(rendered, base, self.secret, row.id)
             return compose(
                 self.settings,
                 rendered,
