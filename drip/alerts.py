@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 
 from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
-from drip.health import IS_MAIL, mail_attempts, rates_since
+from drip.health import MailOnly, rates_since
 from drip.models import (
     UNSENT_STATUSES as UNSENT,
 )
@@ -87,11 +87,11 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     found: dict[str, str | None] = dict.fromkeys(TITLES)
 
     last_pass = session.execute(select(func.max(col(WorkerHeartbeat.last_pass_at)))).scalar()
+    mail = MailOnly.of(session)
     oldest_due = session.execute(
-        select(func.min(col(OutboxMessage.due_at)))
+        mail.rows(select(func.min(col(OutboxMessage.due_at))))
         .where(col(OutboxMessage.status).in_(UNSENT))
         .where(col(OutboxMessage.due_at) <= now)
-        .where(IS_MAIL)
     ).scalar()
     if last_pass is not None and last_pass <= now - after:
         found["worker_stopped"] = f"the last scheduler pass ended at {_when(last_pass)}"
@@ -100,7 +100,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     if oldest_due is not None and oldest_due <= now - after:
         found["queue_stuck"] = f"the oldest due message has waited since {_when(oldest_due)}"
 
-    found["smtp_failing"] = _smtp_failing(session, now, after)
+    found["smtp_failing"] = _smtp_failing(session, mail, now, after)
 
     rates = rates_since(session, now - FEEDBACK_WINDOW)
     if rates.delivered >= settings.health_min_messages:
@@ -117,15 +117,15 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     return found
 
 
-def _smtp_failing(session: Session, now: datetime, after: timedelta) -> str | None:
+def _smtp_failing(session: Session, mail: MailOnly, now: datetime, after: timedelta) -> str | None:
     """Failing for `after`: deferrals throughout, the first of them at least `after` ago,
     and not one message accepted since."""
     status = col(DeliveryAttempt.status)
     at = col(DeliveryAttempt.at)
     last_sent = session.execute(
-        mail_attempts(select(func.max(at))).where(status == OutboxStatus.sent)
+        mail.attempts(select(func.max(at))).where(status == OutboxStatus.sent)
     ).scalar()
-    failures = mail_attempts(select(func.min(at), func.max(at))).where(
+    failures = mail.attempts(select(func.min(at), func.max(at))).where(
         status == OutboxStatus.deferred
     )
     if last_sent is not None:
@@ -134,7 +134,7 @@ def _smtp_failing(session: Session, now: datetime, after: timedelta) -> str | No
     if first is None or latest is None or first > now - after or latest < now - after:
         return None
     reply = session.execute(
-        mail_attempts(select(col(DeliveryAttempt.smtp_message)))
+        mail.attempts(select(col(DeliveryAttempt.smtp_message)))
         .where(status == OutboxStatus.deferred)
         .order_by(at.desc())
         .limit(1)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from drip.db import read_scope
-from drip.health import IS_MAIL, rates_since
+from drip.health import IS_MAIL, MailOnly, rates_since
 from drip.models import (
     UNSENT_STATUSES as UNSENT,
 )
@@ -76,15 +76,21 @@ def _by_status(
 
 def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
     status = col(OutboxMessage.status)
-    yield _by_status(session, "drip_outbox_messages", "Outbox rows of emails", status, IS_MAIL)
-    yield _by_status(
-        session, "drip_webhook_messages", "Outbox rows of webhook events", status, ~IS_MAIL
+    mail = MailOnly.of(session)
+    emails = IS_MAIL if mail.webhooks else None
+    yield _by_status(session, "drip_outbox_messages", "Outbox rows of emails", status, emails)
+    hooks = GaugeMetricFamily(
+        "drip_webhook_messages", "Outbox rows of webhook events by status.", labels=["status"]
     )
+    if mail.webhooks:
+        hooks = _by_status(
+            session, "drip_webhook_messages", "Outbox rows of webhook events", status, ~IS_MAIL
+        )
+    yield hooks
     oldest = session.execute(
-        select(func.min(col(OutboxMessage.due_at)))
+        mail.rows(select(func.min(col(OutboxMessage.due_at))))
         .where(col(OutboxMessage.status).in_(UNSENT))
         .where(col(OutboxMessage.due_at) <= now)
-        .where(IS_MAIL)
     ).scalar()
     waited = (now - oldest).total_seconds() if oldest is not None else 0.0
     yield GaugeMetricFamily(

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import col
 
-from drip import hooks
+from drip import hooks, metrics
+from drip.dashboard import dashboard
 from drip.db import read_scope, session_scope
 from drip.feedback import Event, Kind, record_event
 from drip.health import rates_since
@@ -93,10 +94,10 @@ def test_a_receiver_down_for_an_hour_gets_every_event_once_signed(
         webhook_urls=f"http://127.0.0.1:{port}/drip",
     )
     recorder.on_data = lambda e: NO_SUCH_USER if "dan@" in str(e.rcpt_tos) else None
-    start = datetime.now().astimezone()
     _, bob, cat, _ = (
         subscriber(settings, f"{n}@example.com") for n in ("ann", "bob", "cat", "dan")
     )
+    start = datetime.now().astimezone()  # after the confirmations, so they are due
     tick(settings, start)  # the welcomes; dan's bounces
     with session_scope(engine) as session:
         token = make_token(SECRET, bob.token_salt, "unsubscribe")
@@ -164,9 +165,9 @@ def test_a_4xx_fails_for_good_and_408_429_5xx_are_retried(
         database_url, mail_server.port, webhook_urls=f"http://127.0.0.1:{port}/"
     )
     receiver = Receiver(status=429)
-    start = datetime.now().astimezone()
     with receiving(receiver, port):
         subscriber(settings, "ann@example.com")
+        start = datetime.now().astimezone()  # after the events, so they are due
         tick(settings, start)
         assert len(receiver.wait_for(1)) == 1
         receiver.status = 410
@@ -178,9 +179,16 @@ def test_a_4xx_fails_for_good_and_408_429_5xx_are_retried(
     [row] = [r for r in outbox(engine) if r.kind == MessageKind.webhook]
     assert (row.status, row.last_smtp_code) == (OutboxStatus.failed, 410)
     assert row.last_smtp_message == f"HTTP 410 from 127.0.0.1:{port}"
-    # Not mail: the welcome alone counts as delivered for sender health.
+    # Not mail: the welcome alone counts, for sender health, the dashboard and /metrics.
     with read_scope(engine) as session:
         assert rates_since(session, start - timedelta(days=1)).delivered == 1
+        board = dashboard(session, start + timedelta(hours=9))
+    assert board.last_30_days == {"sent": 1, "deferred": 0, "failed": 0, "bounced": 0}
+    assert board.waiting == 0
+    text = metrics.render(engine, lambda: start + timedelta(hours=9)).decode()
+    assert 'drip_outbox_messages{status="sent"} 1.0' in text
+    assert 'drip_outbox_messages{status="failed"}' not in text
+    assert 'drip_webhook_messages{status="failed"} 1.0' in text
 
 
 @pytest.mark.parametrize(
