@@ -229,3 +229,15 @@ def click_counts(session: Session) -> dict[str, ClickCounts]:
         .group_by(template)
     ).all()
     return {str(t): ClickCounts(int(r), int(h), int(n)) for t, r, h, n in rows}
+
+
+def clicks_of(session: Session, subscriber_id: int) -> list[Click]:
+    """Every recorded click on mail to one subscriber (their data export), oldest first."""
+    return list(
+        session.execute(
+            select(Click)
+            .join(OutboxMessage, col(OutboxMessage.id) == col(Click.outbox_id))
+            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
+            .order_by(col(Click.at), col(Click.id))
+        ).scalars()
+    )

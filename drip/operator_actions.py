@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, delete, or_, select, update
 from sqlmodel import Session, col
 
+from drip.clicks import clicks_of
 from drip.db import table_of
 from drip.models import (
     SUBSCRIBED_STATUSES,
@@ -28,6 +29,7 @@ from drip.models import (
 )
 from drip.replies import asked_by
 from drip.sending.outbox import retry
+from drip.sending.post import where
 from drip.sendlog import iso
 from drip.settings import Settings
 from drip.subscriber_view import timeline
@@ -126,6 +128,36 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
                 "answered_at": when(q.answered_at),
             }
             for q in asked_by(session, subscriber_id)
+        ],
+        # DRIP_CLICK_TRACKING: which lesson links were followed, and how each was judged.
+        "clicks": [
+            {
+                "message": c.outbox_id,
+                "link": c.link,
+                "at": when(c.at),
+                "method": c.method,
+                "human": c.human,
+                "reason": c.reason,
+            }
+            for c in clicks_of(session, subscriber_id)
+        ],
+        # DRIP_WEBHOOK_URLS: what other systems were told about them (drip.hooks).
+        "webhook_events": [
+            {
+                "type": row.template,
+                "to": where(str(row.context["url"])),
+                "created_at": when(row.created_at),
+                "status": str(row.status),
+                "body": json.loads(row.context["body"]),
+            }
+            for row in session.execute(
+                select(OutboxMessage)
+                .where(
+                    col(OutboxMessage.kind) == MessageKind.webhook,
+                    col(OutboxMessage.email) == subscriber.email,
+                )
+                .order_by(col(OutboxMessage.id))
+            ).scalars()
         ],
     }
 

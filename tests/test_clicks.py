@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from drip import clicks, scanners
 from drip.db import get_engine, read_scope, upgrade
 from drip.models import Click, OutboxMessage
+from drip.operator_actions import subscriber_data
 from drip.render import Rendered
 from drip.settings import Settings
 from drip.web.app import create_app
@@ -200,7 +201,11 @@ def test_only_a_readers_click_counts_as_human(
     ]
     with read_scope(engine) as session:
         counts = clicks.click_counts(session)
+        assert row.subscriber_id is not None
+        exported = subscriber_data(session, row.subscriber_id)
     assert counts == {LESSON: clicks.ClickCounts(raw=6, human=1, readers=1)}
+    assert exported is not None
+    assert [(c["link"], c["human"]) for c in exported["clicks"]] == [(c[1], c[2]) for c in seen]
 
 
 def test_off_by_default_links_go_straight_and_nothing_is_counted(

@@ -18,7 +18,7 @@ from drip.db import read_scope, session_scope
 from drip.feedback import Event, Kind, record_event
 from drip.health import rates_since
 from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus, Subscriber
-from drip.operator_actions import forget_subscriber
+from drip.operator_actions import forget_subscriber, subscriber_data
 from drip.sending.post import judge
 from drip.sending.sender import Verdict
 from drip.settings import Settings
@@ -246,6 +246,13 @@ def test_erasing_a_subscriber_anonymises_their_events(
     )
     sub = subscriber(settings, "Private.Person@example.com", name="Pat")
     assert sub.id is not None
+    with read_scope(engine) as session:
+        exported = subscriber_data(session, sub.id)
+    assert exported is not None
+    assert [(e["type"], e["to"]) for e in exported["webhook_events"]] == [
+        ("subscriber.confirmed", "127.0.0.1:9"),
+        ("subscriber.confirmed", "127.0.0.1:9"),
+    ]
     with session_scope(engine) as session:
         assert forget_subscriber(session, settings, sub.id, datetime.now().astimezone())
     events = [r for r in outbox(engine) if r.kind == MessageKind.webhook]
