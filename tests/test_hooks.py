@@ -191,6 +191,26 @@ def test_a_4xx_fails_for_good_and_408_429_5xx_are_retried(
     assert 'drip_webhook_messages{status="failed"} 1.0' in text
 
 
+def test_webhooks_go_on_while_the_smtp_server_is_down(
+    database_url: str, make_settings: SettingsFactory, engine: Engine
+) -> None:
+    port = free_port()
+    settings = make_settings(database_url, free_port(), webhook_urls=f"http://127.0.0.1:{port}/")
+    receiver = Receiver()
+    with receiving(receiver, port):
+        for n in range(5):
+            subscriber(settings, f"r{n}@example.com")
+        report = tick(settings, datetime.now().astimezone())
+        assert len(receiver.wait_for(5)) == 5
+    assert report.delivery.halted and "cannot connect" in report.delivery.halted
+    rows = outbox(engine)
+    assert {r.status for r in rows if r.kind == MessageKind.webhook} == {OutboxStatus.sent}
+    welcomes = [r for r in rows if r.kind == MessageKind.welcome]
+    # As before: at most one attempt per connection slot, the rest kept for the next pass.
+    assert sum(r.status == OutboxStatus.deferred for r in welcomes) <= settings.smtp_concurrency
+    assert all(r.status in (OutboxStatus.deferred, OutboxStatus.queued) for r in welcomes)
+
+
 @pytest.mark.parametrize(
     ("code", "verdict"),
     [

@@ -31,6 +31,7 @@ from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
 from drip.followup import follow_up
 from drip.models import (
+    EMAIL_KINDS,
     MessageKind,
     OutboxMessage,
     OutboxStatus,
@@ -106,6 +107,8 @@ class Delivery:
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
         self._judged_at: datetime | None = None
+        #: The SMTP server could not be reached: no more mail this run, webhooks go on.
+        self._mail_down = False
 
     @cached_property
     def course(self) -> Course | None:
@@ -168,8 +171,10 @@ class Delivery:
                 return
             result = self._judge(row, await self.poster.send(prepared))
         elif isinstance(prepared, Envelope):
+            if self._mail_down:
+                return  # left in hand: released at the end, claimed afresh
             await self.limiter.acquire()
-            if self.stop.is_set() or self._lease_short(row):
+            if self.stop.is_set() or self._mail_down or self._lease_short(row):
                 return  # left in hand: released at the end, claimed afresh
             outcome = await connection.send(prepared)
             result = self._judge(row, outcome)
@@ -249,9 +254,10 @@ class Delivery:
         return ends is not None and ends - time.monotonic() < margin
 
     def _halt(self, reason: str) -> None:
-        """The server cannot be reached: stop this run rather than defer every message in turn."""
+        """The server cannot be reached: no more mail this run, rather than defer every
+        message in turn. Webhook rows are not mail and go on (`_held`)."""
         self.report.halted = reason
-        self.stop.set()
+        self._mail_down = True
 
     def _judge(self, row: OutboxMessage, outcome: Outcome) -> Result:
         if outcome.verdict == Verdict.sent:
@@ -285,13 +291,15 @@ class Delivery:
         return [(r, self.preparer.prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
 
     def _held(self) -> frozenset[MessageKind]:
-        """Kinds sender health holds back; judged afresh at most once a minute of sending."""
+        """Kinds sender health holds back (judged afresh at most once a minute of sending),
+        and every kind of mail once the SMTP server proved unreachable in this run."""
         now = self.clock()
         if self._judged_at is None or now - self._judged_at >= HEALTH_EVERY:
             self._judged_at = now
             health.judge(self.settings, self.engine, now)
         with read_scope(self.engine) as session:
-            return health.held_kinds(session)
+            held = health.held_kinds(session)
+        return held | frozenset(EMAIL_KINDS) if self._mail_down else held
 
     def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
         """Record attempts and everything that follows from them, in one transaction.
