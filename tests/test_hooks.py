@@ -285,3 +285,20 @@ def test_erasing_a_subscriber_anonymises_their_events(
         assert "private.person" not in json.dumps(row.context).lower()
         who = json.loads(row.context["body"])["data"]["subscriber"]
         assert (who["email"], who["name"]) == (f"deleted-{sub.id}@invalid", "")
+
+
+def test_drip_webhooks_secret_prints_the_signing_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from drip.cli import app
+    from drip.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DRIP_SECRET_KEY", SECRET)
+    result = CliRunner().invoke(app, ["webhooks", "secret"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == hooks.signing_secret(load_settings())
+    monkeypatch.setenv("DRIP_WEBHOOK_SECRET", "whsec_chosen")
+    assert CliRunner().invoke(app, ["webhooks", "secret"]).stdout.strip() == "whsec_chosen"
