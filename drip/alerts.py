@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 
 from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
-from drip.health import rates_since
+from drip.health import MailOnly, rates_since
 from drip.models import (
     UNSENT_STATUSES as UNSENT,
 )
@@ -88,8 +88,9 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     found: dict[str, str | None] = dict.fromkeys(TITLES)
 
     last_pass = session.execute(select(func.max(col(WorkerHeartbeat.last_pass_at)))).scalar()
+    mail = MailOnly.of(session)
     oldest_due = session.execute(
-        select(func.min(col(OutboxMessage.due_at)))
+        mail.rows(select(func.min(col(OutboxMessage.due_at))))
         .where(col(OutboxMessage.status).in_(UNSENT), not_held())
         .where(col(OutboxMessage.due_at) <= now)
     ).scalar()
@@ -100,7 +101,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     if oldest_due is not None and oldest_due <= now - after:
         found["queue_stuck"] = f"the oldest due message has waited since {_when(oldest_due)}"
 
-    found["smtp_failing"] = _smtp_failing(session, now, after)
+    found["smtp_failing"] = _smtp_failing(session, mail, now, after)
 
     rates = rates_since(session, now - FEEDBACK_WINDOW)
     if rates.delivered >= settings.health_min_messages:
@@ -117,20 +118,24 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     return found
 
 
-def _smtp_failing(session: Session, now: datetime, after: timedelta) -> str | None:
+def _smtp_failing(session: Session, mail: MailOnly, now: datetime, after: timedelta) -> str | None:
     """Failing for `after`: deferrals throughout, the first of them at least `after` ago,
     and not one message accepted since."""
     status = col(DeliveryAttempt.status)
     at = col(DeliveryAttempt.at)
-    last_sent = session.execute(select(func.max(at)).where(status == OutboxStatus.sent)).scalar()
-    failures = select(func.min(at), func.max(at)).where(status == OutboxStatus.deferred)
+    last_sent = session.execute(
+        mail.attempts(select(func.max(at))).where(status == OutboxStatus.sent)
+    ).scalar()
+    failures = mail.attempts(select(func.min(at), func.max(at))).where(
+        status == OutboxStatus.deferred
+    )
     if last_sent is not None:
         failures = failures.where(at > last_sent)
     first, latest = session.execute(failures).one()
     if first is None or latest is None or first > now - after or latest < now - after:
         return None
     reply = session.execute(
-        select(col(DeliveryAttempt.smtp_message))
+        mail.attempts(select(col(DeliveryAttempt.smtp_message)))
         .where(status == OutboxStatus.deferred)
         .order_by(at.desc())
         .limit(1)

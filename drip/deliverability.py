@@ -67,6 +67,13 @@ def setting_problems(settings: Settings) -> list[str]:
             f"DRIP_SMTP_SECURITY: none, so the SMTP password would cross the network to "
             f"{settings.smtp_host} in clear; use starttls (port 587) or tls (port 465)"
         )
+    for url in settings.webhook_url_list:
+        hook = urlsplit(url)
+        if hook.scheme == "http" and not is_loopback(hook.hostname or ""):
+            found.append(
+                f"DRIP_WEBHOOK_URLS: {hook.hostname} is http://, so subscribers' addresses "
+                "would cross the network in clear; use https://"
+            )
     return found
 
 

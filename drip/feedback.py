@@ -125,6 +125,7 @@ def record_on(
 
 def bounced_at_send(
     session: Session,
+    settings: Settings,
     row: OutboxMessage,
     smtp_code: int | None,
     smtp_message: str | None,
@@ -135,7 +136,7 @@ def bounced_at_send(
     _note(session, row, Kind.hard, "smtp", smtp_code, now)
     if row.subscriber_id is not None:
         reason = f"suppressed after a bounce: {smtp_code} {smtp_message}"
-        _stop(session, row.subscriber_id, SubscriberStatus.bounced, now, reason)
+        _stop(session, settings, row.subscriber_id, SubscriberStatus.bounced, now, reason)
 
 
 def _note(
@@ -186,24 +187,29 @@ def apply_policy(
 ) -> SubscriberStatus | None:
     """Stop mail to the subscriber if the event calls for it; the status it left with, if any."""
     if kind == Kind.complaint:
-        return _stop(session, subscriber_id, SubscriberStatus.complained, now, reason)
+        return _stop(session, settings, subscriber_id, SubscriberStatus.complained, now, reason)
     if kind == Kind.hard:
-        return _stop(session, subscriber_id, SubscriberStatus.bounced, now, reason)
+        return _stop(session, settings, subscriber_id, SubscriberStatus.bounced, now, reason)
     days = settings.soft_bounce_days
     count = soft_bounces(session, subscriber_id, now - timedelta(days=days))
     if count < settings.soft_bounce_limit:
         return None
     reason = f"suppressed after {count} soft bounces within {days:g} days; the last: {reason}"
-    return _stop(session, subscriber_id, SubscriberStatus.bounced, now, reason)
+    return _stop(session, settings, subscriber_id, SubscriberStatus.bounced, now, reason)
 
 
 def _stop(
-    session: Session, subscriber_id: int, status: SubscriberStatus, now: datetime, reason: str
+    session: Session,
+    settings: Settings,
+    subscriber_id: int,
+    status: SubscriberStatus,
+    now: datetime,
+    reason: str,
 ) -> SubscriberStatus | None:
     """Nothing more to this subscriber. A complaint is final: one who complained stays
     `complained` whatever comes next."""
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None or subscriber.status == SubscriberStatus.complained:
         return None
-    leave(session, subscriber, status, now, reason)
+    leave(session, settings, subscriber, status, now, reason)
     return status

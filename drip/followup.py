@@ -2,8 +2,10 @@
 
 A sent course email (welcome or lesson), or a queued lesson the author has since
 removed from the course, schedules the next lesson or closes the course; a bounce
-suppresses the address, so nothing more is sent to it. Delivery calls this in the
-transaction that records the attempts, for the rows it still held.
+suppresses the address, so nothing more is sent to it. Each of these facts is told to
+the webhooks (drip.hooks): `lesson.sent`, `course.completed`, `subscriber.bounced`.
+Delivery calls this in the transaction that records the attempts, for the rows it
+still held, so the events exist exactly when the facts do.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from drip import hooks
 from drip.course import Course
 from drip.feedback import bounced_at_send
 from drip.models import MessageKind, OutboxMessage, OutboxStatus
-from drip.progress import Pace, after_send
+from drip.progress import Pace, after_send, courses_completed
 from drip.sending.outbox import Result
+from drip.settings import Settings
 
 #: Kinds whose sending moves a subscriber through the course.
 COURSE_KINDS = (MessageKind.welcome, MessageKind.lesson)
@@ -25,6 +29,7 @@ COURSE_KINDS = (MessageKind.welcome, MessageKind.lesson)
 
 def follow_up(
     session: Session,
+    settings: Settings,
     attempts: Sequence[tuple[OutboxMessage, Result]],
     now: datetime,
     course: Course | None,
@@ -32,19 +37,50 @@ def follow_up(
 ) -> None:
     """Schedule next lessons for sent course emails and suppress bounced addresses."""
     mine = [(row, result) for row, result in attempts if row.subscriber_id is not None]
+    sent = [row for row, result in mine if result.status == OutboxStatus.sent]
+    _lessons_sent(session, settings, [row for row in sent if row.kind == MessageKind.lesson], now)
     course_sent = [
         row.subscriber_id
         for row, result in mine
         if (result.status == OutboxStatus.sent or result.moves_on) and row.kind in COURSE_KINDS
     ]
     if course_sent and course is not None:
-        after_send(session, course_sent, now, course, pace)  # type: ignore[arg-type]
+        finished = after_send(session, course_sent, now, course, pace)  # type: ignore[arg-type]
+        courses_completed(session, settings, finished, now, course)
     for row, result in mine:
         if result.status == OutboxStatus.bounced:
-            suppress(session, row, result, now)
+            suppress(session, settings, row, result, now)
 
 
-def suppress(session: Session, row: OutboxMessage, result: Result, now: datetime) -> None:
+def _lessons_sent(
+    session: Session, settings: Settings, rows: Sequence[OutboxMessage], now: datetime
+) -> None:
+    if not rows or not settings.webhook_url_list:
+        return
+    found = hooks.subscribers_by_id(session, (r.subscriber_id for r in rows))  # type: ignore[misc]
+    items = [
+        (
+            found[row.subscriber_id],
+            {
+                "lesson": {
+                    "slug": row.context.get("slug"),
+                    "template": row.template,
+                    "number": row.context.get("lesson_number"),
+                    "total": row.context.get("lesson_total"),
+                },
+                "message_id": row.message_id,
+                "sent_at": now.isoformat(),
+            },
+        )
+        for row in rows
+        if row.subscriber_id in found
+    ]
+    hooks.emit_many(session, settings, hooks.Event.lesson_sent, items, now)
+
+
+def suppress(
+    session: Session, settings: Settings, row: OutboxMessage, result: Result, now: datetime
+) -> None:
     """The address bounced: the same event and policy as a hard bounce reported later
     (drip.feedback): the subscriber leaves as `bounced`, queued mail is skipped."""
-    bounced_at_send(session, row, result.smtp_code, result.smtp_message, now)
+    bounced_at_send(session, settings, row, result.smtp_code, result.smtp_message, now)

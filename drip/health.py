@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select
 from sqlmodel import Session, col
 
-from drip.db import read_scope, session_scope
+from drip.db import SelectT, read_scope, session_scope
 from drip.models import (
     DeliveryAttempt,
     MessageKind,
@@ -70,6 +70,39 @@ class Health:
     min_messages: int
 
 
+#: Outbox rows that are emails: webhook rows (drip.hooks) never count as mail.
+IS_MAIL = col(OutboxMessage.kind) != MessageKind.webhook
+
+
+@dataclass(frozen=True)
+class MailOnly:
+    """Narrows a count to emails. While no webhook row exists (DRIP_WEBHOOK_URLS never
+    set) it changes nothing, so the counts keep their index-only plans without a join."""
+
+    webhooks: bool
+
+    @classmethod
+    def of(cls, session: Session) -> MailOnly:
+        """One look-up on the (kind, created_at) index."""
+        found = session.execute(
+            select(col(OutboxMessage.id))
+            .where(col(OutboxMessage.kind) == MessageKind.webhook)
+            .limit(1)
+        ).first()
+        return cls(found is not None)
+
+    def attempts(self, stmt: SelectT) -> SelectT:
+        """`stmt` on DeliveryAttempt, narrowed to attempts at emails (not webhook POSTs)."""
+        if not self.webhooks:
+            return stmt
+        outbox = col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id)
+        return stmt.join(OutboxMessage, outbox).where(IS_MAIL)
+
+    def rows(self, stmt: SelectT) -> SelectT:
+        """`stmt` on OutboxMessage, narrowed to emails."""
+        return stmt.where(IS_MAIL) if self.webhooks else stmt
+
+
 def _counts(key: Any = None) -> Any:
     """Delivered, bounced and complained messages, each message counted once per figure."""
     outbox_id = col(DeliveryAttempt.outbox_id)
@@ -93,7 +126,8 @@ def rates_since(session: Session, since: datetime) -> Rates:
     the outbox side, are taken off the totals.
     """
     row = session.execute(
-        _counts()
+        MailOnly.of(session)
+        .attempts(_counts())
         .where(col(DeliveryAttempt.status).in_(_COUNTED))
         .where(col(DeliveryAttempt.at) >= since)
     ).one()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from drip.db import read_scope
-from drip.health import rates_since
+from drip.health import IS_MAIL, MailOnly, rates_since
 from drip.models import (
     UNSENT_STATUSES as UNSENT,
 )
@@ -63,18 +63,34 @@ class DripCollector(Collector):
             yield from _rates(session, now)
 
 
-def _by_status(session: Session, name: str, what: str, status: Any) -> GaugeMetricFamily:
-    """One gauge of row counts grouped by a status column."""
+def _by_status(
+    session: Session, name: str, what: str, status: Any, where: Any = None
+) -> GaugeMetricFamily:
+    """One gauge of row counts grouped by a status column (of the rows `where` picks)."""
     family = GaugeMetricFamily(name, f"{what} by status.", labels=["status"])
-    for value, count in session.execute(select(status, func.count()).group_by(status)):
+    stmt = select(status, func.count()).group_by(status)
+    if where is not None:
+        stmt = stmt.where(where)
+    for value, count in session.execute(stmt):
         family.add_metric([str(value)], count)
     return family
 
 
 def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
-    yield _by_status(session, "drip_outbox_messages", "Outbox rows", col(OutboxMessage.status))
+    status = col(OutboxMessage.status)
+    mail = MailOnly.of(session)
+    emails = IS_MAIL if mail.webhooks else None
+    yield _by_status(session, "drip_outbox_messages", "Outbox rows of emails", status, emails)
+    hooks = GaugeMetricFamily(
+        "drip_webhook_messages", "Outbox rows of webhook events by status.", labels=["status"]
+    )
+    if mail.webhooks:
+        hooks = _by_status(
+            session, "drip_webhook_messages", "Outbox rows of webhook events", status, ~IS_MAIL
+        )
+    yield hooks
     oldest = session.execute(
-        select(func.min(col(OutboxMessage.due_at)))
+        mail.rows(select(func.min(col(OutboxMessage.due_at))))
         .where(col(OutboxMessage.status).in_(UNSENT), not_held())
         .where(col(OutboxMessage.due_at) <= now)
     ).scalar()

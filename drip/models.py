@@ -75,6 +75,13 @@ class MessageKind(StrEnum):
     #: `drip send-test`: one email to one address, marked as a test, outside the course
     #: and the statistics (drip.testmail).
     test = "test"
+    #: Not an email: an event POSTed to a DRIP_WEBHOOK_URLS receiver (drip.hooks), through
+    #: the same outbox, leases and retries; never counted as mail.
+    webhook = "webhook"
+
+
+#: Every kind that is an email (all but webhook rows): what mail counts count.
+EMAIL_KINDS = tuple(kind for kind in MessageKind if kind != MessageKind.webhook)
 
 
 class OutboxStatus(StrEnum):
@@ -345,6 +352,28 @@ class PackDownload(SQLModel, table=True):
         default=None, foreign_key="subscriber.id", ondelete="SET NULL", index=True
     )
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class Click(SQLModel, table=True):
+    """One request to a lesson's tracked link (DRIP_CLICK_TRACKING, drip.clicks).
+
+    Raw: every GET and HEAD is a row. `human` is decided when the click is recorded
+    (`reason` says why not: `head`, `early`, `scanner`, `burst`), and a click that
+    completes a burst of all a message's links turns the burst's earlier clicks
+    non-human too. Neither the address nor the user agent is kept: only the verdict.
+    """
+
+    __tablename__ = "click"
+    __table_args__ = (Index("ix_click_outbox_at", "outbox_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", ondelete="CASCADE")
+    #: Which link of the message (0-based, in order of first appearance).
+    link: int
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    method: str = Field(max_length=8)
+    human: bool = Field(sa_column=Column(Boolean, nullable=False))
+    reason: str = Field(default="", max_length=32)
 
 
 class WebhookReceipt(SQLModel, table=True):

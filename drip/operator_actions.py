@@ -6,6 +6,7 @@ call directly. Erasing keeps the rows, anonymised, so the dashboard's counts sta
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from datetime import datetime
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, delete, or_, select, update
 from sqlmodel import Session, col
 
+from drip.clicks import clicks_of
 from drip.db import table_of
 from drip.models import (
     SUBSCRIBED_STATUSES,
@@ -27,7 +29,9 @@ from drip.models import (
 )
 from drip.replies import asked_by
 from drip.sending.outbox import retry
+from drip.sending.post import where
 from drip.sendlog import iso
+from drip.settings import Settings
 from drip.steering import actions
 from drip.subscriber_view import timeline
 from drip.subscribers import leave
@@ -132,6 +136,36 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
             }
             for q in asked_by(session, subscriber_id)
         ],
+        # DRIP_CLICK_TRACKING: which lesson links were followed, and how each was judged.
+        "clicks": [
+            {
+                "message": c.outbox_id,
+                "link": c.link,
+                "at": when(c.at),
+                "method": c.method,
+                "human": c.human,
+                "reason": c.reason,
+            }
+            for c in clicks_of(session, subscriber_id)
+        ],
+        # DRIP_WEBHOOK_URLS: what other systems were told about them (drip.hooks).
+        "webhook_events": [
+            {
+                "type": row.template,
+                "to": where(str(row.context["url"])),
+                "created_at": when(row.created_at),
+                "status": str(row.status),
+                "body": json.loads(row.context["body"]),
+            }
+            for row in session.execute(
+                select(OutboxMessage)
+                .where(
+                    col(OutboxMessage.kind) == MessageKind.webhook,
+                    col(OutboxMessage.email) == subscriber.email,
+                )
+                .order_by(col(OutboxMessage.id))
+            ).scalars()
+        ],
     }
 
 
@@ -139,20 +173,23 @@ def anonymous_address(subscriber_id: int) -> str:
     return f"deleted-{subscriber_id}@invalid"
 
 
-def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bool:
+def forget_subscriber(
+    session: Session, settings: Settings, subscriber_id: int, now: datetime
+) -> bool:
     """Erase a person's data (GDPR) and keep the anonymous counts.
 
     Nothing more is sent (queued mail becomes `skipped`); the address, name, IP and
     tokens are replaced by values that lead nowhere, in the subscriber row, in every
-    outbox row and inside SMTP replies that quoted the address. The rows themselves
-    stay, so sent/bounced counts and course statistics do not change.
+    outbox row, in the webhook events about them (sent or not: those still to go say
+    who left as the anonymous address) and inside SMTP replies that quoted the address.
+    The rows themselves stay, so sent/bounced counts and course statistics do not change.
     """
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return False
     keep_out = subscriber.status in SUBSCRIBED_STATUSES
     status = SubscriberStatus.unsubscribed if keep_out else subscriber.status
-    leave(session, subscriber, status, now, "the subscriber's data was deleted")
+    leave(session, settings, subscriber, status, now, "the subscriber's data was deleted")
     old = {subscriber.email, subscriber.email_key}
     anon = anonymous_address(subscriber_id)
     subscriber.email = subscriber.email_key = anon
@@ -187,10 +224,33 @@ def forget_subscriber(session: Session, subscriber_id: int, now: datetime) -> bo
         .execution_options(synchronize_session=False)
     )
     pattern = re.compile("|".join(re.escape(address) for address in sorted(old)), re.IGNORECASE)
+    _anonymise_events(session, ids, pattern, anon)
     outbox, attempts = table_of(OutboxMessage).c, table_of(DeliveryAttempt).c
     _scrub(session, outbox.last_smtp_message, outbox.id.in_(ids), pattern, anon)
     _scrub(session, attempts.smtp_message, attempts.outbox_id.in_(ids), pattern, anon)
     return True
+
+
+def _anonymise_events(
+    session: Session, ids: list[int], pattern: re.Pattern[str], anon: str
+) -> None:
+    """The webhook events among `ids` name the anonymous address (wherever they quoted
+    the address) and no name."""
+    events = session.execute(
+        select(col(OutboxMessage.id), col(OutboxMessage.context)).where(
+            col(OutboxMessage.id).in_(ids), col(OutboxMessage.kind) == MessageKind.webhook
+        )
+    ).all()
+    for ident, context in events:
+        payload = json.loads(pattern.sub(anon, context["body"]))
+        payload["data"]["subscriber"].update(email=anon, name="")
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        session.execute(
+            update(OutboxMessage)
+            .where(col(OutboxMessage.id) == ident)
+            .values(context={**context, "body": body})
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _scrub(

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session, col
 
+from drip import hooks
 from drip.course import Course, Lesson
 from drip.db import for_update, table_of
 from drip.models import (
@@ -33,6 +34,7 @@ from drip.models import (
 )
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
 from drip.sendtime import blocked_today, newsletter_days, send_moment, zone
+from drip.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,9 @@ def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
 
 def after_send(
     session: Session, subscriber_ids: Sequence[int], sent_at: datetime, course: Course, pace: Pace
-) -> None:
+) -> list[int]:
     """Welcomes or lessons went out: schedule each one's next lesson, or finish the course.
+    Returns the subscribers whose course this finished.
 
     Delivery records a whole batch of sends in one transaction, so this reads the
     batch's progress and history in two queries and writes it back in one statement.
@@ -207,11 +210,14 @@ def after_send(
     ).all()
     history = _queued_slugs_of(session, {row.subscriber_id: row.course_round for row in found})
     changes = []
+    finishing = []
     for row in found:
         queued = history.get(row.subscriber_id, set())
         lesson = next_lesson(course, queued)
         due, finished = None, row.finished_at
         if lesson is None:
+            if row.finished_at is None:
+                finishing.append(row.subscriber_id)
             finished = sent_at
         elif row.status == SubscriberStatus.active:
             base = row.started_at if not queued else sent_at
@@ -239,6 +245,7 @@ def after_send(
             ),
             changes,
         )
+    return finishing
 
 
 def queue_due_lessons(
@@ -248,8 +255,13 @@ def queue_due_lessons(
     msgid_domain: str,
     limit: int = 500,
     pace: Pace | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> int:
     """Queue the next lesson of every subscriber whose lesson is due at `now`, up to `limit`.
+
+    A subscriber with no lesson left (the course file lost lessons since) finishes here;
+    with `settings`, the webhooks hear of it.
 
     A batch costs a fixed number of statements whatever its size: read the due rows,
     clear their due time, read their lesson history (and newsletter days), queue the
@@ -300,7 +312,9 @@ def queue_due_lessons(
             lesson_message(course, lesson, row.subscriber_id, row.email, row.course_round, now)
         )
     if done:
-        _set_progress(session, done, finished_at=now, only_unfinished=True)
+        finishing = _set_progress(session, done, finished_at=now, only_unfinished=True)
+        if settings is not None:
+            courses_completed(session, settings, finishing, now, course)
     if later:
         progress = table_of(CourseProgress).c
         session.execute(
@@ -314,11 +328,27 @@ def queue_due_lessons(
 
 def _set_progress(
     session: Session, subscriber_ids: Sequence[int], *, only_unfinished: bool = False, **values: Any
-) -> None:
-    stmt = update(CourseProgress).where(col(CourseProgress.subscriber_id).in_(subscriber_ids))
+) -> list[int]:
+    """Update these subscribers' progress; the ids it changed."""
+    table = table_of(CourseProgress)
+    stmt = update(table).where(table.c.subscriber_id.in_(subscriber_ids))
     if only_unfinished:
-        stmt = stmt.where(col(CourseProgress.finished_at).is_(None))
-    session.execute(stmt.values(**values).execution_options(synchronize_session=False))
+        stmt = stmt.where(table.c.finished_at.is_(None))
+    return list(session.execute(stmt.values(**values).returning(table.c.subscriber_id)).scalars())
+
+
+def courses_completed(
+    session: Session,
+    settings: Settings,
+    subscriber_ids: Sequence[int],
+    now: datetime,
+    course: Course,
+) -> int:
+    """Tell the webhooks these subscribers finished the course (drip.hooks)."""
+    found = hooks.subscribers_by_id(session, subscriber_ids)
+    facts = {"course": {"title": course.title, "lessons": course.total}}
+    items = [(found[i], facts) for i in subscriber_ids if i in found]
+    return hooks.emit_many(session, settings, hooks.Event.course_completed, items, now)
 
 
 def stop_course(session: Session, subscriber_id: int) -> None:

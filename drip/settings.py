@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     alert_after_minutes: float = Field(15.0, gt=0)
     log_format: Literal["text", "json"] = "text"
 
+    # Webhooks out (drip.hooks): events POSTed, signed, through the outbox.
+    #: Comma-separated http(s) URLs that get every event; none by default.
+    webhook_urls: str = ""
+    #: The key events are signed with; derived from DRIP_SECRET_KEY when unset
+    #: (`drip webhooks secret` prints it).
+    webhook_secret: SecretStr | None = None
+
+    # Click counting (drip.clicks): off unless switched on, and then said in the privacy note.
+    click_tracking: bool = False
+    #: A click this soon after the lesson was sent is a mail scanner's, not a reader's.
+    click_delay_seconds: float = Field(60.0, ge=0)
+
     # Sender health: newsletters pause when a rate over the last 7 days passes its limit.
     max_bounce_percent: float = Field(2.0, gt=0, le=100)
     max_complaint_percent: float = Field(0.1, gt=0, le=100)
@@ -158,6 +170,14 @@ class Settings(BaseSettings):
     def _alert_webhook(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: str) -> str:
+        for url in _url_list(value):
+            if not url.startswith(("http://", "https://")) or len(url) > 1000:
+                raise ValueError(f"{url[:80]!r} is not an http:// or https:// URL")
         return value
 
     @field_validator("database_url")
@@ -287,6 +307,10 @@ class Settings(BaseSettings):
         return parse_networks(self.trusted_proxies)
 
     @property
+    def webhook_url_list(self) -> list[str]:
+        return _url_list(self.webhook_urls)
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
@@ -318,6 +342,10 @@ class Settings(BaseSettings):
     def secret_keys(self) -> list[str]:
         """Every key a link may be signed with: the current one first, then the old ones."""
         return [self.require_secret(), *self.old_secrets()]
+
+
+def _url_list(text: str) -> list[str]:
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:

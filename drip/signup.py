@@ -361,7 +361,7 @@ def unsubscribe(session: Session, settings: Settings, token: str, now: datetime)
     if subscriber is None:
         return False
     if subscriber.status in SUBSCRIBED_STATUSES:
-        leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
+        leave(session, settings, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
     return True
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, select
 from sqlmodel import Session, col
 
+from drip import hooks
 from drip.course import load_course
 from drip.db import insert_ignoring, table_of
 from drip.models import MessageKind, Subscriber, SubscriberStatus
@@ -274,6 +275,7 @@ def activate(
     subscriber.consent_ip = ip
     session.add(subscriber)
     session.flush()
+    hooks.emit(session, settings, hooks.Event.subscriber_confirmed, subscriber, now)
     if start:
         course = load_course(settings.emails_dir)
         start_course(
@@ -286,10 +288,24 @@ def activate(
     return True
 
 
+#: The webhook event of each way of leaving.
+LEFT_EVENTS = {
+    SubscriberStatus.unsubscribed: hooks.Event.subscriber_unsubscribed,
+    SubscriberStatus.bounced: hooks.Event.subscriber_bounced,
+    SubscriberStatus.complained: hooks.Event.subscriber_complained,
+}
+
+
 def leave(
-    session: Session, subscriber: Subscriber, status: SubscriberStatus, now: datetime, reason: str
+    session: Session,
+    settings: Settings,
+    subscriber: Subscriber,
+    status: SubscriberStatus,
+    now: datetime,
+    reason: str,
 ) -> int:
-    """Unsubscribe or suppress: nothing more is sent, queued mail becomes `skipped`."""
+    """Unsubscribe or suppress: nothing more is sent, queued mail becomes `skipped`, and
+    the webhooks hear of it (once: only when the status changes)."""
     assert subscriber.id is not None
     if subscriber.status != status:
         subscriber.status = status
@@ -300,5 +316,7 @@ def leave(
         subscriber.confirm_salt = new_salt()
         subscriber.confirm_token_hash = secrets.token_hex(32)
         session.add(subscriber)
+        if status in LEFT_EVENTS:
+            hooks.emit(session, settings, LEFT_EVENTS[status], subscriber, now, {"reason": reason})
     stop_course(session, subscriber.id)
     return skip_for_subscriber(session, subscriber.id, reason, now)

@@ -63,6 +63,18 @@ def test_an_http_base_url_breaks_one_click_unsubscribe() -> None:
     assert setting_problems(settings_with(base_url="http://localhost:8000")) == []
 
 
+def test_a_webhook_url_in_clear_is_reported() -> None:
+    [problem] = setting_problems(
+        settings_with(
+            base_url="https://course.example.com",
+            webhook_urls="https://crm.example.com/in,http://user:pw@hooks.example.net/x,"
+            "http://127.0.0.1:9000/",
+        )
+    )
+    assert problem.startswith("DRIP_WEBHOOK_URLS: hooks.example.net is http://")
+    assert "pw" not in problem
+
+
 def test_a_dkim_domain_not_aligned_with_from_is_reported(tmp_path: Path) -> None:
     key, _ = dkim_key(tmp_path)
     found = setting_problems(

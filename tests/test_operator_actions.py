@@ -75,7 +75,7 @@ def test_forget_wipes_personal_data_and_keeps_counts(
     assert "token" not in str(exported)
 
     with session_scope(engine) as session:
-        assert forget_subscriber(session, sub.id, utcnow()) is True
+        assert forget_subscriber(session, settings, sub.id, utcnow()) is True
     with read_scope(engine) as session:
         row = session.get(Subscriber, sub.id)
         assert row is not None

@@ -256,7 +256,7 @@ def test_erasing_a_reader_erases_their_questions_and_answers(
         replies.answer(session, kept.question_id, "Try this.", "n" * 20, utcnow(), "example.org")
     with session_scope(engine) as session:
         assert sub.id is not None
-        assert forget_subscriber(session, sub.id, utcnow())
+        assert forget_subscriber(session, settings, sub.id, utcnow())
     with read_scope(engine) as session:
         assert session.get(Question, kept.question_id) is None
     answers = [r for r in factories.outbox(engine) if r.kind == MessageKind.answer]

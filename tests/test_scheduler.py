@@ -84,7 +84,7 @@ def test_unsubscribing_mid_course_stops_everything(
     with session_scope(engine) as session:
         row = session.get(Subscriber, sub.id)
         assert row is not None
-        leave(session, row, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed")
+        leave(session, settings, row, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed")
     for days in range(1, 40, 3):
         tick(settings, due + timedelta(days=days))
     assert len(recorder.messages) == 2
@@ -106,7 +106,10 @@ def test_unsubscribe_turns_a_queued_lesson_into_skipped(
     with session_scope(engine) as session:
         row = session.get(Subscriber, sub.id)
         assert row is not None
-        assert leave(session, row, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed") == 1
+        assert (
+            leave(session, settings, row, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed")
+            == 1
+        )
     tick(settings, due)
     statuses = [r.status for r in outbox(engine) if r.kind == MessageKind.lesson]
     assert statuses == [OutboxStatus.skipped]

@@ -64,7 +64,7 @@ def _known_addresses(settings: Settings, engine: Engine) -> None:
                 activate(session, settings, sub, now)
             else:
                 activate(session, settings, sub, now)
-                leave(session, sub, SubscriberStatus(state), now, state)
+                leave(session, settings, sub, SubscriberStatus(state), now, state)
 
 
 def _state(engine: Engine) -> tuple[list[Any], list[Any]]:

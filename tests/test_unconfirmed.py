@@ -105,7 +105,7 @@ def test_a_returning_reader_who_never_confirms_goes_back_to_unsubscribed_with_hi
     with session_scope(engine) as session:
         row = session.get(Subscriber, sub.id)
         assert row is not None
-        leave(session, row, SubscriberStatus.unsubscribed, start, "unsubscribed")
+        leave(session, settings, row, SubscriberStatus.unsubscribed, start, "unsubscribed")
     with session_scope(engine) as session:
         subscribe(session, settings, Signup("back@example.com", "Sam", "UTC"), start)
     tick(settings, start + timedelta(days=7, minutes=1))

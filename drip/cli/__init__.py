@@ -514,6 +514,21 @@ def newsletter_resume() -> None:
         console().print("newsletter sending was not paused")
 
 
+webhooks_app = typer.Typer(
+    help="Webhooks out: events POSTed to DRIP_WEBHOOK_URLS.", no_args_is_help=True
+)
+
+
+@webhooks_app.command("secret")
+def webhooks_secret() -> None:
+    """Print the key events are signed with, for the receivers (the only place it is shown)."""
+    from drip import hooks
+
+    settings = load_settings()
+    console().print(hooks.signing_secret(settings), markup=False, soft_wrap=True)
+
+
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(pack_app, name="pack", help="The information pack PDF.")
 app.command("preview")(preview)
 app.command("logs")(logs)

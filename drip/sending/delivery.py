@@ -32,6 +32,7 @@ from drip.course import Course, CourseError, load_course
 from drip.db import read_scope, session_scope
 from drip.followup import follow_up
 from drip.models import (
+    EMAIL_KINDS,
     MessageKind,
     OutboxMessage,
     OutboxStatus,
@@ -40,13 +41,14 @@ from drip.models import (
 from drip.progress import Pace
 from drip.sending.message import Envelope
 from drip.sending.outbox import Result, claim, record, release, renew, retry_or_give_up
+from drip.sending.post import Post, Poster
 from drip.sending.prepare import Preparer
 from drip.sending.ratelimit import Limiter
 from drip.sending.sender import Connection, Outcome, Verdict
 from drip.settings import Settings
 
 #: A claimed row with its message ready to send, or the reason it must not be sent.
-Claimed = tuple[OutboxMessage, Envelope | Result]
+Claimed = tuple[OutboxMessage, Envelope | Post | Result]
 #: Do not start a send with less than this share of the lease left (at most 30 s):
 #: another worker may take the row once it runs out.
 LEASE_MARGIN = 0.2
@@ -102,12 +104,15 @@ class Delivery:
         self.limiter = Limiter(engine, settings.send_rate, clock, chunk=settings.smtp_concurrency)
         settings.require_secret()  # missing, it stops the run here, not at the first message
         self.pace = Pace(settings.minutes_per_day)
+        self.poster = Poster()
         self._in_hand: set[int] = set()
         #: Per row in hand: when its lease runs out, on this process's monotonic clock.
         self._lease_ends: dict[int, float] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
         self._judged_at: datetime | None = None
+        #: The SMTP server could not be reached: no more mail this run, webhooks go on.
+        self._mail_down = False
 
     @cached_property
     def course(self) -> Course | None:
@@ -135,6 +140,7 @@ class Delivery:
         finally:
             over.set()
             await keeper
+            await self.poster.close()
             await asyncio.to_thread(
                 release, self.engine, self.worker, list(self._in_hand), self.clock()
             )
@@ -160,11 +166,19 @@ class Delivery:
             await connection.close()
 
     async def _deliver(
-        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Result
+        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Post | Result
     ) -> None:
-        if isinstance(prepared, Envelope):
-            await self.limiter.acquire()
+        if isinstance(prepared, Post):
+            # Not an email: DRIP_SEND_RATE does not apply, and a receiver that is down
+            # defers its own rows without halting the run (as an SMTP server down does).
             if self.stop.is_set() or self._lease_short(row):
+                return
+            result = self._judge(row, await self.poster.send(prepared))
+        elif isinstance(prepared, Envelope):
+            if self._mail_down:
+                return  # left in hand: released at the end, claimed afresh
+            await self.limiter.acquire()
+            if self.stop.is_set() or self._mail_down or self._lease_short(row):
                 return  # left in hand: released at the end, claimed afresh
             outcome = await connection.send(prepared)
             result = self._judge(row, outcome)
@@ -244,15 +258,18 @@ class Delivery:
         return ends is not None and ends - time.monotonic() < margin
 
     def _halt(self, reason: str) -> None:
-        """The server cannot be reached: stop this run rather than defer every message in turn."""
+        """The server cannot be reached: no more mail this run, rather than defer every
+        message in turn. Webhook rows are not mail and go on (`_held`)."""
         self.report.halted = reason
-        self.stop.set()
+        self._mail_down = True
 
     def _judge(self, row: OutboxMessage, outcome: Outcome) -> Result:
         if outcome.verdict == Verdict.sent:
             return Result(OutboxStatus.sent, outcome.code, outcome.message)
         if outcome.verdict == Verdict.bounced:
             return Result(OutboxStatus.bounced, outcome.code, outcome.message)
+        if outcome.verdict == Verdict.failed:
+            return Result(OutboxStatus.failed, outcome.code, outcome.message)
         return retry_or_give_up(self.settings, row, outcome.code, outcome.message, self.clock())
 
     # -- database work, run in a thread -------------------------------------------
@@ -278,13 +295,15 @@ class Delivery:
         return [(r, self.preparer.prepare(r, subscribers.get(r.subscriber_id))) for r in rows]
 
     def _held(self) -> frozenset[MessageKind]:
-        """Kinds sender health holds back; judged afresh at most once a minute of sending."""
+        """Kinds sender health holds back (judged afresh at most once a minute of sending),
+        and every kind of mail once the SMTP server proved unreachable in this run."""
         now = self.clock()
         if self._judged_at is None or now - self._judged_at >= HEALTH_EVERY:
             self._judged_at = now
             health.judge(self.settings, self.engine, now)
         with read_scope(self.engine) as session:
-            return health.held_kinds(session)
+            held = health.held_kinds(session)
+        return held | frozenset(EMAIL_KINDS) if self._mail_down else held
 
     def _finish(self, results: list[tuple[OutboxMessage, Result]]) -> None:
         """Record attempts and everything that follows from them, in one transaction.
@@ -296,7 +315,7 @@ class Delivery:
             moved = record(session, results, self.worker, now)
             # A row missing from `moved` lost its lease: whoever holds it now follows up.
             held = [(row, result) for row, result in results if row.id in moved]
-            follow_up(session, held, now, self.course, self.pace)
+            follow_up(session, self.settings, held, now, self.course, self.pace)
         for row, result in results:
             self._in_hand.discard(row.id)
             self._lease_ends.pop(row.id or 0, None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from drip import testmail, verp
+from drip import clicks, hooks, testmail, verp
 from drip.clock import Clock
 from drip.course import Course
 from drip.identity import identity
@@ -34,6 +34,7 @@ from drip.render import RenderError, render_email, sample_context
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
+from drip.sending.post import Post
 from drip.settings import Settings
 from drip.subscribers import confirm_salt
 from drip.tokens import make_token
@@ -110,6 +111,7 @@ class Preparer:
     def __init__(self, settings: Settings, course: Course | None, clock: Clock) -> None:
         self.settings = settings
         self.secret = settings.require_secret()
+        self.webhook_secret = hooks.signing_secret(settings)
         self.course = course
         self.clock = clock
         self._newsletters: dict[int, LetterTemplate] = {}
@@ -146,8 +148,13 @@ class Preparer:
             assert letter_id is not None
             self._newsletters[letter_id] = stored_letter(session, letter_id)
 
-    def prepare(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
-        """Render and build the message, or say why it must not be sent."""
+    def prepare(
+        self, row: OutboxMessage, subscriber: Subscriber | None
+    ) -> Envelope | Post | Result:
+        """Render and build the message, or say why it must not be sent. A webhook row
+        is its signed POST: it reports a fact, whatever the subscriber's state now."""
+        if row.kind == MessageKind.webhook:
+            return hooks.request(self.webhook_secret, row, self.clock())
         if row.kind == MessageKind.test:
             return self._prepare_test(row, subscriber)
         if subscriber is None:
@@ -205,6 +212,9 @@ class Preparer:
                 rendered = replace(rendered, subject=testmail.SUBJECT_PREFIX + rendered.subject)
             elif row.kind in VERSIONED_KINDS:
                 row.version = template_version(self.settings.emails_dir, row.template)
+            if self.settings.click_tracking and row.kind == MessageKind.lesson and row.id:
+                base = self.settings.base_url
+                rendered = clicks.track_links(rendered, base, self.secret, row.id)
             return compose(
                 self.settings,
                 rendered,

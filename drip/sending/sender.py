@@ -24,6 +24,8 @@ class Verdict(StrEnum):
     sent = "sent"
     deferred = "deferred"
     bounced = "bounced"
+    #: Refused for good, but not about a mailbox: a webhook receiver's 4xx (drip.sending.post).
+    failed = "failed"
 
 
 @dataclass(frozen=True)

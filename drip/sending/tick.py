@@ -51,6 +51,7 @@ def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
                 settings.sender_address.domain,
                 limit=QUEUE_BATCH,
                 pace=Pace(settings.minutes_per_day),
+                settings=settings,
             )
             if not _more_due(session, now):
                 return total

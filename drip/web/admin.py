@@ -477,7 +477,12 @@ def build_admin_router(
             if found is None:
                 return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
             leave(
-                session, found, SubscriberStatus.unsubscribed, utcnow(), "unsubscribed by the admin"
+                session,
+                settings,
+                found,
+                SubscriberStatus.unsubscribed,
+                utcnow(),
+                "unsubscribed by the admin",
             )
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
 
@@ -554,7 +559,7 @@ def build_admin_router(
                 request, 400, "Not deleted", "Tick the box to confirm the deletion, then retry."
             )
         with session_scope(engine) as session:
-            if not forget_subscriber(session, subscriber_id, utcnow()):
+            if not forget_subscriber(session, settings, subscriber_id, utcnow()):
                 return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=deleted", 303)
 

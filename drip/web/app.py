@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -37,8 +38,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from drip import alerts, figure, pack_link, signup
-from drip.clock import utcnow
+from drip import alerts, clicks, figure, pack_link, signup
+from drip.clock import Clock, utcnow
 from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.identity import identity
@@ -145,6 +146,10 @@ def _course_facts(settings: Settings) -> dict[str, Any]:
             "first_lesson": pace.after(days[0]),
         }
     facts.update(identity(settings, facts["course_title"]).context())
+    # The privacy note says what is counted and shared, as the settings have it.
+    facts["click_tracking"] = settings.click_tracking
+    facts["webhooks"] = bool(settings.webhook_url_list)
+    facts["click_prefix"] = f"{settings.base_url}/c/"
     return facts
 
 
@@ -198,8 +203,9 @@ def _lifespan(
     return lifespan
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     """The whole web app for these settings; no module-level state, so tests build many.
+    `clock`: the time clicks are judged by (a test's travelling clock).
 
     Rate limits live in the database (drip.limits), shared by every process. Behind a
     reverse proxy, list it in DRIP_TRUSTED_PROXIES so the client's address,
@@ -400,6 +406,26 @@ def create_app(settings: Settings) -> FastAPI:
             filename=PACK_FILENAME,
             headers={"cache-control": "private, no-store"},
         )
+
+    @app.api_route("/c/{token}", methods=["GET", "HEAD"], response_model=None)
+    def click(request: Request, token: str) -> Response:
+        """A lesson's tracked link (DRIP_CLICK_TRACKING): counted, judged, then on its way.
+        Only a URL drip signed leads anywhere; anything else is not found."""
+        link = clicks.read_token(keys, token[:4000]) if keys else None
+        if link is None:
+            return _not_found(request)
+        if settings.click_tracking:
+            with session_scope(engine) as session:
+                clicks.record(
+                    session,
+                    link,
+                    method=request.method,
+                    user_agent=request.headers.get("user-agent"),
+                    address=client_ip(request),
+                    now=clock(),
+                    delay=timedelta(seconds=settings.click_delay_seconds),
+                )
+        return RedirectResponse(link.url, 302, headers={"cache-control": "no-store"})
 
     @app.get("/pictures/{name}.png", response_model=None)
     def picture(request: Request, name: str) -> Response:
