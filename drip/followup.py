@@ -19,7 +19,8 @@ from drip import hooks
 from drip.course import Course
 from drip.feedback import bounced_at_send
 from drip.models import MessageKind, OutboxMessage, OutboxStatus
-from drip.progress import Pace, after_send, courses_completed
+from drip.pace import Pace
+from drip.progress import after_send, courses_completed
 from drip.sending.outbox import Result
 from drip.settings import Settings
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -54,7 +54,18 @@ def json_formatter() -> logging.Formatter:
 
 
 class DripHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The one handler configure() installs (and replaces when called again)."""
+    """The one handler configure() installs (and replaces when called again). It writes
+    to whatever `sys.stderr` is when a record comes, not the stream it was made with: a
+    caller that swaps stderr (a test runner, a daemon closing its terminal) and closes
+    the old one never leaves logging writing into a closed file."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
 
 
 def formatter(log_format: LogFormat) -> logging.Formatter:
@@ -63,7 +74,7 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
 
 def configure(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     """Route every logger to one stderr handler in `log_format`; safe to call again."""
-    handler = DripHandler(sys.stderr)
+    handler = DripHandler()
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -21,7 +21,7 @@ import jinja2
 from drip.course import Course, CourseError, load_course
 from drip.errors import DripError
 from drip.identity import identity
-from drip.progress import Pace
+from drip.pace import Pace
 from drip.settings import Settings
 
 SAMPLE_CONTEXT: dict[str, Any] = {

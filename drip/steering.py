@@ -41,7 +41,8 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.progress import Pace, lesson_key, lesson_message
+from drip.pace import Pace
+from drip.progress import lesson_key, lesson_message
 from drip.sending.outbox import enqueue_many, held_for, hold, unhold
 from drip.sending.outbox import skip as skip_messages
 from drip.sendtime import newsletter_days, send_moment

@@ -281,7 +281,8 @@ def test_the_cli_steers_a_reader_and_names_what_it_cannot_do(
         return result.exit_code, result.output
 
     code, out = drip("pause", "cli@example.com")
-    assert (code, "cli@example.com: paused") == (0, out.strip()[: len("cli@example.com: paused")])
+    assert code == 0
+    assert "cli@example.com: paused" in out.splitlines()
     assert _progress(engine, sub.id).paused_at is not None
     code, out = drip("pause", "cli@example.com")
     assert code == 0

@@ -31,8 +31,8 @@ from drip.course import Course, load_course
 from drip.db import ensure_schema, get_engine, read_scope, session_scope
 from drip.keycheck import adopt_key
 from drip.models import Subscriber
+from drip.pace import Pace
 from drip.printable import one_line, printable
-from drip.progress import Pace
 from drip.sendlog import (
     KINDS,
     LOG_STATUSES,

@@ -38,7 +38,7 @@ from drip.models import (
     OutboxStatus,
     Subscriber,
 )
-from drip.progress import Pace
+from drip.pace import Pace
 from drip.sending.message import Envelope
 from drip.sending.outbox import Result, claim, record, release, renew, retry_or_give_up
 from drip.sending.post import Post, Poster

@@ -28,8 +28,8 @@ from drip.models import (
 )
 from drip.newsletter import stored_letter
 from drip.newsletter_body import LetterTemplate
+from drip.pace import Pace
 from drip.pack_link import pack_url
-from drip.progress import Pace
 from drip.render import RenderError, render_email, sample_context
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose

@@ -21,7 +21,8 @@ from drip.clock import travelling_clock
 from drip.course import load_course
 from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, WorkerHeartbeat
-from drip.progress import Pace, queue_due_lessons
+from drip.pace import Pace
+from drip.progress import queue_due_lessons
 from drip.sending.delivery import Delivery, DeliveryReport, worker_name
 from drip.settings import Settings
 

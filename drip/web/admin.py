@@ -55,7 +55,7 @@ from drip.operator_actions import (
     retry_message,
     subscriber_data,
 )
-from drip.progress import Pace
+from drip.pace import Pace
 from drip.render import template_names
 from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_since
 from drip.settings import Settings

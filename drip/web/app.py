@@ -44,7 +44,7 @@ from drip.course import CourseError, load_course
 from drip.db import get_engine, read_scope, session_scope
 from drip.identity import identity
 from drip.limits import Admission, SignupLimits
-from drip.progress import Pace
+from drip.pace import Pace
 from drip.sending.message import PACK_FILENAME
 from drip.settings import Settings, SettingsError
 from drip.web import embed
