@@ -105,6 +105,8 @@ NOT_TRIED_STATUSES = (OutboxStatus.queued, OutboxStatus.sending)
 
 class Subscriber(SQLModel, table=True):
     __tablename__ = "subscriber"
+    #: The funnel's signups and confirmations per source, read from the index alone.
+    __table_args__ = (Index("ix_subscriber_source_confirmed", "source", "confirmed_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=Column(String(320), nullable=False))
@@ -144,6 +146,10 @@ class Subscriber(SQLModel, table=True):
     consent_ip: str | None = Field(default=None, max_length=64)
     confirmed_at: datetime | None = _when(index=True)
     unsubscribed_at: datetime | None = _when()
+    #: The outbox id of the email whose unsubscribe link they left through (the funnel's
+    #: "unsubscribed after"); NULL when unknown: a link naming no message, the admin's
+    #: button. No foreign key: a deleted message leaves an id that matches nothing.
+    unsubscribed_via: int | None = Field(default=None, index=True)
     confirm_sent_at: datetime | None = _when()
     #: Random salt; a token is the salt and an HMAC of it under DRIP_SECRET_KEY (drip.tokens).
     token_salt: str = Field(max_length=64, index=True)
@@ -158,6 +164,8 @@ class CourseProgress(SQLModel, table=True):
     """Where a subscriber stands in the course; `next_due_at` is what a pass looks up."""
 
     __tablename__ = "course_progress"
+    #: The funnel's finishers and their median time to finish (drip.funnel).
+    __table_args__ = (Index("ix_course_progress_finished", "finished_at", "started_at"),)
 
     subscriber_id: int = Field(foreign_key="subscriber.id", primary_key=True, ondelete="CASCADE")
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
@@ -192,6 +200,8 @@ class OutboxMessage(SQLModel, table=True):
         # The send log: queued rows newest first, and the kind filter (drip.sendlog).
         Index("ix_outbox_status_created", "status", "created_at"),
         Index("ix_outbox_kind_created", "kind", "created_at"),
+        # The funnel: course mail counted per step and status from the index alone.
+        Index("ix_outbox_funnel", "kind", "template", "status", "subscriber_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

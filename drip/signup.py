@@ -33,6 +33,7 @@ from drip.subscribers import (
     apply_pending,
     confirmation,
     email_key,
+    find_by_link,
     find_by_token,
     insert_new,
     leave,
@@ -356,12 +357,15 @@ def confirm(
 
 
 def unsubscribe(session: Session, settings: Settings, token: str, now: datetime) -> bool:
-    """Unsubscribe at once; False for an unknown token. Saying it twice is fine."""
-    subscriber = find_by_token(session, token, "unsubscribe", settings.secret_keys())
-    if subscriber is None:
+    """Unsubscribe at once; False for an unknown token. Saying it twice is fine. A link
+    naming the email it came in records that email as where they left (`unsubscribed_via`)."""
+    found = find_by_link(session, token, "unsubscribe", settings.secret_keys())
+    if found is None:
         return False
+    # The link's signature covers the message id: drip put it in that very email.
+    subscriber, via = found
     if subscriber.status in SUBSCRIBED_STATUSES:
-        leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
+        leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed", via=via)
     return True
 
 

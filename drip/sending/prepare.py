@@ -46,7 +46,8 @@ def email_context(
     """The template variables of `row`'s email to `subscriber`: links, course, newsletter,
     and last the values fixed when the row was queued."""
     base = settings.base_url
-    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
+    # The link names this email too, so leaving through it is attributed to it.
+    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe", row.id)
     context: dict[str, Any] = {
         # The confirmation goes to an address nobody has vouched for yet: none of the
         # visitor's words go in it (a name with a link would make drip a spam cannon).
