@@ -19,7 +19,7 @@ test sends never do. Lessons are found by their template, so each lesson of the
 course should have its own (as the shipped course does).
 
 Every figure is a grouped count read from an index (the `funnel` migration adds
-them): the outbox's (kind, template, status, subscriber), the subscriber's
+them): the outbox's (kind, template, subscriber, status), the subscriber's
 (source, confirmed_at) and unsubscribed_via, the progress' (finished_at, started_at).
 bench/funnel.py measures it at 1M subscribers.
 """
@@ -151,20 +151,28 @@ def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
         found[str(status)] += int(n)
         if status != OutboxStatus.skipped:
             found["reached"] += int(n)
-    distinct = func.count(func.distinct(col(o.subscriber_id)))
+    # Distinct subscribers, grouped in the index's own order (kind, template, subscriber,
+    # status): no sort, where count(DISTINCT) would sort every confirmation.
     confirm = counts.setdefault((MessageKind.confirm, ""), Counter())
+    is_confirm = col(o.kind) == MessageKind.confirm
+    per_status = (
+        select(col(o.status))
+        .where(is_confirm)
+        .group_by(col(o.template), col(o.subscriber_id), col(o.status))
+        .subquery()
+    )
     for status, n in session.execute(
-        select(col(o.status), distinct)
-        .where(col(o.kind) == MessageKind.confirm)
-        .group_by(col(o.status))
+        select(per_status.c.status, func.count()).group_by(per_status.c.status)
     ):
         confirm[str(status)] = int(n)
+    reached = (
+        select(col(o.subscriber_id))
+        .where(is_confirm, col(o.status) != OutboxStatus.skipped)
+        .group_by(col(o.template), col(o.subscriber_id))
+        .subquery()
+    )
     confirm["reached"] = int(
-        session.execute(
-            select(distinct).where(
-                col(o.kind) == MessageKind.confirm, col(o.status) != OutboxStatus.skipped
-            )
-        ).scalar_one()
+        session.execute(select(func.count()).select_from(reached)).scalar_one()
     )
     return counts
 

@@ -201,7 +201,7 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_status_created", "status", "created_at"),
         Index("ix_outbox_kind_created", "kind", "created_at"),
         # The funnel: course mail counted per step and status from the index alone.
-        Index("ix_outbox_funnel", "kind", "template", "status", "subscriber_id"),
+        Index("ix_outbox_funnel", "kind", "template", "subscriber_id", "status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -30,7 +30,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_outbox_funnel", ["kind", "template", "status", "subscriber_id"], unique=False
+            "ix_outbox_funnel", ["kind", "template", "subscriber_id", "status"], unique=False
         )
 
 
