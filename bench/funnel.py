@@ -70,7 +70,7 @@ def _grow(engine: Engine, start: int, stop: int, now: datetime, course: Course) 
         """UPDATE subscriber SET source = 'page-' || (id % :sources)
         WHERE id BETWEEN :start AND :stop""",
         """UPDATE subscriber AS s SET status = 'unsubscribed', unsubscribed_at = :sent,
-            unsubscribed_via = o.id
+            unsubscribed_via = o.id, unsubscribed_step = (CAST(:slugs AS text[]))[s.id % :total]
         FROM outbox AS o
         WHERE s.id BETWEEN :start AND :stop AND s.id % :gone = 1
             AND o.dedupe_key = 'lesson:' || (CAST(:slugs AS text[]))[s.id % :total]

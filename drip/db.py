@@ -11,8 +11,8 @@ groups, so the cost is one sync per group (bench/durability.py measures it).
 This module is also the one place where the two databases differ in SQL: a
 conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
 BEGIN IMMEDIATE already holds the write lock), picking rows other transactions are
-not holding, the database's own clock, and a median of durations. Other modules call
-these helpers and never ask which database it is.
+not holding, the database's own clock, a median of durations, and reports' settings.
+Other modules call these helpers and never ask which database it is.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    text,
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -173,6 +174,14 @@ def median_seconds(
     ).scalars()
     values = [float(v) for v in middle]
     return sum(values) / len(values)
+
+
+def reporting(session: Session) -> None:
+    """Set up this transaction for a report of many counts (drip.funnel). PostgreSQL's JIT
+    compiles each large count's plan for tens of milliseconds, more than it saves on
+    plans that only walk an index and count: off for this transaction."""
+    if not _is_sqlite(session):
+        session.execute(text("SET LOCAL jit = off"))
 
 
 def lock(session: Session, row: SQLModel) -> None:

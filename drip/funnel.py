@@ -15,13 +15,14 @@ email step, counted per subscriber:
 - `unsubscribed_after`: left through the unsubscribe link in that step's email.
 
 Only course mail counts (kinds confirm, welcome, lesson): newsletters, answers and
-test sends never do. Lessons are found by their template, so each lesson of the
-course should have its own (as the shipped course does).
+test sends never do. Lessons' emails are found by their template, so each lesson of
+the course should have its own (as the shipped course does); where a reader left is
+kept by the lesson's slug (`Subscriber.unsubscribed_step`, set when they leave).
 
 Every figure is a grouped count read from an index (the `funnel` migration adds
 them): the outbox's (kind, template, subscriber, status), the subscriber's
-(source, confirmed_at) and unsubscribed_via, the progress' (finished_at, started_at).
-bench/funnel.py measures it at 1M subscribers.
+(source, confirmed_at, id) and unsubscribed_step, the progress' (finished_at,
+started_at). bench/funnel.py measures it at 1M subscribers.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlmodel import Session, col
 
 from drip.course import Course
-from drip.db import median_seconds, table_of
+from drip.db import median_seconds, reporting, table_of
 from drip.models import (
     UNSENT_STATUSES,
     CourseProgress,
@@ -49,6 +50,16 @@ from drip.models import (
 #: The kinds of mail that make up the course; every other kind is left out.
 COURSE_KINDS = (MessageKind.confirm, MessageKind.welcome, MessageKind.lesson)
 DELIVERED = (OutboxStatus.sent, OutboxStatus.complained)
+#: A subscriber's confirmations, best outcome first: the one a step counts them under.
+RANK = {
+    OutboxStatus.complained: 6,
+    OutboxStatus.bounced: 5,
+    OutboxStatus.sent: 4,
+    OutboxStatus.failed: 3,
+    OutboxStatus.skipped: 1,
+}
+#: Queued, deferred or being sent: not out yet.
+WAITING_RANK = 2
 FINISHED = "finished"
 
 
@@ -151,43 +162,42 @@ def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
         found[str(status)] += int(n)
         if status != OutboxStatus.skipped:
             found["reached"] += int(n)
-    # Distinct subscribers, grouped in the index's own order (kind, template, subscriber,
-    # status): no sort, where count(DISTINCT) would sort every confirmation.
-    confirm = counts.setdefault((MessageKind.confirm, ""), Counter())
-    is_confirm = col(o.kind) == MessageKind.confirm
-    per_status = (
-        select(col(o.status))
-        .where(is_confirm)
-        .group_by(col(o.template), col(o.subscriber_id), col(o.status))
-        .subquery()
-    )
-    for status, n in session.execute(
-        select(per_status.c.status, func.count()).group_by(per_status.c.status)
-    ):
-        confirm[str(status)] = int(n)
-    reached = (
-        select(col(o.subscriber_id))
-        .where(is_confirm, col(o.status) != OutboxStatus.skipped)
+    # A confirmation may go out more than once: each subscriber counts once, by what
+    # became of their confirmations at best (RANK), grouped in the index's own order
+    # (kind, template, subscriber): no sort and no count(DISTINCT).
+    rank = case(*((col(o.status) == status, n) for status, n in RANK.items()), else_=WAITING_RANK)
+    best = (
+        select(func.max(rank).label("rank"))
+        .where(col(o.kind) == MessageKind.confirm)
         .group_by(col(o.template), col(o.subscriber_id))
         .subquery()
     )
-    confirm["reached"] = int(
-        session.execute(select(func.count()).select_from(reached)).scalar_one()
-    )
+    confirm = counts.setdefault((MessageKind.confirm, ""), Counter())
+    by_rank = {n: status for status, n in RANK.items()} | {WAITING_RANK: OutboxStatus.queued}
+    for n, subscribers in session.execute(select(best.c.rank, func.count()).group_by(best.c.rank)):
+        confirm[str(by_rank[int(n)])] += int(subscribers)
+        if by_rank[int(n)] != OutboxStatus.skipped:
+            confirm["reached"] += int(subscribers)
     return counts
 
 
-def _left_through(session: Session) -> Counter[tuple[str, str]]:
-    """Unsubscribers by the (kind, template) of the email whose link they followed."""
-    s, o = Subscriber, OutboxMessage
+def _left_through(session: Session) -> Counter[str]:
+    """Unsubscribers by the step of the email whose link they followed."""
+    s = Subscriber
     rows = session.execute(
-        select(col(o.kind), col(o.template), func.count())
-        .select_from(s)
-        .join(o, col(o.id) == col(s.unsubscribed_via))
-        .where(col(s.unsubscribed_via).is_not(None))
-        .group_by(col(o.kind), col(o.template))
+        select(col(s.unsubscribed_step), func.count())
+        .where(col(s.unsubscribed_step).is_not(None))
+        .group_by(col(s.unsubscribed_step))
     )
-    return Counter({(str(kind), str(template)): int(n) for kind, template, n in rows})
+    return Counter({str(step): int(n) for step, n in rows})
+
+
+def step_of(row: OutboxMessage) -> str:
+    """The funnel step an email belongs to: a lesson's slug, else its kind (`welcome`,
+    or `newsletter`, `answer`... outside the course)."""
+    if row.kind == MessageKind.lesson and row.context.get("slug"):
+        return str(row.context["slug"])
+    return str(row.kind)
 
 
 def _step(name: str, title: str, statuses: Counter[str], left: int) -> Step:
@@ -205,54 +215,46 @@ def _step(name: str, title: str, statuses: Counter[str], left: int) -> Step:
 
 
 def _sources(session: Session) -> list[Source]:
+    """Signups, confirmations and finishers per source in one pass over the subscriber
+    index (source, confirmed_at, id), the finishers joined from the progress index."""
     s, p = Subscriber, CourseProgress
-    finished = {
-        source: int(n)
-        for source, n in session.execute(
-            select(col(s.source), func.count())
-            .select_from(p)
-            .join(s, col(s.id) == col(p.subscriber_id))
-            .where(col(p.finished_at).is_not(None))
-            .group_by(col(s.source))
-        )
-    }
+    done = (
+        select(col(p.subscriber_id).label("id")).where(col(p.finished_at).is_not(None)).subquery()
+    )
     rows = session.execute(
-        select(col(s.source), func.count(), func.count(col(s.confirmed_at)))
+        select(col(s.source), func.count(), func.count(col(s.confirmed_at)), func.count(done.c.id))
+        .select_from(s)
+        .outerjoin(done, done.c.id == col(s.id))
         .group_by(col(s.source))
         .order_by(func.count().desc(), col(s.source))
     )
     return [
-        Source(str(source), int(n), int(confirmed), int(finished.get(source, 0)))
-        for source, n, confirmed in rows
+        Source(str(source), int(n), int(confirmed), int(finished))
+        for source, n, confirmed, finished in rows
     ]
 
 
 def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funnel:
     """The whole funnel, read in a handful of grouped counts on indexes."""
+    reporting(session)
     counts = _email_counts(session)
     left = _left_through(session)
+    welcome = counts.get((MessageKind.welcome, "welcome"), Counter())
     steps = [
         # A confirmation carries no unsubscribe link: nobody leaves through it.
         _step("confirm", "Confirmation", counts[(MessageKind.confirm, "")], 0),
-        _step(
-            "welcome",
-            "Welcome",
-            counts.get((MessageKind.welcome, "welcome"), Counter()),
-            left.pop((MessageKind.welcome, "welcome"), 0),
-        ),
+        _step("welcome", "Welcome", welcome, left.pop(MessageKind.welcome, 0)),
     ]
     for number, lesson in enumerate(course.lessons, start=1):
-        key = (MessageKind.lesson, lesson.template)
         steps.append(
             _step(
                 lesson.slug,
                 f"Lesson {number}: {lesson.title}",
-                counts.get(key, Counter()),
-                left.pop(key, 0),
+                counts.get((MessageKind.lesson, lesson.template), Counter()),
+                left.pop(lesson.slug, 0),
             )
         )
     p = CourseProgress
-    started = int(session.execute(select(func.count()).select_from(p)).scalar_one())
     is_finished = col(p.finished_at).is_not(None)
     finished = int(
         session.execute(select(func.count()).select_from(p).where(is_finished)).scalar_one()
@@ -267,7 +269,7 @@ def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funn
             .select_from(s)
             .where(
                 col(s.status) == SubscriberStatus.unsubscribed,
-                col(s.unsubscribed_via).is_(None),
+                col(s.unsubscribed_step).is_(None),
             )
         ).scalar_one()
     )
@@ -284,7 +286,8 @@ def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funn
         )
     return Funnel(
         steps=steps,
-        started=started,
+        # Starting the course queues the welcome, once (its dedupe key), whatever follows.
+        started=sum(n for status, n in welcome.items() if status != "reached"),
         finished=finished,
         median_to_finish=None if median is None else timedelta(seconds=median),
         unsubscribed_unattributed=unattributed,

@@ -106,7 +106,7 @@ NOT_TRIED_STATUSES = (OutboxStatus.queued, OutboxStatus.sending)
 class Subscriber(SQLModel, table=True):
     __tablename__ = "subscriber"
     #: The funnel's signups and confirmations per source, read from the index alone.
-    __table_args__ = (Index("ix_subscriber_source_confirmed", "source", "confirmed_at"),)
+    __table_args__ = (Index("ix_subscriber_source_confirmed", "source", "confirmed_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=Column(String(320), nullable=False))
@@ -146,10 +146,15 @@ class Subscriber(SQLModel, table=True):
     consent_ip: str | None = Field(default=None, max_length=64)
     confirmed_at: datetime | None = _when(index=True)
     unsubscribed_at: datetime | None = _when()
-    #: The outbox id of the email whose unsubscribe link they left through (the funnel's
-    #: "unsubscribed after"); NULL when unknown: a link naming no message, the admin's
-    #: button. No foreign key: a deleted message leaves an id that matches nothing.
-    unsubscribed_via: int | None = Field(default=None, index=True)
+    #: The outbox id of the email whose unsubscribe link they left through; NULL when
+    #: unknown: a link naming no message, the admin's button. No foreign key: the record
+    #: of where they left outlives the message.
+    unsubscribed_via: int | None = Field(default=None)
+    #: That email's funnel step (a lesson's slug, `welcome`, `newsletter`...), kept
+    #: beside it so the funnel counts leavers per step from this column's index alone.
+    unsubscribed_step: str | None = Field(
+        default=None, sa_column=Column(String(64), nullable=True, index=True)
+    )
     confirm_sent_at: datetime | None = _when()
     #: Random salt; a token is the salt and an HMAC of it under DRIP_SECRET_KEY (drip.tokens).
     token_salt: str = Field(max_length=64, index=True)

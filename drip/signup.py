@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from drip.db import lock, session_scope
 from drip.errors import DripError
-from drip.models import SUBSCRIBED_STATUSES, Subscriber, SubscriberStatus
+from drip.models import SUBSCRIBED_STATUSES, OutboxMessage, Subscriber, SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
@@ -362,9 +362,12 @@ def unsubscribe(session: Session, settings: Settings, token: str, now: datetime)
     found = find_by_link(session, token, "unsubscribe", settings.secret_keys())
     if found is None:
         return False
-    # The link's signature covers the message id: drip put it in that very email.
-    subscriber, via = found
+    subscriber, message = found
     if subscriber.status in SUBSCRIBED_STATUSES:
+        # The link's signature covers the message id: drip put it in that very email.
+        via = session.get(OutboxMessage, message) if message is not None else None
+        if via is not None and via.subscriber_id != subscriber.id:
+            via = None
         leave(session, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed", via=via)
     return True
 

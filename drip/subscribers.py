@@ -18,7 +18,8 @@ from sqlmodel import Session, col
 
 from drip.course import load_course
 from drip.db import insert_ignoring, table_of
-from drip.models import MessageKind, Subscriber, SubscriberStatus
+from drip.funnel import step_of
+from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
 from drip.sending.outbox import (
     NewMessage,
@@ -307,19 +308,20 @@ def leave(
     now: datetime,
     reason: str,
     *,
-    via: int | None = None,
+    via: OutboxMessage | None = None,
 ) -> int:
     """Unsubscribe or suppress: nothing more is sent, queued mail becomes `skipped`.
 
-    `via`: the outbox id of the email whose link they left through, kept on the
-    subscriber for the funnel (drip.funnel); None when it is not known.
+    `via`: the email whose unsubscribe link they left through, kept on the subscriber
+    (its id and its funnel step, drip.funnel); None when it is not known.
     """
     assert subscriber.id is not None
     if subscriber.status != status:
         subscriber.status = status
         if status == SubscriberStatus.unsubscribed:
             subscriber.unsubscribed_at = now
-            subscriber.unsubscribed_via = via
+            subscriber.unsubscribed_via = via.id if via is not None else None
+            subscriber.unsubscribed_step = step_of(via) if via is not None else None
         # The confirmation link dies with leaving: a salt no link was made from, and a
         # random hash no older link can match.
         subscriber.confirm_salt = new_salt()

@@ -241,19 +241,14 @@ def test_a_course_run_shows_exactly_its_numbers_in_drip_stats_and_on_the_page(
     run_course(funnel_settings, recorder)
     with read_scope(engine) as session:
         left = {
-            s.email: (s.status, s.unsubscribed_via)
+            s.email: (s.status, s.unsubscribed_via, s.unsubscribed_step)
             for s in session.execute(select(Subscriber)).scalars()
         }
-    lesson_3 = {a: _row(engine, a, LESSON_3) for a in ("ann@example.com", "bob@example.com")}
-    assert left["ann@example.com"] == (
-        SubscriberStatus.unsubscribed,
-        lesson_3["ann@example.com"].id,
-    )  # type: ignore[union-attr]
-    assert left["bob@example.com"] == (
-        SubscriberStatus.unsubscribed,
-        lesson_3["bob@example.com"].id,
-    )  # type: ignore[union-attr]
-    assert left["cat@example.com"] == (SubscriberStatus.unsubscribed, None)
+    for address in ("ann@example.com", "bob@example.com"):
+        lesson_3 = _row(engine, address, LESSON_3)
+        assert lesson_3 is not None
+        assert left[address] == (SubscriberStatus.unsubscribed, lesson_3.id, "pressure-release")
+    assert left["cat@example.com"] == (SubscriberStatus.unsubscribed, None, None)
     assert left["eve@example.com"][0] == SubscriberStatus.bounced
 
     env = _env(funnel_settings) | {"DRIP_PACK_DELIVERY": "link"}

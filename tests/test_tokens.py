@@ -87,12 +87,12 @@ def test_a_link_naming_its_email_records_it_and_one_naming_none_still_unsubscrib
     assert client.post(f"/unsubscribe/{plain}").status_code == 200
     with session_scope(engine) as session:
         left = {
-            s.email: (s.status, s.unsubscribed_via)
+            s.email: (s.status, s.unsubscribed_via, s.unsubscribed_step)
             for s in session.execute(select(Subscriber)).scalars()
         }
     assert left == {
-        "ann@example.com": (SubscriberStatus.unsubscribed, welcome.id),
-        "bob@example.com": (SubscriberStatus.unsubscribed, None),
+        "ann@example.com": (SubscriberStatus.unsubscribed, welcome.id, "welcome"),
+        "bob@example.com": (SubscriberStatus.unsubscribed, None, None),
     }
 
 

@@ -18,11 +18,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("subscriber", schema=None) as batch_op:
         batch_op.add_column(sa.Column("unsubscribed_via", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("unsubscribed_step", sa.String(length=64), nullable=True))
         batch_op.create_index(
-            batch_op.f("ix_subscriber_unsubscribed_via"), ["unsubscribed_via"], unique=False
+            batch_op.f("ix_subscriber_unsubscribed_step"), ["unsubscribed_step"], unique=False
         )
         batch_op.create_index(
-            "ix_subscriber_source_confirmed", ["source", "confirmed_at"], unique=False
+            "ix_subscriber_source_confirmed", ["source", "confirmed_at", "id"], unique=False
         )
     with op.batch_alter_table("course_progress", schema=None) as batch_op:
         batch_op.create_index(
@@ -41,5 +42,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_course_progress_finished")
     with op.batch_alter_table("subscriber", schema=None) as batch_op:
         batch_op.drop_index("ix_subscriber_source_confirmed")
-        batch_op.drop_index(batch_op.f("ix_subscriber_unsubscribed_via"))
+        batch_op.drop_index(batch_op.f("ix_subscriber_unsubscribed_step"))
+        batch_op.drop_column("unsubscribed_step")
         batch_op.drop_column("unsubscribed_via")
