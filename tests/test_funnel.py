@@ -34,11 +34,12 @@ from drip.models import (
     SubscriberStatus,
 )
 from drip.settings import Settings
+from drip.subscribers import leave, queue_confirmation
 from drip.tokens import make_token
 from drip.web.app import create_app
 from tests.browser import serving
 from tests.conftest import SECRET, SettingsFactory
-from tests.factories import tick
+from tests.factories import subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
 from tests.test_admin import PASSWORD, USER, _basic
 from tests.test_cli import _env, drip
@@ -360,3 +361,29 @@ def test_the_funnel_page_in_chromium(
     finally:
         context.close()
     assert errors == []  # nothing blocked by the CSP, no missing asset
+
+
+def test_a_reader_who_asked_twice_for_a_confirmation_counts_once(
+    settings: Settings, engine: Engine
+) -> None:
+    ann = subscriber(settings, "ann@example.com", active=False)
+    subscriber(settings, "bob@example.com", active=False)
+    tick(settings)
+    with session_scope(engine) as session:
+        again = session.get(Subscriber, ann.id)
+        assert again is not None
+        assert queue_confirmation(session, settings, again, utcnow())
+    tick(settings)
+    with session_scope(engine) as session:
+        cat = session.get(Subscriber, subscriber(settings, "cat@example.com", active=False).id)
+        assert cat is not None
+        leave(session, cat, SubscriberStatus.unsubscribed, utcnow(), "changed their mind")
+    with read_scope(engine) as session:
+        confirms = session.execute(
+            select(OutboxMessage.status).where(OutboxMessage.kind == MessageKind.confirm)
+        ).all()
+        assert sorted(s for (s,) in confirms) == ["sent", "sent", "sent", "skipped"]
+        found = funnel(session, load_course(settings.emails_dir))
+    confirm = found.steps[0]
+    assert (confirm.reached, confirm.delivered, confirm.waiting) == (2, 2, 0)
+    assert found.unsubscribed_unattributed == 1
