@@ -20,9 +20,9 @@ the course should have its own (as the shipped course does); where a reader left
 kept by the lesson's slug (`Subscriber.unsubscribed_step`, set when they leave).
 
 Every figure is a grouped count read from an index (the `funnel` migration adds
-them): the outbox's (kind, template, subscriber, status), the subscriber's
-(source, confirmed_at, id) and unsubscribed_step, the progress' (finished_at,
-started_at). bench/funnel.py measures it at 1M subscribers.
+them): the outbox's (kind, template, status) and its confirmations' (subscriber,
+status), the subscriber's (source, confirmed_at, id) and unsubscribed_step, the
+progress' (finished_at, started_at). bench/funnel.py measures it at 1M subscribers.
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
         if status != OutboxStatus.skipped:
             found["reached"] += int(n)
     # A confirmation may go out more than once: each subscriber counts once, by what
-    # became of their confirmations at best (RANK), grouped in the index's own order
-    # (kind, template, subscriber): no sort and no count(DISTINCT).
+    # became of their confirmations at best (RANK), grouped in the order of the
+    # confirmations' own index (subscriber, status): no sort and no count(DISTINCT).
     rank = case(*((col(o.status) == status, n) for status, n in RANK.items()), else_=WAITING_RANK)
     best = (
         select(func.max(rank).label("rank"))
         .where(col(o.kind) == MessageKind.confirm)
-        .group_by(col(o.template), col(o.subscriber_id))
+        .group_by(col(o.subscriber_id))
         .subquery()
     )
     confirm = counts.setdefault((MessageKind.confirm, ""), Counter())

@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -205,8 +206,17 @@ class OutboxMessage(SQLModel, table=True):
         # The send log: queued rows newest first, and the kind filter (drip.sendlog).
         Index("ix_outbox_status_created", "status", "created_at"),
         Index("ix_outbox_kind_created", "kind", "created_at"),
-        # The funnel: course mail counted per step and status from the index alone.
-        Index("ix_outbox_funnel", "kind", "template", "subscriber_id", "status"),
+        # The funnel: course mail counted per step and status from the index alone, an
+        # index of few distinct keys that PostgreSQL stores deduplicated (small, quick to
+        # walk); and each subscriber's confirmations, the one step that may repeat.
+        Index("ix_outbox_funnel", "kind", "template", "status"),
+        Index(
+            "ix_outbox_confirm_subscriber",
+            "subscriber_id",
+            "status",
+            sqlite_where=text("kind = 'confirm'"),
+            postgresql_where=text("kind = 'confirm'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -30,13 +30,19 @@ def upgrade() -> None:
             "ix_course_progress_finished", ["finished_at", "started_at"], unique=False
         )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.create_index("ix_outbox_funnel", ["kind", "template", "status"], unique=False)
         batch_op.create_index(
-            "ix_outbox_funnel", ["kind", "template", "subscriber_id", "status"], unique=False
+            "ix_outbox_confirm_subscriber",
+            ["subscriber_id", "status"],
+            unique=False,
+            sqlite_where=sa.text("kind = 'confirm'"),
+            postgresql_where=sa.text("kind = 'confirm'"),
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbox_confirm_subscriber")
         batch_op.drop_index("ix_outbox_funnel")
     with op.batch_alter_table("course_progress", schema=None) as batch_op:
         batch_op.drop_index("ix_course_progress_finished")
