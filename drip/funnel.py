@@ -22,7 +22,7 @@ kept by the lesson's slug (`Subscriber.unsubscribed_step`, set when they leave).
 Every figure is a grouped count read from an index (the `funnel` migration adds
 them): the outbox's (kind, template, status) and its confirmations' (subscriber,
 status), the subscriber's (source, confirmed_at, id) and unsubscribed_step, the
-progress' (finished_at, started_at). bench/funnel.py measures it at 1M subscribers.
+progress' (finished_at, started_at, subscriber_id). bench/funnel.py measures it at 1M subscribers.
 """
 
 from __future__ import annotations

@@ -170,8 +170,10 @@ class CourseProgress(SQLModel, table=True):
     """Where a subscriber stands in the course; `next_due_at` is what a pass looks up."""
 
     __tablename__ = "course_progress"
-    #: The funnel's finishers and their median time to finish (drip.funnel).
-    __table_args__ = (Index("ix_course_progress_finished", "finished_at", "started_at"),)
+    #: The funnel's finishers, their median time to finish and their sources (drip.funnel).
+    __table_args__ = (
+        Index("ix_course_progress_finished", "finished_at", "started_at", "subscriber_id"),
+    )
 
     subscriber_id: int = Field(foreign_key="subscriber.id", primary_key=True, ondelete="CASCADE")
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -27,7 +27,9 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("course_progress", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_course_progress_finished", ["finished_at", "started_at"], unique=False
+            "ix_course_progress_finished",
+            ["finished_at", "started_at", "subscriber_id"],
+            unique=False,
         )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index("ix_outbox_funnel", ["kind", "template", "status"], unique=False)
