@@ -12,12 +12,10 @@ import re
 import statistics
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
-from playwright.sync_api import Browser
 from sqlalchemy import Engine, insert, select
 from starlette.exceptions import StarletteDeprecationWarning
 
@@ -37,7 +35,6 @@ from drip.settings import Settings
 from drip.subscribers import leave, queue_confirmation
 from drip.tokens import make_token
 from drip.web.app import create_app
-from tests.browser import serving
 from tests.conftest import SECRET, SettingsFactory
 from tests.factories import subscriber, tick
 from tests.mailserver import NO_SUCH_USER, MailServer, Recorder
@@ -321,46 +318,6 @@ def test_an_empty_database_has_an_empty_funnel(funnel_settings: Settings, engine
     page = admin.get("/admin/funnel")
     assert page.status_code == 200
     assert "Nobody has signed up yet." in page.text
-
-
-def test_the_funnel_page_in_chromium(
-    browser: Browser, funnel_settings: Settings, recorder: Recorder
-) -> None:
-    # Playwright's sync API holds this thread's event loop: the passes run in another.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(run_course, funnel_settings, recorder).result(timeout=300)
-    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
-        with serving(create_app(funnel_settings)) as site:
-            page.goto(f"{site}/admin")
-            page.get_by_role("navigation").get_by_role("link", name="Funnel").click()
-            page.wait_for_url("**/admin/funnel")
-            assert page.locator("h1").inner_text() == "Course funnel"
-            chart = page.get_by_role("img", name=re.compile("Readers reaching each step"))
-            assert chart.locator("rect.bar").count() == len(EXPECTED)
-            # Lost readers are drawn where they were lost: the one who never confirmed
-            # before the welcome, then before lessons 2, 4 (two) and 6 (the bounce).
-            lost = chart.locator("rect.lost")
-            assert lost.count() == 4
-            colour = lost.first.evaluate("e => getComputedStyle(e).fill")
-            bar = chart.locator("rect.bar").first.evaluate("e => getComputedStyle(e).fill")
-            assert colour != bar
-            row = page.locator("#step-pressure-release")
-            assert row.locator('[data-field="reached"]').inner_text() == "4"
-            assert row.locator('[data-field="unsubscribed_after"]').inner_text() == "2"
-            bounced = page.locator("#step-trigger-point-or-sciatica [data-field='bounced']")
-            assert bounced.inner_text() == "1"
-            assert page.locator("#step-finished [data-field='reached']").inner_text() == "1"
-            assert page.locator("#completion-rate").inner_text() == "20.0%"
-            sources = page.locator("table.funnel-sources tbody tr")
-            assert sources.count() == 2
-            assert sources.first.locator('[data-field="confirmation_rate"]').inner_text() == "75.0%"
-    finally:
-        context.close()
-    assert errors == []  # nothing blocked by the CSP, no missing asset
 
 
 def test_a_reader_who_asked_twice_for_a_confirmation_counts_once(
