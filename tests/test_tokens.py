@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 
 from drip.db import get_engine, session_scope
 from drip.models import OutboxMessage, Subscriber, SubscriberStatus
+from drip.operator_actions import subscriber_data
 from drip.settings import Settings, load_settings
 from drip.tokens import _mac, make_token, parse_token, split_token, token_hashes, verifies
 from drip.web.app import create_app
@@ -94,6 +95,11 @@ def test_a_link_naming_its_email_records_it_and_one_naming_none_still_unsubscrib
         "ann@example.com": (SubscriberStatus.unsubscribed, welcome.id, "welcome"),
         "bob@example.com": (SubscriberStatus.unsubscribed, None, None),
     }
+    with session_scope(engine) as session:
+        exported = subscriber_data(session, ann.id)  # what a reader asking for their data gets
+    assert exported is not None
+    assert exported["subscriber"]["unsubscribed_via"] == welcome.id
+    assert exported["subscriber"]["unsubscribed_step"] == "welcome"
 
 
 def test_a_link_signed_under_the_old_key_still_unsubscribes_after_rotation(
