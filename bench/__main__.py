@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.report import Figure, machine, markdown, save, show
 
-BENCHES = ("send", "tick", "signup", "newsletter", "durability", "metrics")
+BENCHES = ("send", "tick", "signup", "newsletter", "durability", "metrics", "funnel")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -11,8 +11,8 @@ groups, so the cost is one sync per group (bench/durability.py measures it).
 This module is also the one place where the two databases differ in SQL: a
 conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
 BEGIN IMMEDIATE already holds the write lock), picking rows other transactions are
-not holding, and the database's own clock. Other modules call these helpers and never
-ask which database it is.
+not holding, the database's own clock, a median of durations, and reports' settings.
+Other modules call these helpers and never ask which database it is.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    text,
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -145,6 +146,42 @@ def database_now(bind: Bind, plus: timedelta = timedelta(0)) -> ColumnElement[da
     else:
         expression = func.timezone("UTC", func.now()) + literal(plus)
     return type_coerce(expression, UTCDateTime())
+
+
+def median_seconds(
+    session: Session,
+    start: ColumnElement[Any],
+    end: ColumnElement[Any],
+    *where: ColumnElement[bool],
+) -> float | None:
+    """The median of `end - start` in seconds over the rows `where` picks; None if none.
+
+    PostgreSQL has `percentile_cont`; SQLite has no ordered-set aggregate, so it counts,
+    then reads the middle one or two of the durations in order.
+    """
+    if not _is_sqlite(session):
+        seconds = func.extract("epoch", end - start)
+        found = session.execute(
+            select(func.percentile_cont(0.5).within_group(seconds)).where(*where)
+        ).scalar_one()
+        return None if found is None else float(found)
+    span = (func.julianday(end) - func.julianday(start)) * 86400.0
+    count = int(session.execute(select(func.count()).where(*where)).scalar_one())
+    if not count:
+        return None
+    middle = session.execute(
+        select(span).where(*where).order_by(span).limit(2 - count % 2).offset((count - 1) // 2)
+    ).scalars()
+    values = [float(v) for v in middle]
+    return sum(values) / len(values)
+
+
+def reporting(session: Session) -> None:
+    """Set up this transaction for a report of many counts (drip.funnel). PostgreSQL's JIT
+    compiles each large count's plan for tens of milliseconds, more than it saves on
+    plans that only walk an index and count: off for this transaction."""
+    if not _is_sqlite(session):
+        session.execute(text("SET LOCAL jit = off"))
 
 
 def lock(session: Session, row: SQLModel) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -118,6 +119,8 @@ NOT_TRIED_STATUSES = (OutboxStatus.queued, OutboxStatus.sending)
 
 class Subscriber(SQLModel, table=True):
     __tablename__ = "subscriber"
+    #: The funnel's signups and confirmations per source, read from the index alone.
+    __table_args__ = (Index("ix_subscriber_source_confirmed", "source", "confirmed_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=Column(String(320), nullable=False))
@@ -157,6 +160,15 @@ class Subscriber(SQLModel, table=True):
     consent_ip: str | None = Field(default=None, max_length=64)
     confirmed_at: datetime | None = _when(index=True)
     unsubscribed_at: datetime | None = _when()
+    #: The outbox id of the email whose unsubscribe link they left through; NULL when
+    #: unknown: a link naming no message, the admin's button. No foreign key: the record
+    #: of where they left outlives the message.
+    unsubscribed_via: int | None = Field(default=None)
+    #: That email's funnel step (a lesson's slug, `welcome`, `newsletter`...), kept
+    #: beside it so the funnel counts leavers per step from this column's index alone.
+    unsubscribed_step: str | None = Field(
+        default=None, sa_column=Column(String(64), nullable=True, index=True)
+    )
     confirm_sent_at: datetime | None = _when()
     #: Random salt; a token is the salt and an HMAC of it under DRIP_SECRET_KEY (drip.tokens).
     token_salt: str = Field(max_length=64, index=True)
@@ -171,6 +183,10 @@ class CourseProgress(SQLModel, table=True):
     """Where a subscriber stands in the course; `next_due_at` is what a pass looks up."""
 
     __tablename__ = "course_progress"
+    #: The funnel's finishers, their median time to finish and their sources (drip.funnel).
+    __table_args__ = (
+        Index("ix_course_progress_finished", "finished_at", "started_at", "subscriber_id"),
+    )
 
     subscriber_id: int = Field(foreign_key="subscriber.id", primary_key=True, ondelete="CASCADE")
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
@@ -236,6 +252,17 @@ class OutboxMessage(SQLModel, table=True):
         # The send log: queued rows newest first, and the kind filter (drip.sendlog).
         Index("ix_outbox_status_created", "status", "created_at"),
         Index("ix_outbox_kind_created", "kind", "created_at"),
+        # The funnel: course mail counted per step and status from the index alone, an
+        # index of few distinct keys that PostgreSQL stores deduplicated (small, quick to
+        # walk); and each subscriber's confirmations, the one step that may repeat.
+        Index("ix_outbox_funnel", "kind", "template", "status"),
+        Index(
+            "ix_outbox_confirm_subscriber",
+            "subscriber_id",
+            "status",
+            sqlite_where=text("kind = 'confirm'"),
+            postgresql_where=text("kind = 'confirm'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -88,6 +88,9 @@ def subscriber_data(session: Session, subscriber_id: int) -> dict[str, Any] | No
             "pending_signup": subscriber.pending_signup,
             "confirmed_at": when(subscriber.confirmed_at),
             "unsubscribed_at": when(subscriber.unsubscribed_at),
+            # The email whose unsubscribe link they left through, and its funnel step.
+            "unsubscribed_via": subscriber.unsubscribed_via,
+            "unsubscribed_step": subscriber.unsubscribed_step,
         },
         "course": None
         if progress is None

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from drip.db import lock, session_scope
 from drip.errors import DripError
-from drip.models import SUBSCRIBED_STATUSES, Subscriber, SubscriberStatus
+from drip.models import SUBSCRIBED_STATUSES, OutboxMessage, Subscriber, SubscriberStatus
 from drip.sending.outbox import enqueue_many
 from drip.settings import Settings
 from drip.subscribers import (
@@ -33,6 +33,7 @@ from drip.subscribers import (
     apply_pending,
     confirmation,
     email_key,
+    find_by_link,
     find_by_token,
     insert_new,
     leave,
@@ -356,12 +357,20 @@ def confirm(
 
 
 def unsubscribe(session: Session, settings: Settings, token: str, now: datetime) -> bool:
-    """Unsubscribe at once; False for an unknown token. Saying it twice is fine."""
-    subscriber = find_by_token(session, token, "unsubscribe", settings.secret_keys())
-    if subscriber is None:
+    """Unsubscribe at once; False for an unknown token. Saying it twice is fine. A link
+    naming the email it came in records that email as where they left (`unsubscribed_via`)."""
+    found = find_by_link(session, token, "unsubscribe", settings.secret_keys())
+    if found is None:
         return False
+    subscriber, message = found
     if subscriber.status in SUBSCRIBED_STATUSES:
-        leave(session, settings, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed")
+        # The link's signature covers the message id: drip put it in that very email.
+        via = session.get(OutboxMessage, message) if message is not None else None
+        if via is not None and via.subscriber_id != subscriber.id:
+            via = None
+        leave(
+            session, settings, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed", via=via
+        )
     return True
 
 

@@ -19,7 +19,8 @@ from sqlmodel import Session, col
 from drip import hooks
 from drip.course import load_course
 from drip.db import insert_ignoring, table_of
-from drip.models import MessageKind, Subscriber, SubscriberStatus
+from drip.funnel import step_of
+from drip.models import MessageKind, OutboxMessage, Subscriber, SubscriberStatus
 from drip.progress import start_course, stop_course
 from drip.sending.outbox import (
     NewMessage,
@@ -34,7 +35,7 @@ from drip.tokens import (
     hash_token,
     legacy_hash,
     new_salt,
-    split_token,
+    parse_token,
     token_hashes,
     verifies,
 )
@@ -54,26 +55,40 @@ def find_by_token(
     session: Session, token: str, purpose: Purpose, keys: Sequence[str]
 ) -> Subscriber | None:
     """The subscriber a link's token names, if it is signed with one of `keys`."""
-    parts = split_token(token)
-    if parts is not None:
-        salt, mac = parts
-        if not verifies(keys, salt, purpose, mac):
+    found = find_by_link(session, token, purpose, keys)
+    return None if found is None else found[0]
+
+
+def find_by_link(
+    session: Session, token: str, purpose: Purpose, keys: Sequence[str]
+) -> tuple[Subscriber, int | None] | None:
+    """(subscriber, the outbox id the link came in) a token names, if it is signed with
+    one of `keys`; the id is None for a link that names no message (drip.tokens)."""
+    parsed = parse_token(token)
+    if parsed is not None:
+        if parsed.message is not None and purpose != "unsubscribe":
+            return None  # only unsubscribe links name their message
+        if not verifies(keys, parsed.salt, purpose, parsed.mac, parsed.message):
             return None
+        salt = parsed.salt
         if purpose == "unsubscribe":
-            return _first(session, col(Subscriber.token_salt) == salt)
+            found = _first(session, col(Subscriber.token_salt) == salt)
+            return None if found is None else (found, parsed.message)
         # A confirmation link carries the confirmation's own salt once it was renewed
         # (renew_confirm_token, leave), and the subscriber's salt before that.
-        return _first(session, col(Subscriber.confirm_salt) == salt) or _first(
+        found = _first(session, col(Subscriber.confirm_salt) == salt) or _first(
             session,
             and_(col(Subscriber.token_salt) == salt, col(Subscriber.confirm_salt).is_(None)),
         )
+        return None if found is None else (found, None)
     # A link sent before tokens carried their salt: its hash was stored when it was made.
     column = col(
         Subscriber.confirm_token_hash if purpose == "confirm" else Subscriber.unsubscribe_token_hash
     )
-    return session.execute(
+    found = session.execute(
         select(Subscriber).where(column == hash_token(token))
     ).scalar_one_or_none()
+    return None if found is None else (found, None)
 
 
 def _first(session: Session, where: ColumnElement[bool]) -> Subscriber | None:
@@ -303,14 +318,22 @@ def leave(
     status: SubscriberStatus,
     now: datetime,
     reason: str,
+    *,
+    via: OutboxMessage | None = None,
 ) -> int:
     """Unsubscribe or suppress: nothing more is sent, queued mail becomes `skipped`, and
-    the webhooks hear of it (once: only when the status changes)."""
+    the webhooks hear of it (once: only when the status changes).
+
+    `via`: the email whose unsubscribe link they left through, kept on the subscriber
+    (its id and its funnel step, drip.funnel); None when it is not known.
+    """
     assert subscriber.id is not None
     if subscriber.status != status:
         subscriber.status = status
         if status == SubscriberStatus.unsubscribed:
             subscriber.unsubscribed_at = now
+            subscriber.unsubscribed_via = via.id if via is not None else None
+            subscriber.unsubscribed_step = step_of(via) if via is not None else None
         # The confirmation link dies with leaving: a salt no link was made from, and a
         # random hash no older link can match.
         subscriber.confirm_salt = new_salt()

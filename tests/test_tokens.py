@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from drip.db import get_engine, session_scope
-from drip.models import Subscriber, SubscriberStatus
+from drip.models import OutboxMessage, Subscriber, SubscriberStatus
+from drip.operator_actions import subscriber_data
 from drip.settings import Settings, load_settings
-from drip.tokens import _mac, make_token, split_token, token_hashes, verifies
+from drip.tokens import _mac, make_token, parse_token, split_token, token_hashes, verifies
 from drip.web.app import create_app
 from tests.conftest import SECRET, SettingsFactory
 from tests.factories import subscriber
@@ -41,6 +42,64 @@ def test_a_token_is_its_salt_and_a_mac_that_only_the_keys_make() -> None:
     assert not verifies([SECRET], "cd" * 16, "unsubscribe", mac)
     assert split_token("no-dot-here") is None
     assert split_token(".x") is None
+
+
+def test_an_unsubscribe_token_names_its_email_and_the_mac_covers_it() -> None:
+    salt = "ab" * 16
+    token = make_token(SECRET, salt, "unsubscribe", 42)
+    assert token.startswith(f"{salt}.42.")
+    assert len(make_token(SECRET, salt, "unsubscribe", 10**18 - 1)) <= 100  # a route reads 100
+    parsed = parse_token(token)
+    assert parsed is not None
+    assert (parsed.salt, parsed.message) == (salt, 42)
+    assert verifies([SECRET], salt, "unsubscribe", parsed.mac, 42)
+    assert not verifies([SECRET], salt, "unsubscribe", parsed.mac, 43)  # moved to another email
+    assert not verifies([SECRET], salt, "unsubscribe", parsed.mac)  # or to none
+    assert not verifies([NEW_KEY], salt, "unsubscribe", parsed.mac, 42)
+    assert split_token(token) is None  # not a SALT.MAC token
+    for nonsense in (f"{salt}.x1.mac", f"{salt}..mac", f"{salt}.1.2.mac", f"{salt}.{'9' * 19}.m"):
+        assert parse_token(nonsense) is None
+
+
+def test_a_link_naming_its_email_records_it_and_one_naming_none_still_unsubscribes(
+    settings: Settings, engine: Engine
+) -> None:
+    ann = subscriber(settings, "ann@example.com")
+    bob = subscriber(settings, "bob@example.com")
+    client = TestClient(create_app(settings))
+    with session_scope(engine) as session:
+        welcome = session.execute(
+            select(OutboxMessage).where(OutboxMessage.subscriber_id == ann.id)
+        ).scalar_one()
+    good = make_token(SECRET, ann.token_salt, "unsubscribe", welcome.id)
+    salt, number, mac = good.split(".")
+    moved = f"{salt}.{int(number) + 1}.{mac}"
+    for method in ("GET", "POST"):
+        assert client.request(method, f"/unsubscribe/{moved}").status_code == 404
+    # A message-naming token opens unsubscribing only, never a confirmation.
+    assert (
+        client.post(f"/confirm/{make_token(SECRET, ann.token_salt, 'confirm', 1)}").status_code
+        == 404
+    )
+    assert client.get(f"/unsubscribe/{good}").status_code == 200
+    assert _status(engine, "ann@example.com") == SubscriberStatus.active  # GET changes nothing
+    assert client.post(f"/unsubscribe/{good}").status_code == 200
+    plain = make_token(SECRET, bob.token_salt, "unsubscribe")
+    assert client.post(f"/unsubscribe/{plain}").status_code == 200
+    with session_scope(engine) as session:
+        left = {
+            s.email: (s.status, s.unsubscribed_via, s.unsubscribed_step)
+            for s in session.execute(select(Subscriber)).scalars()
+        }
+    assert left == {
+        "ann@example.com": (SubscriberStatus.unsubscribed, welcome.id, "welcome"),
+        "bob@example.com": (SubscriberStatus.unsubscribed, None, None),
+    }
+    with session_scope(engine) as session:
+        exported = subscriber_data(session, ann.id)  # what a reader asking for their data gets
+    assert exported is not None
+    assert exported["subscriber"]["unsubscribed_via"] == welcome.id
+    assert exported["subscriber"]["unsubscribed_step"] == "welcome"
 
 
 def test_a_link_signed_under_the_old_key_still_unsubscribes_after_rotation(

@@ -19,6 +19,7 @@ from drip import __version__
 from drip.cli.content import pack_app, preview
 from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
+from drip.cli.stats import stats
 from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
 from drip.keycheck import adopt_key
@@ -532,6 +533,7 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(pack_app, name="pack", help="The information pack PDF.")
 app.command("preview")(preview)
 app.command("logs")(logs)
+app.command("stats")(stats)
 app.add_typer(
     subscribers_app,
     name="subscribers",

@@ -58,7 +58,8 @@ def email_context(
     test send's), not the row's own."""
     kind = kind or row.kind
     base = settings.base_url
-    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe")
+    # The link names this email too, so leaving through it is attributed to it.
+    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe", row.id)
     context: dict[str, Any] = {
         # The confirmation goes to an address nobody has vouched for yet: none of the
         # visitor's words go in it (a name with a link would make drip a spam cannon).

@@ -1,11 +1,11 @@
-"""/admin: the operator's pages (dashboard, send log, subscribers, caught mail).
+"""/admin: the operator's pages (dashboard, funnel, send log, subscribers, caught mail).
 
 Every route goes through `AdminRoute`, which checks HTTP Basic credentials before
 FastAPI reads a single parameter, and every POST through the router's CSRF dependency
 (`drip.web.security.csrf_required`: a token that is an HMAC of the admin user under a
 key made at start), so no page can forget either; drip.web.security puts the headers
 on every answer. The routes stay thin: the queries live in
-drip.dashboard, drip.sendlog and drip.subscriber_view, the changes in
+drip.dashboard, drip.funnel, drip.sendlog and drip.subscriber_view, the changes in
 drip.operator_actions and drip.subscribers.
 """
 
@@ -38,6 +38,8 @@ from drip.course import Course, CourseError, load_course
 from drip.dashboard import Dashboard, dashboard
 from drip.db import get_engine, read_scope, session_scope
 from drip.errors import DripError
+from drip.funnel import FINISHED, percent, span
+from drip.funnel import funnel as course_funnel
 from drip.limits import LoginPace, Turn, login_succeeded, login_turn
 from drip.models import (
     FINAL_STATUSES,
@@ -61,7 +63,7 @@ from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_
 from drip.settings import Settings
 from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline, with_actions
 from drip.subscribers import leave
-from drip.web.chart import sends_chart
+from drip.web.chart import funnel_chart, sends_chart
 from drip.web.proxies import client_key
 from drip.web.security import MAIL_CSP, CsrfRefused, csrf_required
 
@@ -350,6 +352,21 @@ def build_admin_router(
             return refused_csrf(request)
         done = "resumed" if health.resume(engine, utcnow()) else "not-paused"
         return RedirectResponse(f"/admin?done={done}", 303)
+
+    @router.get("/funnel", response_class=HTMLResponse)
+    def funnel_page(request: Request) -> HTMLResponse:
+        try:
+            course = load_course(settings.emails_dir)
+        except CourseError as exc:
+            return problem(request, 500, "The course file has problems", str(exc))
+        with read_scope(engine) as session:
+            found = course_funnel(session, course, pack_link=settings.pack_delivery == "link")
+        ticks = {"confirm": "confirm", "welcome": "welcome", FINISHED: "finished"}
+        lessons = {lesson.slug: f"lesson {n}" for n, lesson in enumerate(course.lessons, 1)}
+        chart = funnel_chart(
+            [(s.title, ticks.get(s.step) or lessons[s.step], s.reached) for s in found.steps]
+        )
+        return render(request, "funnel.html", funnel=found, chart=chart, percent=percent, span=span)
 
     @router.get("/embed", response_class=HTMLResponse)
     def embed_page(request: Request) -> HTMLResponse:

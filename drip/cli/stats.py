@@ -1,0 +1,82 @@
+"""`drip stats [--json]`: the course funnel (drip.funnel), as /admin/funnel shows it;
+JSON in ASCII, so a visitor's source can hold nothing a terminal would act on.
+
+`--json` prints one object a line per step in course order (`step`: `confirm`,
+`welcome`, each lesson's slug, `finished`), then one last object with `"summary": true`:
+completion rate, median time to finish, unattributed unsubscribes, signups per source
+and, with DRIP_PACK_DELIVERY=link, pack downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from drip.cli.output import console, print_lines
+from drip.course import load_course
+from drip.db import ensure_schema, get_engine, read_scope
+from drip.funnel import Funnel, funnel, percent, span
+from drip.printable import printable
+from drip.settings import load_settings
+
+
+def _human(found: Funnel) -> None:
+    out = console()
+    header = ["step", "reached", "delivered", "bounced", "complained", "unsub. after", "lost"]
+    rows = [header]
+    before: int | None = None
+    for step in found.steps:
+        lost = (
+            percent((before - step.reached) / before) if before and before >= step.reached else ""
+        )
+        cells = [step.reached, step.delivered, step.bounced, step.complained]
+        rows.append([step.step, *map(str, cells), str(step.unsubscribed_after), lost])
+        before = step.reached
+    print_lines(out, rows)
+    out.print(
+        f"\nstarted the course {found.started}, finished {found.finished}: completion "
+        f"{percent(found.completion_rate)}; median time to finish {span(found.median_to_finish)}",
+        markup=False,
+    )
+    out.print(
+        f"unsubscribed without a lesson's link {found.unsubscribed_unattributed}, "
+        f"through other mail {found.unsubscribed_elsewhere}",
+        markup=False,
+    )
+    if found.pack_downloads is not None:
+        downloads, readers = found.pack_downloads
+        out.print(f"pack downloads {downloads}, by {readers} subscribers", markup=False)
+    if found.sources:
+        out.print("")
+        table = [["source", "signups", "confirmed", "finished", "confirmation", "completion"]]
+        for s in found.sources:
+            counts = [str(s.signups), str(s.confirmed), str(s.finished)]
+            rates = [percent(s.confirmation_rate), percent(s.completion_rate)]
+            table.append([printable(s.source) or "(none)", *counts, *rates])
+        print_lines(out, table)
+
+
+def stats(
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="one JSON object a line per step, then a summary object"),
+    ] = False,
+) -> None:
+    """The course funnel: per step, how many reached it, got it, bounced, complained and
+    left through its link; completion, time to finish, and signups per source."""
+    settings = load_settings()
+    course = load_course(settings.emails_dir)
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    with read_scope(engine) as session:
+        found = funnel(session, course, pack_link=settings.pack_delivery == "link")
+    if not json_output:
+        _human(found)
+        return
+    for step in found.steps:
+        sys.stdout.write(json.dumps(step.as_json()) + "\n")
+    sys.stdout.write(json.dumps(found.summary_json()) + "\n")
+    sys.stdout.flush()
