@@ -28,7 +28,7 @@ progress' (finished_at, started_at, subscriber_id). bench/funnel.py measures it 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import case, func, select
@@ -46,6 +46,7 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
+from drip.unconfirmed import expired_by_source, expired_count
 
 #: The kinds of mail that make up the course; every other kind is left out.
 COURSE_KINDS = (MessageKind.confirm, MessageKind.welcome, MessageKind.lesson)
@@ -121,6 +122,9 @@ class Funnel:
     sources: list[Source]
     #: With DRIP_PACK_DELIVERY=link: (downloads, subscribers who downloaded); else None.
     pack_downloads: tuple[int, int] | None = None
+    #: Signups never confirmed, deleted after DRIP_UNCONFIRMED_EXPIRE_DAYS (only counted):
+    #: in their source's signups, no longer in the confirm step.
+    unconfirmed_expired: int = 0
 
     @property
     def completion_rate(self) -> float | None:
@@ -138,6 +142,7 @@ class Funnel:
             "unsubscribed_unattributed": self.unsubscribed_unattributed,
             "unsubscribed_elsewhere": self.unsubscribed_elsewhere,
             "sources": [s.as_json() for s in self.sources],
+            "unconfirmed_expired": self.unconfirmed_expired,
         }
         if self.pack_downloads is not None:
             summary["pack_downloads"], summary["pack_downloaders"] = self.pack_downloads
@@ -226,12 +231,16 @@ def _sources(session: Session) -> list[Source]:
         .select_from(s)
         .outerjoin(done, done.c.id == col(s.id))
         .group_by(col(s.source))
-        .order_by(func.count().desc(), col(s.source))
     )
-    return [
-        Source(str(source), int(n), int(confirmed), int(finished))
+    found = {
+        str(source): Source(str(source), int(n), int(confirmed), int(finished))
         for source, n, confirmed, finished in rows
-    ]
+    }
+    # Signups deleted unconfirmed (drip.unconfirmed) still count as signups of their source.
+    for source, expired in expired_by_source(session).items():
+        known = found.get(source, Source(source, 0, 0, 0))
+        found[source] = replace(known, signups=known.signups + expired)
+    return sorted(found.values(), key=lambda s: (-s.signups, s.source))
 
 
 def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funnel:
@@ -294,6 +303,7 @@ def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funn
         unsubscribed_elsewhere=sum(left.values()),
         sources=_sources(session),
         pack_downloads=downloads,
+        unconfirmed_expired=expired_count(session),
     )
 
 

@@ -369,7 +369,13 @@ def unsubscribe(session: Session, settings: Settings, token: str, now: datetime)
         if via is not None and via.subscriber_id != subscriber.id:
             via = None
         leave(
-            session, settings, subscriber, SubscriberStatus.unsubscribed, now, "unsubscribed", via=via
+            session,
+            settings,
+            subscriber,
+            SubscriberStatus.unsubscribed,
+            now,
+            "unsubscribed",
+            via=via,
         )
     return True
 

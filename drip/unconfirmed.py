@@ -13,6 +13,8 @@ confirmed once, left, and asked to come back without confirming goes back to
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -38,6 +40,10 @@ from drip.settings import Settings
 REMIND_AFTER = timedelta(hours=24)
 #: The `meta` row counting the unconfirmed signups deleted, ever.
 EXPIRED_COUNTER = "unconfirmed_expired"
+#: The same per signup source, under this prefix and a digest of the source (a source
+#: is longer than a `meta` name may be); the source itself is kept under SOURCE_NAME.
+EXPIRED_BY_SOURCE = "unconfirmed_expired:"
+SOURCE_NAME = "source_name:"
 #: Signups handled per statement; a pass goes on until none is left.
 BATCH = 500
 
@@ -107,12 +113,17 @@ def expire(session: Session, settings: Settings, now: datetime) -> tuple[int, in
     cutoff = now - timedelta(days=settings.unconfirmed_expire_days)
     asked = func.coalesce(col(Subscriber.confirm_sent_at), col(Subscriber.created_at))
     stmt = (
-        select(col(Subscriber.id), col(Subscriber.email), col(Subscriber.confirmed_at))
+        select(
+            col(Subscriber.id),
+            col(Subscriber.email),
+            col(Subscriber.confirmed_at),
+            col(Subscriber.source),
+        )
         .where(col(Subscriber.status) == SubscriberStatus.pending, asked <= cutoff)
         .limit(BATCH)
     )
     found = session.execute(for_update(session, stmt, skip_locked=True, of=Subscriber)).all()
-    returning = [ident for ident, _, confirmed in found if confirmed is not None]
+    returning = [ident for ident, _, confirmed, _ in found if confirmed is not None]
     if returning:
         session.execute(
             update(Subscriber)
@@ -120,17 +131,27 @@ def expire(session: Session, settings: Settings, now: datetime) -> tuple[int, in
             .values(status=SubscriberStatus.unsubscribed, pending_signup=None)
             .execution_options(synchronize_session=False)
         )
-    strangers = [(ident, email) for ident, email, confirmed in found if confirmed is None]
+    strangers = [(ident, email) for ident, email, confirmed, _ in found if confirmed is None]
     deleted = _delete(session, strangers)
     if deleted:
-        _count_expired(session, deleted)
-    return len(found), deleted
+        sources = {ident: source for ident, _, _, source in found}
+        gone = Counter(sources[ident] or "" for ident in deleted)
+        _count_expired(session, EXPIRED_COUNTER, len(deleted))
+        for source, count in gone.items():
+            digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+            session.execute(
+                insert_ignoring(session, Meta, ["name"]).values(
+                    name=SOURCE_NAME + digest, value=source
+                )
+            )
+            _count_expired(session, EXPIRED_BY_SOURCE + digest, count)
+    return len(found), len(deleted)
 
 
-def _delete(session: Session, people: Sequence[tuple[int, str]]) -> int:
-    """Delete these subscribers with every message to them and its send log; how many."""
+def _delete(session: Session, people: Sequence[tuple[int, str]]) -> list[int]:
+    """Delete these subscribers with every message to them and its send log; their ids."""
     if not people:
-        return 0
+        return []
     ids = [ident for ident, _ in people]
     addresses = [email for _, email in people]
     outbox = table_of(OutboxMessage).c
@@ -162,18 +183,16 @@ def _delete(session: Session, people: Sequence[tuple[int, str]]) -> int:
         .returning(col(Subscriber.id))
         .execution_options(synchronize_session=False)
     )
-    return len(gone.all())
+    return [int(ident) for ident in gone.scalars()]
 
 
-def _count_expired(session: Session, count: int) -> None:
-    """Add to the anonymous count of expired signups, atomically across workers."""
-    session.execute(
-        insert_ignoring(session, Meta, ["name"]).values(name=EXPIRED_COUNTER, value="0")
-    )
+def _count_expired(session: Session, name: str, count: int) -> None:
+    """Add to an anonymous count of expired signups, atomically across workers."""
+    session.execute(insert_ignoring(session, Meta, ["name"]).values(name=name, value="0"))
     value = table_of(Meta).c.value
     session.execute(
         update(table_of(Meta))
-        .where(table_of(Meta).c.name == EXPIRED_COUNTER)
+        .where(table_of(Meta).c.name == name)
         .values(value=cast(cast(value, Integer) + count, String))
     )
 
@@ -182,3 +201,21 @@ def expired_count(session: Session) -> int:
     """How many unconfirmed signups were deleted, ever."""
     row = session.get(Meta, EXPIRED_COUNTER)
     return int(row.value) if row is not None else 0
+
+
+def expired_by_source(session: Session) -> dict[str, int]:
+    """How many unconfirmed signups were deleted, ever, per signup source: the funnel
+    keeps counting them as signups, so a source's confirmation rate stays true."""
+    name = col(Meta.name)
+    found = session.execute(
+        select(name, col(Meta.value)).where(
+            name.startswith(EXPIRED_BY_SOURCE, autoescape=True)
+            | name.startswith(SOURCE_NAME, autoescape=True)
+        )
+    )
+    rows = {str(n): str(v) for n, v in found}
+    return {
+        rows[SOURCE_NAME + n[len(EXPIRED_BY_SOURCE) :]]: int(count)
+        for n, count in rows.items()
+        if n.startswith(EXPIRED_BY_SOURCE) and n != EXPIRED_COUNTER
+    }

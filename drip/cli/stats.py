@@ -46,6 +46,11 @@ def _human(found: Funnel) -> None:
         f"through other mail {found.unsubscribed_elsewhere}",
         markup=False,
     )
+    if found.unconfirmed_expired:
+        out.print(
+            f"signups never confirmed, deleted and only counted {found.unconfirmed_expired}",
+            markup=False,
+        )
     if found.pack_downloads is not None:
         downloads, readers = found.pack_downloads
         out.print(f"pack downloads {downloads}, by {readers} subscribers", markup=False)
