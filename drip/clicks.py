@@ -204,6 +204,16 @@ def record(
     return click
 
 
+def how_counted(delay_seconds: float) -> str:
+    """What the reports say about the human count: the filter, in plain words."""
+    return (
+        "a click counts as a reader's unless it is a HEAD request, came within "
+        f"{delay_seconds:g} seconds of the lesson being sent, looks like a mail scanner "
+        f"(user agent or network), or is one of all a message's links fetched within "
+        f"{ALL_AT_ONCE.seconds} seconds"
+    )
+
+
 @dataclass(frozen=True)
 class ClickCounts:
     #: Every request to the lesson's links, scanners and all.

@@ -34,6 +34,7 @@ from datetime import timedelta
 from sqlalchemy import case, func, select
 from sqlmodel import Session, col
 
+from drip.clicks import click_counts
 from drip.course import Course
 from drip.db import median_seconds, reporting, table_of
 from drip.models import (
@@ -77,6 +78,11 @@ class Step:
     failed: int = 0
     waiting: int = 0
     unsubscribed_after: int = 0
+    #: With DRIP_CLICK_TRACKING (drip.clicks): every request to the step's links, those
+    #: judged a reader's, and the readers who clicked. Lessons only.
+    clicks: int = 0
+    human_clicks: int = 0
+    readers_clicking: int = 0
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -125,6 +131,10 @@ class Funnel:
     #: Signups never confirmed, deleted after DRIP_UNCONFIRMED_EXPIRE_DAYS (only counted):
     #: in their source's signups, no longer in the confirm step.
     unconfirmed_expired: int = 0
+
+    @property
+    def any_clicks(self) -> bool:
+        return any(step.clicks for step in self.steps)
 
     @property
     def completion_rate(self) -> float | None:
@@ -254,15 +264,17 @@ def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funn
         _step("confirm", "Confirmation", counts[(MessageKind.confirm, "")], 0),
         _step("welcome", "Welcome", welcome, left.pop(MessageKind.welcome, 0)),
     ]
+    clicked = click_counts(session)
     for number, lesson in enumerate(course.lessons, start=1):
-        steps.append(
-            _step(
-                lesson.slug,
-                f"Lesson {number}: {lesson.title}",
-                counts.get((MessageKind.lesson, lesson.template), Counter()),
-                left.pop(lesson.slug, 0),
-            )
+        step = _step(
+            lesson.slug,
+            f"Lesson {number}: {lesson.title}",
+            counts.get((MessageKind.lesson, lesson.template), Counter()),
+            left.pop(lesson.slug, 0),
         )
+        if (c := clicked.get(lesson.template)) is not None:
+            step = replace(step, clicks=c.raw, human_clicks=c.human, readers_clicking=c.readers)
+        steps.append(step)
     p = CourseProgress
     is_finished = col(p.finished_at).is_not(None)
     finished = int(

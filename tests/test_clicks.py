@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser
+from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
 from drip import clicks, scanners
@@ -26,6 +28,8 @@ from tests.browser import serving
 from tests.conftest import EMAILS, SECRET, SettingsFactory
 from tests.factories import lesson_sent
 from tests.mailserver import MailServer, Recorder, free_port
+from tests.test_admin import PASSWORD, USER, _basic
+from tests.test_cli import _env, drip
 
 LESSON = "lesson-01-what-trigger-points-are"
 STUDY = "https://example.org/trigger?a=1&b=2"
@@ -206,6 +210,22 @@ def test_only_a_readers_click_counts_as_human(
     assert counts == {LESSON: clicks.ClickCounts(raw=6, human=1, readers=1)}
     assert exported is not None
     assert [(c["link"], c["human"]) for c in exported["clicks"]] == [(c[1], c[2]) for c in seen]
+
+    # The funnel shows both counts, and says how it told them apart.
+    stats = drip("stats", "--json", env=_env(settings) | {"DRIP_CLICK_TRACKING": "true"})
+    assert stats.returncode == 0, stats.stderr
+    *steps, summary = [json.loads(line) for line in stats.stdout.splitlines()]
+    [lesson] = [s for s in steps if s["step"] == "what-trigger-points-are"]
+    assert (lesson["clicks"], lesson["human_clicks"], lesson["readers_clicking"]) == (6, 1, 1)
+    assert all(s["clicks"] == 0 for s in steps if s is not lesson)
+    assert "HEAD request" in summary["clicks_counted_as_human"]
+    admin = settings.model_copy(update={"admin_user": USER, "admin_password": SecretStr(PASSWORD)})
+    page = TestClient(create_app(admin), headers=_basic(USER, PASSWORD)).get("/admin/funnel")
+    row = re.search(r'<tr id="clicks-what-trigger-points-are">(.*?)</tr>', page.text, re.S)
+    assert row is not None
+    cells = dict(re.findall(r'data-field="(\w+)">([^<]*)<', row.group(1)))
+    assert cells == {"clicks": "6", "human_clicks": "1", "readers_clicking": "1"}
+    assert "within 60 seconds of the lesson being sent" in page.text
 
 
 def test_off_by_default_links_go_straight_and_nothing_is_counted(

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from drip.cli.output import console, print_lines
+from drip.clicks import how_counted
 from drip.course import load_course
 from drip.db import ensure_schema, get_engine, read_scope
 from drip.funnel import Funnel, funnel, percent, span
@@ -23,7 +24,7 @@ from drip.printable import printable
 from drip.settings import load_settings
 
 
-def _human(found: Funnel) -> None:
+def _human(found: Funnel, click_delay: float) -> None:
     out = console()
     header = ["step", "reached", "delivered", "bounced", "complained", "unsub. after", "lost"]
     rows = [header]
@@ -46,6 +47,16 @@ def _human(found: Funnel) -> None:
         f"through other mail {found.unsubscribed_elsewhere}",
         markup=False,
     )
+    if found.any_clicks:
+        table = [["lesson", "clicks", "a reader's", "readers clicking"]]
+        table += [
+            [step.step, str(step.clicks), str(step.human_clicks), str(step.readers_clicking)]
+            for step in found.steps
+            if step.clicks
+        ]
+        out.print("", markup=False)
+        print_lines(out, table)
+        out.print(how_counted(click_delay), markup=False)
     if found.unconfirmed_expired:
         out.print(
             f"signups never confirmed, deleted and only counted {found.unconfirmed_expired}",
@@ -79,9 +90,12 @@ def stats(
     with read_scope(engine) as session:
         found = funnel(session, course, pack_link=settings.pack_delivery == "link")
     if not json_output:
-        _human(found)
+        _human(found, settings.click_delay_seconds)
         return
     for step in found.steps:
         sys.stdout.write(json.dumps(step.as_json()) + "\n")
-    sys.stdout.write(json.dumps(found.summary_json()) + "\n")
+    summary = found.summary_json()
+    if found.any_clicks:
+        summary["clicks_counted_as_human"] = how_counted(settings.click_delay_seconds)
+    sys.stdout.write(json.dumps(summary) + "\n")
     sys.stdout.flush()

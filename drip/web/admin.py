@@ -33,6 +33,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
 
 from drip import catcher, health, newsletter, replies, steering, testmail
+from drip.clicks import how_counted
 from drip.clock import utcnow
 from drip.course import Course, CourseError, load_course
 from drip.dashboard import Dashboard, dashboard
@@ -366,7 +367,15 @@ def build_admin_router(
         chart = funnel_chart(
             [(s.title, ticks.get(s.step) or lessons[s.step], s.reached) for s in found.steps]
         )
-        return render(request, "funnel.html", funnel=found, chart=chart, percent=percent, span=span)
+        return render(
+            request,
+            "funnel.html",
+            funnel=found,
+            chart=chart,
+            percent=percent,
+            span=span,
+            clicks_rule=how_counted(settings.click_delay_seconds).capitalize(),
+        )
 
     @router.get("/embed", response_class=HTMLResponse)
     def embed_page(request: Request) -> HTMLResponse:
