@@ -20,7 +20,8 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -267,6 +268,28 @@ def read_scope(engine: Engine) -> Iterator[Session]:
     # Closing (not rolling back) ends the transaction and keeps loaded objects usable.
     with Session(engine.execution_options(**{READ_ONLY: True})) as session:
         yield session
+
+
+def side_by_side(session: Session, *reads: Callable[[Session], Any]) -> list[Any]:
+    """The results of independent reads of one report (drip.funnel), in order.
+
+    On PostgreSQL each runs in its own transaction on its own connection, at once, so a
+    report of several large counts uses the server's cores; each then sees its own
+    snapshot, which may differ by the rows written meanwhile. On SQLite they run one
+    after another in `session`.
+    """
+    if _is_sqlite(session):
+        return [read(session) for read in reads]
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+
+    def run(read: Callable[[Session], Any]) -> Any:
+        with read_scope(engine) as own:
+            reporting(own)
+            return read(own)
+
+    with ThreadPoolExecutor(len(reads), thread_name_prefix="report") as pool:
+        return list(pool.map(run, reads))
 
 
 def _alembic_config(engine: Engine, output: io.StringIO | None = None) -> Any:

@@ -36,7 +36,7 @@ from sqlmodel import Session, col
 
 from drip.clicks import click_counts
 from drip.course import Course
-from drip.db import median_seconds, reporting, table_of
+from drip.db import median_seconds, reporting, side_by_side, table_of
 from drip.models import (
     UNSENT_STATUSES,
     CourseProgress,
@@ -160,11 +160,8 @@ class Funnel:
 
 
 def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
-    """{(kind, template): {status: subscribers}} of course mail, and "reached" beside them.
-
-    Welcome and lessons are one row per subscriber (their dedupe key), so rows are
-    subscribers; a confirmation may be sent several times, so it counts distinct ones.
-    """
+    """{(kind, template): {status: subscribers}} of the welcome and lessons, and "reached"
+    beside them: one row per subscriber each (their dedupe key), so rows are subscribers."""
     o = OutboxMessage
     counts: dict[tuple[str, str], Counter[str]] = {}
     per_row = session.execute(
@@ -177,9 +174,15 @@ def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
         found[str(status)] += int(n)
         if status != OutboxStatus.skipped:
             found["reached"] += int(n)
-    # A confirmation may go out more than once: each subscriber counts once, by what
-    # became of their confirmations at best (RANK), grouped in the order of the
-    # confirmations' own index (subscriber, status): no sort and no count(DISTINCT).
+    return counts
+
+
+def _confirm_counts(session: Session) -> Counter[str]:
+    """{status: subscribers} of the confirmations, and "reached". A confirmation may go
+    out more than once: each subscriber counts once, by what became of their
+    confirmations at best (RANK), grouped in the order of the confirmations' own index
+    (subscriber, status): no sort and no count(DISTINCT)."""
+    o = OutboxMessage
     rank = case(*((col(o.status) == status, n) for status, n in RANK.items()), else_=WAITING_RANK)
     best = (
         select(func.max(rank).label("rank"))
@@ -187,13 +190,13 @@ def _email_counts(session: Session) -> dict[tuple[str, str], Counter[str]]:
         .group_by(col(o.subscriber_id))
         .subquery()
     )
-    confirm = counts.setdefault((MessageKind.confirm, ""), Counter())
+    confirm: Counter[str] = Counter()
     by_rank = {n: status for status, n in RANK.items()} | {WAITING_RANK: OutboxStatus.queued}
     for n, subscribers in session.execute(select(best.c.rank, func.count()).group_by(best.c.rank)):
         confirm[str(by_rank[int(n)])] += int(subscribers)
         if by_rank[int(n)] != OutboxStatus.skipped:
             confirm["reached"] += int(subscribers)
-    return counts
+    return confirm
 
 
 def _left_through(session: Session) -> Counter[str]:
@@ -254,14 +257,15 @@ def _sources(session: Session) -> list[Source]:
 
 
 def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funnel:
-    """The whole funnel, read in a handful of grouped counts on indexes."""
+    """The whole funnel, read in a handful of grouped counts on indexes; the three
+    largest side by side (drip.db.side_by_side)."""
     reporting(session)
-    counts = _email_counts(session)
+    counts, confirms, sources = side_by_side(session, _email_counts, _confirm_counts, _sources)
     left = _left_through(session)
     welcome = counts.get((MessageKind.welcome, "welcome"), Counter())
     steps = [
         # A confirmation carries no unsubscribe link: nobody leaves through it.
-        _step("confirm", "Confirmation", counts[(MessageKind.confirm, "")], 0),
+        _step("confirm", "Confirmation", confirms, 0),
         _step("welcome", "Welcome", welcome, left.pop(MessageKind.welcome, 0)),
     ]
     clicked = click_counts(session)
@@ -313,7 +317,7 @@ def funnel(session: Session, course: Course, *, pack_link: bool = False) -> Funn
         median_to_finish=None if median is None else timedelta(seconds=median),
         unsubscribed_unattributed=unattributed,
         unsubscribed_elsewhere=sum(left.values()),
-        sources=_sources(session),
+        sources=sources,
         pack_downloads=downloads,
         unconfirmed_expired=expired_count(session),
     )
