@@ -29,6 +29,7 @@ from enum import StrEnum
 from sqlalchemy import Table, case, delete, select, update
 from sqlmodel import Session, col
 
+from drip.clock import Clock
 from drip.db import upsert
 from drip.models import RateLimit
 from drip.settings import Settings
@@ -174,23 +175,27 @@ class Turn:
     answer_at: datetime
 
 
-def login_turn(session: Session, client: str, now: datetime, pace: LoginPace) -> Turn | None:
+def login_turn(session: Session, client: str, clock: Clock, pace: LoginPace) -> Turn | None:
     """Give this attempt its turn, or None when the client already has too many waiting.
 
     Every attempt counts as a failure until `login_succeeded` says otherwise, so attempts
     sent in parallel, to one process or several, queue one behind another: none is
-    checked before the one ahead of it has waited its delay.
+    checked before the one ahead of it has waited its delay. The time is read once the
+    client's row is locked, so attempts' times come in the order of their turns (read
+    before, an attempt that waited for the lock would seem to ask from the past).
     """
-    t = now.timestamp()
     key = client[:64]
     # The row, created if new, and locked until commit (an upsert that changes nothing
     # still locks the row it finds on PostgreSQL; SQLite's BEGIN IMMEDIATE locks it all).
+    placeholder = clock().timestamp()
     at, count, expires = session.execute(
         upsert(session, _TABLE)
-        .values(bucket=LOGIN, key=key, at=t, count=0, expires=t)
+        .values(bucket=LOGIN, key=key, at=placeholder, count=0, expires=placeholder)
         .on_conflict_do_update(index_elements=["bucket", "key"], set_={"count": _TABLE.c["count"]})
         .returning(_TABLE.c.at, _TABLE.c["count"], _TABLE.c.expires)
     ).one()
+    now = clock()
+    t = now.timestamp()
     count = 0 if t > expires else count
     turn = max(at, t)
     if turn - t > pace.longest_wait:

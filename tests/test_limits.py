@@ -99,7 +99,7 @@ def test_the_client_is_counted_for_every_post_the_mailbox_only_for_a_signup(
 
 def _turn(engine: Engine, client: str, at: datetime, pace: LoginPace) -> limits.Turn | None:
     with session_scope(engine) as session:
-        return limits.login_turn(session, client, at, pace)
+        return limits.login_turn(session, client, lambda: at, pace)
 
 
 def _offsets(turn: limits.Turn | None, start: datetime) -> tuple[float, float] | None:

@@ -151,7 +151,7 @@ class AdminGuard:
 
     def _turn(self, client: str) -> Turn | None:
         with session_scope(self.engine) as session:
-            return login_turn(session, client, utcnow(), self.pace)
+            return login_turn(session, client, utcnow, self.pace)
 
     def _succeeded(self, client: str) -> None:
         with session_scope(self.engine) as session:
