@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import Connection
 from sqlmodel import Session
 
 from drip import hooks
@@ -29,28 +30,44 @@ COURSE_KINDS = (MessageKind.welcome, MessageKind.lesson)
 
 
 def follow_up(
-    session: Session,
+    conn: Connection,
     settings: Settings,
     attempts: Sequence[tuple[OutboxMessage, Result]],
     now: datetime,
     course: Course | None,
     pace: Pace,
 ) -> None:
-    """Schedule next lessons for sent course emails and suppress bounced addresses."""
+    """Schedule next lessons for sent course emails and suppress bounced addresses.
+
+    On the caller's connection and in its transaction. The course's progress is Core
+    statements on it; the rarer facts (webhook events, finished courses, bounces) go
+    through an ORM session joined to the same transaction, opened only when there are any.
+    """
     mine = [(row, result) for row, result in attempts if row.subscriber_id is not None]
-    sent = [row for row, result in mine if result.status == OutboxStatus.sent]
-    _lessons_sent(session, settings, [row for row in sent if row.kind == MessageKind.lesson], now)
+    lessons = [
+        row
+        for row, result in mine
+        if result.status == OutboxStatus.sent and row.kind == MessageKind.lesson
+    ]
     course_sent = [
         row.subscriber_id
         for row, result in mine
         if (result.status == OutboxStatus.sent or result.moves_on) and row.kind in COURSE_KINDS
     ]
+    finished: list[int] = []
     if course_sent and course is not None:
-        finished = after_send(session, course_sent, now, course, pace)  # type: ignore[arg-type]
-        courses_completed(session, settings, finished, now, course)
-    for row, result in mine:
-        if result.status == OutboxStatus.bounced:
+        finished = after_send(conn, course_sent, now, course, pace)  # type: ignore[arg-type]
+    bounced = [(row, result) for row, result in mine if result.status == OutboxStatus.bounced]
+    if not ((lessons and settings.webhook_url_list) or finished or bounced):
+        return
+    # Joined to the connection's transaction: flushed here, committed with the attempts.
+    with Session(conn) as session:
+        _lessons_sent(session, settings, lessons, now)
+        if finished and course is not None:
+            courses_completed(session, settings, finished, now, course)
+        for row, result in bounced:
             suppress(session, settings, row, result, now)
+        session.flush()
 
 
 def _lessons_sent(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlmodel import Session, col
 
 from drip import hooks
@@ -105,18 +105,44 @@ def start_course(
     )
 
 
-def _queued_slugs_of(session: Session, rounds: dict[int, int]) -> dict[int, set[str]]:
+_PROGRESS = table_of(CourseProgress)
+#: Built once, as the delivery's every group commit runs them: only values are bound.
+_QUEUED_SLUGS = (
+    select(table_of(OutboxMessage).c.subscriber_id, table_of(OutboxMessage).c.context)
+    .where(table_of(OutboxMessage).c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
+    .where(table_of(OutboxMessage).c.kind == MessageKind.lesson)
+)
+_PROGRESS_OF = (
+    select(
+        _PROGRESS.c.subscriber_id,
+        _PROGRESS.c.started_at,
+        _PROGRESS.c.finished_at,
+        _PROGRESS.c.course_round,
+        table_of(Subscriber).c.status,
+        table_of(Subscriber).c.timezone,
+    )
+    .join(table_of(Subscriber), table_of(Subscriber).c.id == _PROGRESS.c.subscriber_id)
+    .where(_PROGRESS.c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
+)
+_PROGRESS_AFTER_SEND = (
+    update(_PROGRESS)
+    .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))
+    .values(
+        lessons_sent=bindparam("p_lessons"),
+        last_sent_at=bindparam("p_last"),
+        next_due_at=bindparam("p_due"),
+        finished_at=bindparam("p_finished"),
+    )
+)
+
+
+def _queued_slugs_of(bind: Session | Connection, rounds: dict[int, int]) -> dict[int, set[str]]:
     """The lessons already queued (sent, skipped, on their way) in each of these
     subscribers' current round (`rounds`: subscriber id to round), in one query."""
     found: dict[int, set[str]] = {}
     if not rounds:
         return found
-    rows = session.execute(
-        select(col(OutboxMessage.subscriber_id), col(OutboxMessage.context))
-        .where(col(OutboxMessage.subscriber_id).in_(list(rounds)))
-        .where(col(OutboxMessage.kind) == MessageKind.lesson)
-    )
-    for subscriber_id, context in rows:
+    for subscriber_id, context in bind.execute(_QUEUED_SLUGS, {"s_ids": list(rounds)}):
         if context.get("round", 1) == rounds[subscriber_id]:
             found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
     return found
@@ -140,7 +166,11 @@ def next_lesson(course: Course, queued: set[str]) -> Lesson | None:
 
 
 def after_send(
-    session: Session, subscriber_ids: Sequence[int], sent_at: datetime, course: Course, pace: Pace
+    bind: Session | Connection,
+    subscriber_ids: Sequence[int],
+    sent_at: datetime,
+    course: Course,
+    pace: Pace,
 ) -> list[int]:
     """Welcomes or lessons went out: schedule each one's next lesson, or finish the course.
     Returns the subscribers whose course this finished.
@@ -148,19 +178,8 @@ def after_send(
     Delivery records a whole batch of sends in one transaction, so this reads the
     batch's progress and history in two queries and writes it back in one statement.
     """
-    progress = table_of(CourseProgress).c
-    found = session.execute(
-        select(
-            progress.subscriber_id,
-            progress.started_at,
-            progress.finished_at,
-            progress.course_round,
-        )
-        .add_columns(col(Subscriber.status), col(Subscriber.timezone))
-        .join(Subscriber, col(Subscriber.id) == progress.subscriber_id)
-        .where(progress.subscriber_id.in_(subscriber_ids))
-    ).all()
-    history = _queued_slugs_of(session, {row.subscriber_id: row.course_round for row in found})
+    found = bind.execute(_PROGRESS_OF, {"s_ids": list(subscriber_ids)}).all()
+    history = _queued_slugs_of(bind, {row.subscriber_id: row.course_round for row in found})
     changes = []
     finishing = []
     for row in found:
@@ -186,17 +205,7 @@ def after_send(
             }
         )
     if changes:
-        session.execute(
-            update(table_of(CourseProgress))
-            .where(progress.subscriber_id == bindparam("p_id"))
-            .values(
-                lessons_sent=bindparam("p_lessons"),
-                last_sent_at=bindparam("p_last"),
-                next_due_at=bindparam("p_due"),
-                finished_at=bindparam("p_finished"),
-            ),
-            changes,
-        )
+        bind.execute(_PROGRESS_AFTER_SEND, changes)
     return finishing
 
 

@@ -6,7 +6,8 @@ template counts until the claim). It is sent on one of DRIP_SMTP_CONCURRENCY
 reused connections, and its outcome and send-log row are committed before that
 connection sends again (the connections share one group commit). A crash between
 the 250 and that commit is the only way to send twice, and it can only affect the
-one message in flight on each connection.
+one message in flight on each connection. Meanwhile the connection starts its next
+message (MAIL, RCPT, DATA): only the final dot, which delivers it, waits for the commit.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlmodel import col
 from drip import health
 from drip.clock import Clock
 from drip.course import Course, CourseError, load_course
-from drip.db import read_scope, session_scope
+from drip.db import read_scope
 from drip.followup import follow_up
 from drip.models import (
     EMAIL_KINDS,
@@ -57,10 +58,18 @@ LEASE_MARGIN = 0.2
 CLAIM_PER_SLOT = 8
 #: How often a long delivery run judges sender health again (drip.health).
 HEALTH_EVERY = timedelta(seconds=60)
+#: How long a group commit waits for the other slots' results (seconds): shorter than
+#: the MAIL, RCPT and DATA round trips the slots make meanwhile.
+COMMIT_WINDOW = 0.003
 #: Leases in hand are renewed this many times per lease: a live worker never loses a row.
 RENEWALS_PER_LEASE = 3
 
 log = logging.getLogger("drip.sending.delivery")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def worker_name() -> str:
@@ -110,6 +119,8 @@ class Delivery:
         self._lease_ends: dict[int, float] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
+        #: Set once every slot's result is pending: the commit need not wait longer.
+        self._all_in: asyncio.Future[None] | None = None
         self._judged_at: datetime | None = None
         #: The SMTP server could not be reached: no more mail this run, webhooks go on.
         self._mail_down = False
@@ -158,53 +169,102 @@ class Delivery:
 
     async def _consume(self, queue: asyncio.Queue[Claimed | None]) -> None:
         connection = Connection(self.settings)
+        #: The commit of this slot's last result: its next final dot waits for it.
+        recording: asyncio.Task[None] | None = None
         try:
             while (item := await queue.get()) is not None:
                 if not self.stop.is_set():
-                    await self._deliver(connection, *item)
+                    recording = await self._deliver(connection, *item, recording)
+            await self._settled(recording)
         finally:
+            if recording is not None and not recording.done():
+                await asyncio.wait([recording])  # a cancelled slot leaves its commit running
+            if recording is not None and recording.done() and not recording.cancelled():
+                recording.exception()  # raised above or in a sibling's failure: not lost
             await connection.close()
 
+    @staticmethod
+    async def _settled(recording: asyncio.Task[None] | None) -> None:
+        """Wait until the last result is committed; its error is this slot's error. Shielded:
+        a slot cancelled while it waits does not cancel the group commit others wait on."""
+        if recording is not None:
+            await asyncio.shield(recording)
+
     async def _deliver(
-        self, connection: Connection, row: OutboxMessage, prepared: Envelope | Post | Result
-    ) -> None:
-        if isinstance(prepared, Post):
-            # Not an email: DRIP_SEND_RATE does not apply, and a receiver that is down
-            # defers its own rows without halting the run (as an SMTP server down does).
-            if self.stop.is_set() or self._lease_short(row):
-                return
-            result = self._judge(row, await self.poster.send(prepared))
-        elif isinstance(prepared, Envelope):
-            if self._mail_down:
-                return  # left in hand: released at the end, claimed afresh
-            await self.limiter.acquire()
-            if self.stop.is_set() or self._mail_down or self._lease_short(row):
-                return  # left in hand: released at the end, claimed afresh
-            outcome = await connection.send(prepared)
+        self,
+        connection: Connection,
+        row: OutboxMessage,
+        prepared: Envelope | Post | Result,
+        recording: asyncio.Task[None] | None,
+    ) -> asyncio.Task[None] | None:
+        """Send one row and start committing its result; returns that commit, which the
+        slot's next message waits for before its final dot (`_mail`)."""
+        if isinstance(prepared, Envelope):
+            outcome = await self._mail(connection, row, prepared, recording)
+            if outcome is None:
+                return recording  # left in hand: released at the end, claimed afresh
             result = self._judge(row, outcome)
             if outcome.throttle:
                 await self.limiter.pause(self.settings.throttle_seconds, outcome.message)
             if outcome.verdict == Verdict.deferred and outcome.code is None:
                 self._halt(outcome.message)
+        elif isinstance(prepared, Post):
+            await self._settled(recording)
+            # Not an email: DRIP_SEND_RATE does not apply, and a receiver that is down
+            # defers its own rows without halting the run (as an SMTP server down does).
+            if self.stop.is_set() or self._lease_short(row):
+                return None
+            result = self._judge(row, await self.poster.send(prepared))
         else:
+            await self._settled(recording)
             result = prepared
-        await self._commit(row, result)
+        return asyncio.create_task(self._commit(row, result))
+
+    async def _mail(
+        self,
+        connection: Connection,
+        row: OutboxMessage,
+        envelope: Envelope,
+        recording: asyncio.Task[None] | None,
+    ) -> Outcome | None:
+        """Send an email, all but its final dot while the slot's last result commits, the
+        dot only once it has: so a crash still sends at most one message twice per
+        connection. None when it must not go now (the row stays in hand)."""
+        if self._mail_down:
+            return None
+        await self.limiter.acquire()
+        if self.stop.is_set() or self._mail_down or self._lease_short(row):
+            return None
+        failed = await connection.open(envelope)
+        await self._settled(recording)
+        if failed is not None:
+            return failed
+        if self.stop.is_set() or self._mail_down or self._lease_short(row):
+            await connection.close()  # mid-message: the server discards it
+            return None
+        return await connection.finish(envelope)
 
     async def _commit(self, row: OutboxMessage, result: Result) -> None:
         """Record a result before this connection sends again: a group commit.
 
-        Whoever finds no commit under way commits everything pending, so the slots
-        share one transaction yet each waits for its own result to be durable. That
-        keeps the crash window to the one message per connection. A database error is
-        every waiting slot's error; anything else fails this slot's task, and the task
-        group cancels the others.
+        Whoever finds no commit under way commits everything pending (after giving the
+        other slots' results a moment to join: `_gather`), so the slots share one
+        transaction yet each waits for its own result to be durable before its next
+        final dot. That keeps the crash window to the one message per connection. A
+        database error is every waiting slot's error; anything else fails this slot's
+        task, and the task group cancels the others.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         self._pending.append((row, result, done))
+        full = self._all_in
+        if full is not None and len(self._pending) >= self.settings.smtp_concurrency:
+            _resolve(full)
         if not self._committing:
             self._committing = True
             try:
                 while self._pending:
+                    await self._gather(loop)
                     batch, self._pending = self._pending, []
                     try:
                         await asyncio.to_thread(self._finish, [(r, res) for r, res, _ in batch])
@@ -217,6 +277,21 @@ class Delivery:
             finally:
                 self._committing = False
         await done
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the other slots' results COMMIT_WINDOW to join this commit, unless every
+        slot's is in. The slots do not idle meanwhile: each is sending its next envelope,
+        which waits only for its final dot (`_mail`), and one commit for four results
+        costs about what one costs for one."""
+        if len(self._pending) >= self.settings.smtp_concurrency:
+            return
+        full = self._all_in = loop.create_future()
+        timer = loop.call_later(COMMIT_WINDOW, _resolve, full)
+        try:
+            await full
+        finally:
+            timer.cancel()
+            self._all_in = None
 
     async def _keep_leases(self, over: asyncio.Event) -> None:
         """Renew the leases of the rows in hand a few times per lease until the run is over.
@@ -311,11 +386,12 @@ class Delivery:
         A sent course email schedules the next lesson; a bounce suppresses the address.
         """
         now = self.clock()
-        with session_scope(self.engine) as session:
-            moved = record(session, results, self.worker, now)
+        # A bare connection, not a session: the hot path is a few prepared Core statements.
+        with self.engine.begin() as conn:
+            moved = record(conn, results, self.worker, now)
             # A row missing from `moved` lost its lease: whoever holds it now follows up.
             held = [(row, result) for row, result in results if row.id in moved]
-            follow_up(session, self.settings, held, now, self.course, self.pace)
+            follow_up(conn, self.settings, held, now, self.course, self.pace)
         for row, result in results:
             self._in_hand.discard(row.id)
             self._lease_ends.pop(row.id or 0, None)

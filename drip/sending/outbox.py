@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     SQLColumnExpression,
     String,
@@ -220,8 +221,43 @@ def retry_or_give_up(
     return Result(OutboxStatus.deferred, code, message, now + delay)
 
 
+#: The statements of every recorded result, built once: each group commit only binds
+#: its values (no statement built, no cache key computed, no ORM) on the hot path.
+_ATTEMPTS = table_of(DeliveryAttempt)
+_OUTBOX = table_of(OutboxMessage)
+_LOG_ATTEMPTS = insert(_ATTEMPTS)
+
+
+def _move(sent: bool) -> Any:
+    moved = {
+        "status": bindparam("r_status"),
+        "last_smtp_code": bindparam("r_code"),
+        "last_smtp_message": bindparam("r_text"),
+        **LEASE_CLEARED,
+        "updated_at": bindparam("r_now"),
+        "next_attempt_at": bindparam("r_retry"),
+    }
+    if sent:
+        moved["sent_at"] = bindparam("r_now")
+    return (
+        update(_OUTBOX)
+        .where(_OUTBOX.c.id.in_(bindparam("r_ids", expanding=True)))
+        .where(_OUTBOX.c.leased_by == bindparam("r_worker"))
+        .where(_OUTBOX.c.status == OutboxStatus.sending)
+        .values(**moved)
+        .returning(_OUTBOX.c.id)
+    )
+
+
+_MOVE = _move(sent=False)
+_MOVE_SENT = _move(sent=True)
+_SET_VERSION = (
+    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("v_id")).values(version=bindparam("v_version"))
+)
+
+
 def record(
-    session: Session,
+    bind: Session | Connection,
     results: Sequence[tuple[OutboxMessage, Result]],
     worker: str,
     now: datetime,
@@ -230,12 +266,13 @@ def record(
 
     Only the worker that holds a row's lease may move it on. Returns the ids it
     moved; a row missing there had lost its lease (it expired and another worker
-    took it), and only its attempt is logged.
+    took it), and only its attempt is logged. Delivery passes a Connection: the
+    ORM adds nothing to these Core statements but its cost.
     """
     if not results:
         return set()
-    session.execute(
-        insert(table_of(DeliveryAttempt)),
+    bind.execute(
+        _LOG_ATTEMPTS,
         [
             {
                 "outbox_id": message.id,
@@ -253,45 +290,26 @@ def record(
     for message, result in results:
         by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
     moved: set[int] = set()
-    table = table_of(OutboxMessage)
     for result, ids in by_result.items():
-        values: dict[str, Any] = {
-            "status": result.status,
-            "last_smtp_code": result.smtp_code,
-            "last_smtp_message": result.log_text,
-            **LEASE_CLEARED,
-            "updated_at": now,
-            "next_attempt_at": result.retry_at if result.status == OutboxStatus.deferred else None,
+        values = {
+            "r_ids": ids,
+            "r_worker": worker,
+            "r_status": result.status,
+            "r_code": result.smtp_code,
+            "r_text": result.log_text,
+            "r_now": now,
+            "r_retry": result.retry_at if result.status == OutboxStatus.deferred else None,
         }
-        if result.status == OutboxStatus.sent:
-            values["sent_at"] = now
-        moved.update(
-            session.execute(
-                update(table)
-                .where(table.c.id.in_(ids))
-                .where(table.c.leased_by == worker)
-                .where(table.c.status == OutboxStatus.sending)
-                .values(**values)
-                .returning(table.c.id)
-            ).scalars()
-        )
-    _record_versions(session, [message for message, _ in results if message.id in moved])
-    return moved
-
-
-def _record_versions(session: Session, rows: Sequence[OutboxMessage]) -> None:
-    """Each rendered row's template version (drip.versions), in one statement."""
+        stmt = _MOVE_SENT if result.status == OutboxStatus.sent else _MOVE
+        moved.update(bind.execute(stmt, values).scalars())
     versions = [
-        {"v_id": row.id, "v_version": row.version} for row in rows if row.version is not None
+        {"v_id": message.id, "v_version": message.version}
+        for message, _ in results
+        if message.id in moved and message.version is not None
     ]
     if versions:
-        table = table_of(OutboxMessage)
-        session.execute(
-            update(table)
-            .where(table.c.id == bindparam("v_id"))
-            .values(version=bindparam("v_version")),
-            versions,
-        )
+        bind.execute(_SET_VERSION, versions)
+    return moved
 
 
 def renew(engine: Engine, worker: str, ids: Iterable[int], lease: timedelta) -> set[int]:

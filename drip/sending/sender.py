@@ -8,6 +8,7 @@ opened again on the next message.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +19,20 @@ from drip.sending.message import Envelope
 from drip.settings import Settings
 
 IDLE_RECONNECT_SECONDS = 60.0
+_BARE_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def wire(data: bytes) -> bytes:
+    """A message as DATA carries it: CRLF line ends, a leading dot doubled (RFC 5321
+    4.5.2), the final dot. drip composes CRLF already, so the usual case is a scan."""
+    bare = data.replace(b"\r\n", b"")
+    if b"\r" in bare or b"\n" in bare:
+        data = _BARE_LINE_ENDS.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class Verdict(StrEnum):
@@ -84,6 +99,9 @@ class Connection:
         self.settings = settings
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
+        #: After `open`: the server reads the message's text until its final dot.
+        self._in_data = False
+        self._wire = b""
 
     def _client(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -110,24 +128,54 @@ class Connection:
         return self._smtp
 
     async def send(self, envelope: Envelope) -> Outcome:
+        """The whole transaction: `open`, then `finish`."""
+        return await self.open(envelope) or await self.finish(envelope)
+
+    async def open(self, envelope: Envelope) -> Outcome | None:
+        """MAIL, RCPT and DATA: all of the message but its text and final dot. None when
+        the server waits for the text; until `finish` nothing has been delivered, and a
+        connection dropped here (`close`) delivers nothing. An Outcome when it went wrong."""
         try:
             smtp = await self._ensure()
-            errors, reply = await smtp.sendmail(
-                envelope.sender, [envelope.recipient], envelope.data
-            )
+            self._wire = wire(envelope.data)
+            options = [f"SIZE={len(self._wire) - 3}"] if smtp.supports_extension("size") else []
+            await smtp.mail(envelope.sender, options=options)
+            await smtp.rcpt(envelope.recipient)
+            reply = await smtp.execute_command(b"DATA")
+            if reply.code != 354:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome, none escapes
+            await self.close()
+            return classify_error(exc)
+        self._in_data = True
+        return None
+
+    async def finish(self, envelope: Envelope) -> Outcome:
+        """The text and its final dot: the server's answer is the message's fate."""
+        smtp = self._smtp
+        try:
+            if smtp is None or smtp.protocol is None or not self._in_data:
+                raise aiosmtplib.SMTPServerDisconnected("the connection was lost before the text")
+            smtp.protocol.write(self._wire)
+            reply = await smtp.protocol.read_response(timeout=self.settings.smtp_timeout)
+            self._in_data = False
+            if reply.code != 250:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome, none escapes
             await self.close()
             return classify_error(exc)
         self._last_used = time.monotonic()
-        if errors:
-            code, text = next(iter(errors.values()))
-            return _by_code(code, text, recipient_error=True)
-        # aiosmtplib raises on any non-2xx reply; `reply` is the text of the 250.
-        return Outcome(Verdict.sent, 250, " ".join(reply.split()))
+        return Outcome(Verdict.sent, 250, " ".join(reply.message.split()))
 
     async def close(self) -> None:
+        """QUIT, or drop the connection mid-message (after `open`): the server then
+        discards the message it was being given."""
         smtp, self._smtp = self._smtp, None
+        in_data, self._in_data = self._in_data, False
         if smtp is None:
+            return
+        if in_data:
+            smtp.close()
             return
         try:
             if smtp.is_connected:
