@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.sink import free_port
+from bench.sink import Receiver, free_port
 
 MASTER_CF = Path("/etc/postfix/master.cf")
 
@@ -57,11 +57,13 @@ smtpd_client_message_rate_limit = 0
 
 
 @dataclass
-class Postfix:
-    """What the bench needs of a receiving server: its port and how much it received."""
+class Postfix(Receiver):
+    """What the bench needs of a receiving server: its port and how much it received,
+    counted from its log."""
 
     port: int
     log: Path
+    name = "postfix"
 
     @property
     def received(self) -> int:
@@ -70,13 +72,6 @@ class Postfix:
         except FileNotFoundError:
             return 0
         return text.count(" status=sent ")
-
-    def wait_for(self, total: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.received < total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"postfix received {self.received} of {total} messages")
-            time.sleep(0.05)
 
 
 def _postfix(root: Path, *command: str) -> None:

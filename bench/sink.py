@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any, Protocol
+from typing import Any
 
 
 def free_port() -> int:
@@ -39,33 +39,33 @@ def _serve(port: int, count: Synchronized[int], ready: Any) -> None:
         time.sleep(3600)
 
 
-class Receiver(Protocol):
+class Receiver:
     """An SMTP server the benches send to: this sink, or a real MTA (bench/postfix.py)."""
 
-    @property
-    def port(self) -> int: ...
+    port: int
+    #: How the server is named when it falls short.
+    name = "the sink"
 
     @property
-    def received(self) -> int: ...
+    def received(self) -> int:
+        raise NotImplementedError
 
-    def wait_for(self, total: int, timeout: float) -> None: ...
+    def wait_for(self, total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.received < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} received {self.received} of {total} messages")
+            time.sleep(0.01)
 
 
 @dataclass
-class Sink:
+class Sink(Receiver):
     port: int
     _count: Synchronized[int]
 
     @property
     def received(self) -> int:
         return int(self._count.value)
-
-    def wait_for(self, total: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.received < total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the sink received {self.received} of {total} messages")
-            time.sleep(0.01)
 
 
 @contextmanager
