@@ -408,6 +408,21 @@ def not_held() -> ColumnElement[bool]:
     return col(OutboxMessage.next_attempt_at).is_not(None)
 
 
+def is_held() -> ColumnElement[bool]:
+    """A held row: not sent yet, and no time for its next attempt (see `hold`)."""
+    return and_(
+        col(OutboxMessage.status).in_(PENDING_STATUSES),
+        col(OutboxMessage.next_attempt_at).is_(None),
+    )
+
+
+def _mail_of(subscriber_id: int, kinds: Collection[MessageKind]) -> ColumnElement[bool]:
+    return and_(
+        col(OutboxMessage.subscriber_id) == subscriber_id,
+        col(OutboxMessage.kind).in_(list(kinds)),
+    )
+
+
 def hold(
     session: Session, subscriber_id: int, kinds: Collection[MessageKind], now: datetime
 ) -> list[int]:
@@ -417,8 +432,7 @@ def hold(
     return list(
         session.execute(
             update(OutboxMessage)
-            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
-            .where(col(OutboxMessage.kind).in_(list(kinds)))
+            .where(_mail_of(subscriber_id, kinds))
             .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
             .where(not_held())
             .values(next_attempt_at=None, updated_at=now)
@@ -435,10 +449,7 @@ def held_for(
     return list(
         session.execute(
             select(OutboxMessage)
-            .where(col(OutboxMessage.subscriber_id) == subscriber_id)
-            .where(col(OutboxMessage.kind).in_(list(kinds)))
-            .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
-            .where(col(OutboxMessage.next_attempt_at).is_(None))
+            .where(_mail_of(subscriber_id, kinds), is_held())
             .order_by(col(OutboxMessage.id))
         ).scalars()
     )
@@ -448,9 +459,7 @@ def unhold(session: Session, outbox_id: int, at: datetime, now: datetime) -> boo
     """Let a held message go again at `at`; False if it was not held."""
     moved = session.execute(
         update(OutboxMessage)
-        .where(col(OutboxMessage.id) == outbox_id)
-        .where(col(OutboxMessage.status).in_(PENDING_STATUSES))
-        .where(col(OutboxMessage.next_attempt_at).is_(None))
+        .where(col(OutboxMessage.id) == outbox_id, is_held())
         .values(next_attempt_at=at, updated_at=now)
         .execution_options(synchronize_session=False)
     )
