@@ -58,3 +58,7 @@ class Pace:
             return f"about {weeks} week{'s' if weeks != 1 else ''}"
         minutes = max(1, round(days * self.minutes_per_day))
         return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+
+
+#: Course days as real days: every pace but `drip dev --minutes-per-day`'s.
+REAL_DAYS = Pace()

@@ -31,15 +31,10 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.pace import Pace
+from drip.pace import REAL_DAYS, Pace
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue, enqueue_many
 from drip.sendtime import blocked_today, newsletter_days, send_moment, zone
 from drip.settings import Settings
-
-
-def into_window(when: datetime, tz_name: str, course: Course) -> datetime:
-    """The first moment at or after `when` inside the subscriber's send window, on a send day."""
-    return send_moment(when, tz_name, course)
 
 
 def lesson_key(subscriber_id: int, slug: str, course_round: int = 1) -> str:
@@ -194,7 +189,7 @@ def after_send(
             base = row.started_at if not queued else sent_at
             due = max(base + pace.delay(lesson.delay_days), sent_at)
             if pace.uses_window:
-                due = into_window(due, row.timezone, course)
+                due = send_moment(due, row.timezone, course)
         changes.append(
             {
                 "p_id": row.subscriber_id,
@@ -215,7 +210,7 @@ def queue_due_lessons(
     course: Course,
     msgid_domain: str,
     limit: int = 500,
-    pace: Pace | None = None,
+    pace: Pace = REAL_DAYS,
     *,
     settings: Settings | None = None,
 ) -> int:
@@ -229,7 +224,6 @@ def queue_due_lessons(
     lessons, move those that must wait for another day, close the courses that are
     done. A pass with 10k lessons due is 20 batches, not 20k round trips.
     """
-    pace = pace or Pace()
     stmt = (
         select(
             col(CourseProgress.subscriber_id),

@@ -15,16 +15,10 @@ from sqlalchemy import or_, select
 from sqlmodel import Session, col
 
 from drip.course import Course
-from drip.models import MessageKind, OutboxMessage, OutboxStatus
+from drip.models import UNSENT_STATUSES, MessageKind, OutboxMessage, OutboxStatus
 
 #: A newsletter in these states went, or is on its way: its day is taken.
-NEWSLETTER_TAKES_DAY = (
-    OutboxStatus.sent,
-    OutboxStatus.complained,
-    OutboxStatus.queued,
-    OutboxStatus.deferred,
-    OutboxStatus.sending,
-)
+NEWSLETTER_TAKES_DAY = (OutboxStatus.sent, OutboxStatus.complained, *UNSENT_STATUSES)
 #: How far back and ahead newsletters are looked for; a day is at most 14 hours off UTC.
 LOOK_AROUND = timedelta(days=2)
 

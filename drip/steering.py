@@ -41,14 +41,13 @@ from drip.models import (
     Subscriber,
     SubscriberStatus,
 )
-from drip.pace import Pace
+from drip.pace import REAL_DAYS, Pace
 from drip.progress import lesson_key, lesson_message
 from drip.sending.outbox import enqueue_many, held_for, hold, unhold
 from drip.sending.outbox import skip as skip_messages
 from drip.sendtime import newsletter_days, send_moment
 from drip.subscribers import find_by_email
 
-ACTIONS = ("pause", "resume", "skip", "restart")
 #: A lesson of the current round in these states is the one the reader is at: not sent
 #: yet, or failed for good (its course is held until a retry or a skip).
 CURRENT_STATUSES = (*PENDING_STATUSES, OutboxStatus.failed)
@@ -148,23 +147,24 @@ def resume(
     course: Course,
     now: datetime,
     source: str,
-    pace: Pace | None = None,
+    pace: Pace = REAL_DAYS,
 ) -> Steered:
     """Let the course go on from where it stopped, with its normal gap."""
-    pace = pace or Pace()
     progress = _progress(session, subscriber)
     if progress.paused_at is None:
         return Steered("resume", False, "not paused")
     assert subscriber.id is not None
     progress.paused_at = None
     parts = ["resumed"]
-    for row in held_for(session, subscriber.id, COURSE_KINDS):
-        # The welcome goes at once, as it always does; a lesson at its next send moment.
-        at = (
-            now
-            if row.kind == MessageKind.welcome
-            else _moment(session, subscriber, course, pace, now)
-        )
+    held = held_for(session, subscriber.id, COURSE_KINDS)
+    # The welcome goes at once, as it always does; a lesson at its next send moment.
+    lessons_at = (
+        _moment(session, subscriber, course, pace, now)
+        if any(row.kind != MessageKind.welcome for row in held)
+        else now
+    )
+    for row in held:
+        at = now if row.kind == MessageKind.welcome else lessons_at
         assert row.id is not None
         unhold(session, row.id, at, now)
         parts.append(f"{row.template} goes {_when(at)}")
@@ -217,10 +217,9 @@ def skip(
     now: datetime,
     source: str,
     to: str | None = None,
-    pace: Pace | None = None,
+    pace: Pace = REAL_DAYS,
 ) -> Steered:
     """Skip the reader's next lesson, or every lesson before `to` (a slug)."""
-    pace = pace or Pace()
     progress = _progress(session, subscriber)
     assert subscriber.id is not None
     if progress.finished_at is not None:
@@ -290,10 +289,9 @@ def restart(
     course: Course,
     now: datetime,
     source: str,
-    pace: Pace | None = None,
+    pace: Pace = REAL_DAYS,
 ) -> Steered:
     """Start the course again from the first lesson, a normal delay after the last sent."""
-    pace = pace or Pace()
     progress = _progress(session, subscriber)
     assert subscriber.id is not None
     rows = _round_lessons(session, subscriber.id, progress.course_round)

@@ -21,7 +21,7 @@ def template_version(emails_dir: Path, template: str) -> str | None:
     """The version of `template` as it is on disk now; None when a part is missing."""
     parts = [emails_dir / f"{template}{suffix}" for suffix in (".html", ".txt")]
     try:
-        stamps = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in parts)
+        stamps = tuple((st.st_mtime_ns, st.st_size) for st in (p.stat() for p in parts))
     except OSError:
         return None
     return _hashed(tuple(str(p) for p in parts), stamps)

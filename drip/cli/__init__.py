@@ -398,7 +398,7 @@ def newsletter_send(
     """Queue a newsletter for every active subscriber who agreed to newsletters, once; the
     worker or `drip tick` sends it."""
     from drip import newsletter
-    from drip.db import session_scope
+    from drip.db import read_scope, session_scope
 
     settings = load_settings()
     settings.require_secret()
@@ -410,7 +410,6 @@ def newsletter_send(
     _ready(settings)
     with session_scope(engine) as session:
         earlier = newsletter.recent_same_subject(session, letter, now)
-        count = newsletter.count_recipients(session)
     if earlier is not None and not again:
         went = earlier.send_at or earlier.created_at
         problem(
@@ -420,6 +419,8 @@ def newsletter_send(
         )
         raise typer.Exit(PROBLEMS)
     if dry_run:
+        with read_scope(engine) as session:
+            count = newsletter.count_recipients(session)
         console().print(
             f"dry run: {letter.subject!r} would go to {count} active subscribers "
             "who agreed to newsletters",
