@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from bench.databases import database
 from bench.report import Figure, info
 from bench.send import bench_settings, drip_path
-from bench.sink import Sink, sink
+from bench.sink import Receiver, sink
 from drip import db, signup
 from drip.db import get_engine
+from drip.web.signup_writer import Writer
 
 BENCH = "durability"
 CLIENTS = 16
@@ -44,7 +45,7 @@ def signups(count: int, port: int) -> float:
     """Signups per second through the web app's writer, CLIENTS at a time."""
     with database("sqlite") as url:
         settings = bench_settings(url, port)
-        writer = signup.Writer(get_engine(url), settings)
+        writer = Writer(get_engine(url), settings)
         forms = [
             signup.check(
                 email=f"reader{n}@example.com",
@@ -71,8 +72,9 @@ def signups(count: int, port: int) -> float:
         return count / (time.perf_counter() - began)
 
 
-def delivery(box: Sink, count: int) -> float:
-    return drip_path(box, "sqlite", count)
+def delivery(box: Receiver, count: int) -> float:
+    rate, _ = drip_path(box, "sqlite", count)
+    return rate
 
 
 def run(quick: bool) -> list[Figure]:
