@@ -24,25 +24,20 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
+from drip import health
 from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
-from drip.health import MailOnly, rates_since
-from drip.models import (
-    UNSENT_STATUSES as UNSENT,
-)
+from drip.health import WINDOW, MailOnly, rates_since
 from drip.models import (
     Alert,
     DeliveryAttempt,
-    OutboxMessage,
     OutboxStatus,
     WorkerHeartbeat,
 )
-from drip.sending.outbox import not_held
 from drip.settings import Settings
 
 log = logging.getLogger(__name__)
 POST_TIMEOUT = 10.0
-FEEDBACK_WINDOW = timedelta(days=7)
 
 #: Every condition drip watches, and what it is called in the alert.
 TITLES = {
@@ -89,11 +84,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
 
     last_pass = session.execute(select(func.max(col(WorkerHeartbeat.last_pass_at)))).scalar()
     mail = MailOnly.of(session)
-    oldest_due = session.execute(
-        mail.rows(select(func.min(col(OutboxMessage.due_at))))
-        .where(col(OutboxMessage.status).in_(UNSENT), not_held())
-        .where(col(OutboxMessage.due_at) <= now)
-    ).scalar()
+    oldest_due = health.oldest_due(session, mail, now)
     if last_pass is not None and last_pass <= now - after:
         found["worker_stopped"] = f"the last scheduler pass ended at {_when(last_pass)}"
     elif last_pass is None and oldest_due is not None and oldest_due <= now - after:
@@ -103,7 +94,7 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
 
     found["smtp_failing"] = _smtp_failing(session, mail, now, after)
 
-    rates = rates_since(session, now - FEEDBACK_WINDOW)
+    rates = rates_since(session, now - WINDOW)
     if rates.delivered >= settings.health_min_messages:
         if rates.bounce_percent > settings.max_bounce_percent:
             found["bounces_high"] = (

@@ -26,6 +26,7 @@ from sqlmodel import Session, col
 
 from drip.db import SelectT, read_scope, session_scope
 from drip.models import (
+    UNSENT_STATUSES,
     DeliveryAttempt,
     MessageKind,
     Newsletter,
@@ -33,6 +34,7 @@ from drip.models import (
     OutboxStatus,
     SendingHold,
 )
+from drip.sending.outbox import not_held
 from drip.settings import Settings
 
 log = logging.getLogger("drip.health")
@@ -101,6 +103,16 @@ class MailOnly:
     def rows(self, stmt: SelectT) -> SelectT:
         """`stmt` on OutboxMessage, narrowed to emails."""
         return stmt.where(IS_MAIL) if self.webhooks else stmt
+
+
+def oldest_due(session: Session, mail: MailOnly, now: datetime) -> datetime | None:
+    """When the oldest email still to send fell due (held rows aside); None when none is."""
+    due: datetime | None = session.execute(
+        mail.rows(select(func.min(col(OutboxMessage.due_at))))
+        .where(col(OutboxMessage.status).in_(UNSENT_STATUSES), not_held())
+        .where(col(OutboxMessage.due_at) <= now)
+    ).scalar()
+    return due
 
 
 def _counts(key: Any = None) -> Any:

@@ -20,10 +20,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from drip.db import read_scope
-from drip.health import IS_MAIL, MailOnly, rates_since
-from drip.models import (
-    UNSENT_STATUSES as UNSENT,
-)
+from drip.health import IS_MAIL, WINDOW, MailOnly, oldest_due, rates_since
 from drip.models import (
     DeliveryAttempt,
     OutboxMessage,
@@ -31,7 +28,6 @@ from drip.models import (
     Subscriber,
     WorkerHeartbeat,
 )
-from drip.sending.outbox import not_held
 from drip.sending.ratelimit import BUCKET
 from drip.unconfirmed import expired_count
 
@@ -89,11 +85,7 @@ def _outbox(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
             session, "drip_webhook_messages", "Outbox rows of webhook events", status, ~IS_MAIL
         )
     yield hooks
-    oldest = session.execute(
-        mail.rows(select(func.min(col(OutboxMessage.due_at))))
-        .where(col(OutboxMessage.status).in_(UNSENT), not_held())
-        .where(col(OutboxMessage.due_at) <= now)
-    ).scalar()
+    oldest = oldest_due(session, mail, now)
     waited = (now - oldest).total_seconds() if oldest is not None else 0.0
     yield GaugeMetricFamily(
         "drip_outbox_oldest_due_seconds",
@@ -177,7 +169,7 @@ def _subscribers(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]
 
 
 def _rates(session: Session, now: datetime) -> Iterator[GaugeMetricFamily]:
-    rates = rates_since(session, now - timedelta(days=7))
+    rates = rates_since(session, now - WINDOW)
     family = GaugeMetricFamily(
         "drip_feedback_percent_7d",
         "Hard bounces and complaints as a percentage of messages delivered in 7 days.",
