@@ -49,8 +49,6 @@ from drip.models import (
 )
 from drip.unconfirmed import expired_by_source, expired_count
 
-#: The kinds of mail that make up the course; every other kind is left out.
-COURSE_KINDS = (MessageKind.confirm, MessageKind.welcome, MessageKind.lesson)
 DELIVERED = (OutboxStatus.sent, OutboxStatus.complained)
 #: A subscriber's confirmations, best outcome first: the one a step counts them under.
 RANK = {

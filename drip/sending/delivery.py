@@ -114,7 +114,6 @@ class Delivery:
         settings.require_secret()  # missing, it stops the run here, not at the first message
         self.pace = Pace(settings.minutes_per_day)
         self.poster = Poster()
-        self._in_hand: set[int] = set()
         #: Per row in hand: when its lease runs out, on this process's monotonic clock.
         self._lease_ends: dict[int, float] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
@@ -153,7 +152,7 @@ class Delivery:
             await keeper
             await self.poster.close()
             await asyncio.to_thread(
-                release, self.engine, self.worker, list(self._in_hand), self.clock()
+                release, self.engine, self.worker, list(self._lease_ends), self.clock()
             )
         return self.report
 
@@ -307,7 +306,7 @@ class Delivery:
                 return
             except TimeoutError:
                 pass
-            held = self._in_hand.copy()
+            held = set(self._lease_ends)
             if held:
                 await asyncio.to_thread(self._renew, held)
 
@@ -360,7 +359,6 @@ class Delivery:
         rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held(), self.only)
         if not rows:
             return []
-        self._in_hand.update(r.id for r in rows if r.id is not None)
         self._lease_ends.update((r.id, ends) for r in rows if r.id is not None)
         wanted = {r.subscriber_id for r in rows if r.subscriber_id is not None}
         with read_scope(self.engine) as session:
@@ -393,6 +391,5 @@ class Delivery:
             held = [(row, result) for row, result in results if row.id in moved]
             follow_up(conn, self.settings, held, now, self.course, self.pace)
         for row, result in results:
-            self._in_hand.discard(row.id)
             self._lease_ends.pop(row.id or 0, None)
             self.report.add(result.status)

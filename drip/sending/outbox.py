@@ -36,6 +36,7 @@ from drip.db import database_now, insert_ignoring, session_scope, table_of, unlo
 from drip.models import (
     PENDING_STATUSES,
     RETRYABLE_STATUSES,
+    UNSENT_STATUSES,
     DeliveryAttempt,
     MessageKind,
     OutboxMessage,
@@ -116,10 +117,6 @@ def enqueue(session: Session, message: NewMessage, msgid_domain: str, now: datet
     return enqueue_many(session, [message], msgid_domain, now) == 1
 
 
-#: Statuses of a message that has not been sent yet but still will be.
-UNSENT = (OutboxStatus.queued, OutboxStatus.deferred, OutboxStatus.sending)
-
-
 def has_unsent(session: Session, subscriber_id: int, kind: MessageKind) -> bool:
     """Whether a message of this kind to this subscriber is still on its way."""
     found = session.execute(
@@ -127,7 +124,7 @@ def has_unsent(session: Session, subscriber_id: int, kind: MessageKind) -> bool:
         .where(
             col(OutboxMessage.subscriber_id) == subscriber_id,
             col(OutboxMessage.kind) == kind,
-            col(OutboxMessage.status).in_(UNSENT),
+            col(OutboxMessage.status).in_(UNSENT_STATUSES),
         )
         .limit(1)
     ).first()

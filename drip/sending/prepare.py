@@ -184,10 +184,10 @@ class Preparer:
         kind = MessageKind(row.context.get("test_of", MessageKind.test))
         if subscriber is not None and subscriber.status in SUPPRESSED:
             return Result(OutboxStatus.skipped, None, f"the subscriber is {subscriber.status}")
-        context = sample_context(self.settings, row.template)
         if subscriber is None:
             context = sample_reader_context(self.settings, row)
         else:
+            context = sample_context(self.settings, row.template)
             context.update(
                 email_context(self.settings, self.secret, self.course, row, subscriber, kind)
             )
