@@ -174,7 +174,7 @@ def measure(sizes: list[int], window: float) -> list[Figure]:
         env = environment(url, mail.port)
         for size in grow(engine, "postgresql", sizes, utcnow(), None):
             with engine.begin() as conn:  # each size starts with an empty outbox
-                conn.execute(text("TRUNCATE delivery_attempt, outbox, newsletter"))
+                conn.execute(text("TRUNCATE delivery_attempt, outbox, newsletter CASCADE"))
             queued = queue_newsletter(env, letter, timeout=600)
             if f"for {size} subscribers" not in queued.output:
                 raise RuntimeError(f"expected {size} queued: {queued.output}")

@@ -58,7 +58,8 @@ def follow_up(
     if course_sent and course is not None:
         finished = after_send(conn, course_sent, now, course, pace)  # type: ignore[arg-type]
     bounced = [(row, result) for row, result in mine if result.status == OutboxStatus.bounced]
-    if not ((lessons and settings.webhook_url_list) or finished or bounced):
+    # A session only for what needs the ORM: webhook events, and bounces.
+    if not (((lessons or finished) and settings.webhook_url_list) or bounced):
         return
     # Joined to the connection's transaction: flushed here, committed with the attempts.
     with Session(conn) as session:
@@ -66,39 +67,26 @@ def follow_up(
         if finished and course is not None:
             courses_completed(session, settings, finished, now, course)
         for row, result in bounced:
-            suppress(session, settings, row, result, now)
+            # The same event and policy as a hard bounce reported later (drip.feedback).
+            bounced_at_send(session, settings, row, result.smtp_code, result.smtp_message, now)
         session.flush()
 
 
 def _lessons_sent(
     session: Session, settings: Settings, rows: Sequence[OutboxMessage], now: datetime
 ) -> None:
-    if not rows or not settings.webhook_url_list:
-        return
-    found = hooks.subscribers_by_id(session, (r.subscriber_id for r in rows))  # type: ignore[misc]
-    items = [
-        (
-            found[row.subscriber_id],
-            {
-                "lesson": {
-                    "slug": row.context.get("slug"),
-                    "template": row.template,
-                    "number": row.context.get("lesson_number"),
-                    "total": row.context.get("lesson_total"),
-                },
-                "message_id": row.message_id,
-                "sent_at": now.isoformat(),
+    facts = {
+        row.subscriber_id: {
+            "lesson": {
+                "slug": row.context.get("slug"),
+                "template": row.template,
+                "number": row.context.get("lesson_number"),
+                "total": row.context.get("lesson_total"),
             },
-        )
+            "message_id": row.message_id,
+            "sent_at": now.isoformat(),
+        }
         for row in rows
-        if row.subscriber_id in found
-    ]
-    hooks.emit_many(session, settings, hooks.Event.lesson_sent, items, now)
-
-
-def suppress(
-    session: Session, settings: Settings, row: OutboxMessage, result: Result, now: datetime
-) -> None:
-    """The address bounced: the same event and policy as a hard bounce reported later
-    (drip.feedback): the subscriber leaves as `bounced`, queued mail is skipped."""
-    bounced_at_send(session, settings, row, result.smtp_code, result.smtp_message, now)
+        if row.subscriber_id is not None
+    }
+    hooks.emit_by_id(session, settings, hooks.Event.lesson_sent, facts, now)

@@ -142,12 +142,20 @@ def emit_many(
     return enqueue_many(session, messages, settings.sender_address.domain, now)
 
 
-def subscribers_by_id(session: Session, ids: Iterable[int]) -> dict[int, Subscriber]:
-    wanted = set(ids)
-    if not wanted:
-        return {}
-    found = session.execute(select(Subscriber).where(col(Subscriber.id).in_(wanted))).scalars()
-    return {s.id: s for s in found if s.id is not None}
+def emit_by_id(
+    session: Session,
+    settings: Settings,
+    event: Event,
+    facts: Mapping[int, Mapping[str, Any]],
+    now: datetime,
+) -> int:
+    """`emit_many` for subscribers known by id, each with its facts; without
+    DRIP_WEBHOOK_URLS nothing is read (delivery calls this on its commit path)."""
+    if not settings.webhook_url_list or not facts:
+        return 0
+    found = session.execute(select(Subscriber).where(col(Subscriber.id).in_(list(facts))))
+    items = [(s, facts[s.id]) for s in found.scalars() if s.id is not None]
+    return emit_many(session, settings, event, items, now)
 
 
 def request_headers(secret: str, row: OutboxMessage, now: datetime) -> dict[str, str]:

@@ -300,10 +300,9 @@ def courses_completed(
     course: Course,
 ) -> int:
     """Tell the webhooks these subscribers finished the course (drip.hooks)."""
-    found = hooks.subscribers_by_id(session, subscriber_ids)
     facts = {"course": {"title": course.title, "lessons": course.total}}
-    items = [(found[i], facts) for i in subscriber_ids if i in found]
-    return hooks.emit_many(session, settings, hooks.Event.course_completed, items, now)
+    each = dict.fromkeys(subscriber_ids, facts)
+    return hooks.emit_by_id(session, settings, hooks.Event.course_completed, each, now)
 
 
 def stop_course(session: Session, subscriber_id: int) -> None:
