@@ -85,6 +85,11 @@ class MessageKind(StrEnum):
 EMAIL_KINDS = tuple(kind for kind in MessageKind if kind != MessageKind.webhook)
 
 
+#: The largest row id (ids are 32-bit integers on PostgreSQL): a bigger one names no
+#: row, and must not reach the database, where it is an error rather than "not found".
+MAX_ID = 2**31 - 1
+
+
 class OutboxStatus(StrEnum):
     queued = "queued"
     sending = "sending"

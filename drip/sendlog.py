@@ -24,6 +24,7 @@ from sqlmodel import Session, col
 from drip.clock import parse_instant
 from drip.db import AnySelect
 from drip.models import (
+    MAX_ID,
     NOT_TRIED_STATUSES,
     DeliveryAttempt,
     MessageKind,
@@ -50,8 +51,6 @@ JSON_FIELDS = (
     "version",
 )
 MAX_LIMIT = 1000
-#: The largest row id (ids are 32-bit integers on PostgreSQL): a bigger one names no row.
-MAX_ID = 2**31 - 1
 #: How far back (in ids) `follow` looks again, for rows committed out of id order.
 FOLLOW_LOOKBACK = 200
 

@@ -13,13 +13,14 @@ from sqlalchemy import ColumnElement, select
 from sqlmodel import Session, col
 
 from drip.models import (
+    MAX_ID,
     CourseAction,
     DeliveryAttempt,
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
 )
-from drip.sendlog import MAX_ID, MAX_LIMIT
+from drip.sendlog import MAX_LIMIT
 from drip.steering import actions
 from drip.subscribers import email_key
 

@@ -16,6 +16,8 @@ import hashlib
 import hmac
 import re
 
+from drip.models import MAX_ID
+
 #: The local part of the bounce addresses: `bounces+TAG@domain`.
 BOUNCES = "bounces"
 SIGNATURE_CHARS = 12  # base32: 60 bits
@@ -36,11 +38,6 @@ def make_tag(secret: str, outbox_id: int, message_id: str) -> str:
 def address(secret: str, domain: str, outbox_id: int, message_id: str) -> str:
     """The envelope sender for one outbox row."""
     return f"{BOUNCES}+{make_tag(secret, outbox_id, message_id)}@{domain}"
-
-
-#: The largest row id (32-bit on PostgreSQL): a bigger one names no row, and must not
-#: reach the database, where it is an error rather than "not found".
-MAX_ID = 2**31 - 1
 
 
 def tag_id(tag: str) -> int | None:

@@ -19,7 +19,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -44,6 +44,7 @@ from drip.funnel import funnel as course_funnel
 from drip.limits import LoginPace, Turn, login_succeeded, login_turn
 from drip.models import (
     FINAL_STATUSES,
+    MAX_ID,
     RETRYABLE_STATUSES,
     SUBSCRIBED_STATUSES,
     CourseProgress,
@@ -60,7 +61,7 @@ from drip.operator_actions import (
 )
 from drip.pace import Pace
 from drip.render import template_names
-from drip.sendlog import KINDS, LOG_STATUSES, MAX_ID, LogFilter, entries, parse_since
+from drip.sendlog import KINDS, LOG_STATUSES, LogFilter, entries, parse_since
 from drip.settings import Settings
 from drip.subscriber_view import SubscriberFilter, list_subscribers, timeline, with_actions
 from drip.subscribers import leave
@@ -73,7 +74,6 @@ CLOSED = "admin is closed: set DRIP_ADMIN_USER and DRIP_ADMIN_PASSWORD"
 REALM = 'Basic realm="drip admin"'
 PAGE = 50
 OUTBOX_SHOWN = 200
-WORKER_SILENCE = timedelta(minutes=5)
 #: Row ids in paths and queries: anything beyond what the database can hold is refused
 #: (422) before a query is built, rather than failing inside the driver.
 RowId = Annotated[int, PathParam(ge=-MAX_ID, le=MAX_ID)]
@@ -318,7 +318,7 @@ def build_admin_router(
             board=board,
             health=sender,
             chart=sends_chart(board.sends_per_day),
-            workers_alive=board.workers_alive(WORKER_SILENCE),
+            workers_alive=board.workers_alive(),
             subscribers_total=sum(board.subscribers.values()),
             test_emails=template_names(settings.emails_dir),
         )
@@ -598,9 +598,8 @@ def build_admin_router(
         return RedirectResponse(target, 303)
 
     def lesson_titles() -> dict[str, str]:
-        try:
-            course = load_course(settings.emails_dir)
-        except CourseError:
+        course = current_course()
+        if course is None:
             return {}
         return {
             lesson.template: f"Lesson {n}: {lesson.title}"
