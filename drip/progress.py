@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, select, update
 from sqlmodel import Session, col
 
 from drip import hooks
@@ -204,6 +204,14 @@ def after_send(
     return finishing
 
 
+def lesson_due(now: datetime) -> ColumnElement[bool]:
+    """A course whose next lesson is due at `now` and not paused: what a pass queues."""
+    return and_(
+        col(CourseProgress.next_due_at) <= now,
+        col(CourseProgress.paused_at).is_(None),
+    )
+
+
 def queue_due_lessons(
     session: Session,
     now: datetime,
@@ -233,8 +241,7 @@ def queue_due_lessons(
             col(CourseProgress.course_round),
         )
         .join(Subscriber, col(Subscriber.id) == col(CourseProgress.subscriber_id))
-        .where(col(CourseProgress.next_due_at) <= now)
-        .where(col(CourseProgress.paused_at).is_(None))
+        .where(lesson_due(now))
         .order_by(col(CourseProgress.next_due_at))
         .limit(limit)
     )

@@ -22,7 +22,7 @@ from drip.course import load_course
 from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, WorkerHeartbeat
 from drip.pace import Pace
-from drip.progress import queue_due_lessons
+from drip.progress import lesson_due, queue_due_lessons
 from drip.sending.delivery import Delivery, DeliveryReport, worker_name
 from drip.settings import Settings
 
@@ -61,10 +61,7 @@ def queue_due(settings: Settings, engine: Engine, now: datetime) -> int:
 def _more_due(session: Session, now: datetime) -> bool:
     return (
         session.execute(
-            select(col(CourseProgress.subscriber_id))
-            .where(col(CourseProgress.next_due_at) <= now)
-            .where(col(CourseProgress.paused_at).is_(None))
-            .limit(1)
+            select(col(CourseProgress.subscriber_id)).where(lesson_due(now)).limit(1)
         ).first()
         is not None
     )
