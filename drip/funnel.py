@@ -130,6 +130,15 @@ class Funnel:
     #: in their source's signups, no longer in the confirm step.
     unconfirmed_expired: int = 0
 
+    def losses(self) -> list[tuple[int, float] | None]:
+        """Per step, the readers lost since the step before and their share of it; None
+        for the first step, or when more reached this step than the one before."""
+        found: list[tuple[int, float] | None] = [None]
+        for before, step in zip(self.steps, self.steps[1:], strict=False):
+            lost = before.reached - step.reached
+            found.append((lost, lost / before.reached) if before.reached and lost >= 0 else None)
+        return found
+
     @property
     def any_clicks(self) -> bool:
         return any(step.clicks for step in self.steps)

@@ -300,6 +300,13 @@ def test_a_course_run_shows_exactly_its_numbers_in_drip_stats_and_on_the_page(
         if step != "finished":
             assert (cells["delivered"], cells["bounced"]) == (str(delivered), str(bounced)), step
             assert cells["unsubscribed_after"] == str(after), step
+    lost = {
+        step: dict(re.findall(r'data-field="(\w+)">([^<]*)<', row))["lost"]
+        for step, row in re.findall(r'<tr id="step-([\w-]+)">(.*?)</tr>', page.text, re.S)
+    }
+    assert lost["confirm"] == ""  # nothing before it
+    assert lost["pressure-release"] == "0 (0.0%)"  # as `drip stats` says
+    assert lost["gluteus-minimus"] == "2 (50.0%)"
     assert page.text.count('<rect class="bar"') == len(EXPECTED)
     assert '<dd id="completion-rate">20.0%</dd>' in page.text
     assert '<dd id="pack-downloads">3</dd>' in page.text

@@ -28,14 +28,10 @@ def _human(found: Funnel, click_delay: float) -> None:
     out = console()
     header = ["step", "reached", "delivered", "bounced", "complained", "unsub. after", "lost"]
     rows = [header]
-    before: int | None = None
-    for step in found.steps:
-        lost = (
-            percent((before - step.reached) / before) if before and before >= step.reached else ""
-        )
+    for step, loss in zip(found.steps, found.losses(), strict=True):
+        lost = percent(loss[1]) if loss is not None else ""
         cells = [step.reached, step.delivered, step.bounced, step.complained]
         rows.append([step.step, *map(str, cells), str(step.unsubscribed_after), lost])
-        before = step.reached
     print_lines(out, rows)
     out.print(
         f"\nstarted the course {found.started}, finished {found.finished}: completion "
