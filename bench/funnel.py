@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, text
 
 from bench.databases import database
-from bench.population import _drop_secondary_indexes, add_subscribers, naive
+from bench.population import _drop_secondary_indexes, grow, label, naive
 from bench.report import Figure, info, under
-from bench.tick import EMAILS, label
+from bench.tick import EMAILS
 from drip.clock import utcnow
 from drip.course import Course, load_course
 from drip.db import get_engine, read_scope
@@ -111,13 +111,7 @@ def measure(sizes: list[int], runs: int) -> list[Figure]:
     now = utcnow()
     with database("postgresql") as url:
         engine = get_engine(url)
-        have = 0
-        for size in sizes:
-            began = time.perf_counter()
-            add_subscribers(engine, have + 1, size + 1, now, course)
-            _grow(engine, have + 1, size + 1, now, course)
-            have = size
-            print(f"  postgresql {label(size)}: filled in {time.perf_counter() - began:.1f} s")
+        for size in grow(engine, "postgresql", sizes, now, course, extra=_grow):
             took = funnel_s(url, course, runs)
             name = f"postgresql {label(size)}: funnel, every count (median of {runs})"
             if size == TARGET_AT:

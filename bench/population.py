@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -342,14 +342,26 @@ def label(size: int) -> str:
     return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
 
 
+#: More rows for subscribers `start..stop-1`, added after `add_subscribers` (a bench's own).
+Extra = Callable[[Engine, int, int, datetime, Course], None]
+
+
 def grow(
-    engine: Engine, kind: str, sizes: Iterable[int], now: datetime, course: Course | None
+    engine: Engine,
+    kind: str,
+    sizes: Iterable[int],
+    now: datetime,
+    course: Course | None,
+    extra: Extra | None = None,
 ) -> Iterator[int]:
-    """Fill the database up to each of `sizes` in turn, yielding each size once it is there."""
+    """Fill the database up to each of `sizes` in turn, yielding each size once it is there;
+    `extra` (with a course) adds a bench's own rows for each new range."""
     have = 0
     for size in sizes:
         began = time.perf_counter()
         add_subscribers(engine, have + 1, size + 1, now, course)
+        if extra is not None and course is not None:
+            extra(engine, have + 1, size + 1, now, course)
         have = size
         print(f"  {kind} {label(size)}: filled in {time.perf_counter() - began:.1f} s")
         yield size
