@@ -102,12 +102,13 @@ def _text_urls(text: str) -> list[tuple[int, int, str]]:
 
 def track_links(rendered: Rendered, base_url: str, secret: str, outbox_id: int) -> Rendered:
     """The lesson with every outside link going through a signed redirect."""
+    in_text = _text_urls(rendered.text)
     urls: list[str] = []
     for match in _HREF.finditer(rendered.html):
         url = html.unescape(match.group(3).strip())
         if _tracked(url, base_url) and url not in urls:
             urls.append(url)
-    for _, _, url in _text_urls(rendered.text):
+    for _, _, url in in_text:
         if _tracked(url, base_url) and url not in urls:
             urls.append(url)
     if not urls:
@@ -124,7 +125,7 @@ def track_links(rendered: Rendered, base_url: str, secret: str, outbox_id: int) 
         return f"{match.group(1)}{match.group(2)}{html.escape(redirect[url])}{match.group(2)}"
 
     text, end = [], 0
-    for start, stop, url in _text_urls(rendered.text):
+    for start, stop, url in in_text:
         if url in redirect:
             text += [rendered.text[end:start], redirect[url]]
             end = stop
