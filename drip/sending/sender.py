@@ -68,11 +68,6 @@ def classify_error(exc: BaseException) -> Outcome:
     failed login or broken TLS is our own configuration and is retried, so a
     mistake in settings never suppresses the whole list.
     """
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        first = exc.recipients[0] if exc.recipients else None
-        code = first.code if first else None
-        text = first.message if first else str(exc)
-        return _by_code(code, text, recipient_error=True)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         recipient = isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError)
         return _by_code(exc.code, exc.message, recipient_error=recipient)
