@@ -17,6 +17,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from drip.errors import DripError
+from drip.printable import one_line
 
 #: The command ran and found problems.
 PROBLEMS = 1
@@ -44,7 +45,9 @@ def wide(out: Console) -> bool:
 
 
 def print_lines(out: Console, rows: list[list[str]]) -> None:
-    """Rows as lines, cells two spaces apart, padded to line up, never cut or wrapped."""
+    """Rows as lines, cells two spaces apart, padded to line up, never cut or wrapped;
+    each cell on one line with its control characters spelled out (drip.printable)."""
+    rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
