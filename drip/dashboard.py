@@ -12,13 +12,12 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from drip.health import MailOnly
+from drip.health import MailOnly, attempts_at_tests
 from drip.held import HeldCourse, held_courses
 from drip.models import (
     NOT_TRIED_STATUSES,
     CourseProgress,
     DeliveryAttempt,
-    MessageKind,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
@@ -89,17 +88,6 @@ def _count(
     return int(session.execute(stmt).scalar_one())
 
 
-def _test_attempts(session: Session, since: datetime) -> list[tuple[str, datetime]]:
-    """(status, at) of the test sends' attempts since then (drip.testmail): the few rows
-    to take off the counts, found from the outbox side so the counts stay index-only."""
-    rows = session.execute(
-        select(col(DeliveryAttempt.status), col(DeliveryAttempt.at))
-        .join(OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id))
-        .where(col(OutboxMessage.kind) == MessageKind.test, col(DeliveryAttempt.at) >= since)
-    )
-    return [(str(status), at) for status, at in rows]
-
-
 def _midnight(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
@@ -111,11 +99,11 @@ def dashboard(session: Session, now: datetime) -> Dashboard:
     # Test sends are not mail to readers: they count nowhere here (their few attempts
     # are taken off); webhook POSTs are not sends at all.
     mail = MailOnly.of(session)
-    tests = _test_attempts(session, _midnight(days[0]))
+    tests = attempts_at_tests(session, _midnight(days[0]))
 
     def tests_on(status: str, first: date, last: date = today) -> int:
         return sum(
-            1 for s, at in tests if s == status and first <= at.astimezone(UTC).date() <= last
+            1 for _, s, at in tests if s == status and first <= at.astimezone(UTC).date() <= last
         )
 
     sent_per_day = [

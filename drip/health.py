@@ -143,14 +143,29 @@ def rates_since(session: Session, since: datetime) -> Rates:
         .where(col(DeliveryAttempt.status).in_(_COUNTED))
         .where(col(DeliveryAttempt.at) >= since)
     ).one()
-    tests = session.execute(
-        _counts()
+    tests = attempts_at_tests(session, since)
+
+    def test_messages(*statuses: OutboxStatus) -> int:
+        return len({outbox_id for outbox_id, status, _ in tests if status in statuses})
+
+    taken_off = (
+        test_messages(OutboxStatus.sent, OutboxStatus.bounced),
+        test_messages(OutboxStatus.bounced),
+        test_messages(OutboxStatus.complained),
+    )
+    return Rates(*(int(all_) - test for all_, test in zip(row, taken_off, strict=True)))
+
+
+def attempts_at_tests(session: Session, since: datetime) -> list[tuple[int, str, datetime]]:
+    """(message, status, at) of the test sends' attempts since then (drip.testmail): the
+    few rows the counts take off, found from the outbox side so the counts stay
+    index-only (a join on every count would not)."""
+    rows = session.execute(
+        select(col(DeliveryAttempt.outbox_id), col(DeliveryAttempt.status), col(DeliveryAttempt.at))
         .join(OutboxMessage, col(OutboxMessage.id) == col(DeliveryAttempt.outbox_id))
-        .where(col(OutboxMessage.kind) == MessageKind.test)
-        .where(col(DeliveryAttempt.status).in_(_COUNTED))
-        .where(col(DeliveryAttempt.at) >= since)
-    ).one()
-    return Rates(*(int(all_) - int(test) for all_, test in zip(row, tests, strict=True)))
+        .where(col(OutboxMessage.kind) == MessageKind.test, col(DeliveryAttempt.at) >= since)
+    )
+    return [(int(outbox_id), str(status), at) for outbox_id, status, at in rows]
 
 
 def _grouped(session: Session, since: datetime, key: Any, kind: MessageKind) -> dict[Any, Rates]:
