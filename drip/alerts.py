@@ -95,17 +95,16 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
     found["smtp_failing"] = _smtp_failing(session, mail, now, after)
 
     rates = rates_since(session, now - WINDOW)
-    if rates.delivered >= settings.health_min_messages:
-        if rates.bounce_percent > settings.max_bounce_percent:
-            found["bounces_high"] = (
-                f"{rates.bounce_percent:.2f}% of {rates.delivered} messages in 7 days bounced "
-                f"(limit {settings.max_bounce_percent:g}%)"
-            )
-        if rates.complaint_percent > settings.max_complaint_percent:
-            found["complaints_high"] = (
-                f"{rates.complaint_percent:.2f}% of {rates.delivered} messages in 7 days were "
-                f"reported as spam (limit {settings.max_complaint_percent:g}%)"
-            )
+    if rates.bounces_over(settings):
+        found["bounces_high"] = (
+            f"{rates.bounce_percent:.2f}% of {rates.delivered} messages in 7 days bounced "
+            f"(limit {settings.max_bounce_percent:g}%)"
+        )
+    if rates.complaints_over(settings):
+        found["complaints_high"] = (
+            f"{rates.complaint_percent:.2f}% of {rates.delivered} messages in 7 days were "
+            f"reported as spam (limit {settings.max_complaint_percent:g}%)"
+        )
     return found
 
 

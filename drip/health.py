@@ -57,6 +57,16 @@ class Rates:
     def complaint_percent(self) -> float:
         return 100.0 * self.complained / self.delivered if self.delivered else 0.0
 
+    def bounces_over(self, settings: Settings) -> bool:
+        """Hard bounces over the limit, on enough messages to judge."""
+        enough = self.delivered >= settings.health_min_messages
+        return enough and self.bounce_percent > settings.max_bounce_percent
+
+    def complaints_over(self, settings: Settings) -> bool:
+        """Complaints over the limit, on enough messages to judge."""
+        enough = self.delivered >= settings.health_min_messages
+        return enough and self.complaint_percent > settings.max_complaint_percent
+
 
 @dataclass(frozen=True)
 class Health:
@@ -214,14 +224,12 @@ def judge(settings: Settings, engine: Engine, now: datetime) -> str | None:
 
 
 def over_limit(settings: Settings, rates: Rates) -> str | None:
-    if rates.delivered < settings.health_min_messages:
-        return None
-    if rates.complaint_percent > settings.max_complaint_percent:
+    if rates.complaints_over(settings):
         return (
             f"complaints at {rates.complaint_percent:.2f}% ({rates.complained} of "
             f"{rates.delivered} delivered), over the {settings.max_complaint_percent:g}% limit"
         )
-    if rates.bounce_percent > settings.max_bounce_percent:
+    if rates.bounces_over(settings):
         return (
             f"hard bounces at {rates.bounce_percent:.2f}% ({rates.bounced} of "
             f"{rates.delivered} delivered), over the {settings.max_bounce_percent:g}% limit"
