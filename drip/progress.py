@@ -119,6 +119,11 @@ _PROGRESS_OF = (
     .join(table_of(Subscriber), table_of(Subscriber).c.id == _PROGRESS.c.subscriber_id)
     .where(_PROGRESS.c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
 )
+_PROGRESS_DUE = (
+    update(_PROGRESS)
+    .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))
+    .values(next_due_at=bindparam("p_due"))
+)
 _PROGRESS_AFTER_SEND = (
     update(_PROGRESS)
     .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))
@@ -278,13 +283,7 @@ def queue_due_lessons(
         if settings is not None:
             courses_completed(session, settings, finishing, now, course)
     if later:
-        progress = table_of(CourseProgress).c
-        session.execute(
-            update(table_of(CourseProgress))
-            .where(progress.subscriber_id == bindparam("p_id"))
-            .values(next_due_at=bindparam("p_due")),
-            later,
-        )
+        session.execute(_PROGRESS_DUE, later)
     return enqueue_many(session, messages, msgid_domain, now)
 
 
