@@ -6,6 +6,8 @@ sending mail; a crashed child is logged and started again.
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import Engine, select
@@ -21,6 +24,8 @@ from typer.testing import CliRunner
 from drip.cli import app
 from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus
+from drip.sending import processes
+from drip.sending.processes import Deliverers
 from drip.settings import SettingsError, cores, load_settings
 from tests.conftest import SettingsFactory
 from tests.factories import attempts, outbox
@@ -69,6 +74,12 @@ def deliverers(pid: int) -> set[int]:
     return found
 
 
+def gone(pids: set[int], timeout: float = 10) -> None:
+    """Every one of `pids` exits; multiprocessing's resource tracker does so only once it
+    sees its parent's end of their pipe close, a moment after the parent exits."""
+    wait_until(lambda: not [pid for pid in pids if alive(pid)], timeout, f"{pids} to exit")
+
+
 def ready(worker: subprocess.Popen[bytes], log: Path, times: int = 1) -> None:
     """Wait until the delivery child has said it is delivering `times` times in all."""
 
@@ -91,8 +102,8 @@ def _delivering(log: Path) -> int:
     )
 
 
-def stop(worker: subprocess.Popen[bytes], log: Path) -> None:
-    worker.terminate()
+def stop(worker: subprocess.Popen[bytes], log: Path, sig: int = signal.SIGTERM) -> None:
+    worker.send_signal(sig)
     assert worker.wait(60) == 0, log.read_text()[-3000:]
 
 
@@ -117,12 +128,13 @@ def test_two_processes_deliver_each_message_once(
             wait_until(lambda: _all_sent(engine), 60, "every row recorded as sent")
             helpers = children(worker.pid)
         finally:
-            stop(worker, log)
+            stop(worker, log, signal.SIGINT)  # as SIGTERM: every process stops
+    assert not alive(child)  # the parent waited for it
+    gone(helpers)
     assert Counter(recorder.message_ids()) == Counter(expected)  # each exactly once
     # Both processes sent: the parent (its pass) and the child.
     senders = {a.worker.split(":")[1] for a in attempts(engine)}
     assert senders == {str(worker.pid), str(child)}
-    assert not [pid for pid in helpers if alive(pid)]
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     assert f"[deliverer-1] worker {socket.gethostname()}:{child}:" in text  # lines name it
@@ -142,10 +154,12 @@ def test_sigterm_stops_every_process_and_hands_back_the_rest(
             expected = queue_lessons(engine, 1500)
             wait_until(lambda: len(recorder.raw) >= 200, 60, "the first sends")
             helpers = children(worker.pid)
-            assert deliverers(worker.pid)
+            delivering = deliverers(worker.pid)
+            assert delivering
         finally:
             stop(worker, log)
-        assert not [pid for pid in helpers if alive(pid)]
+        assert not [pid for pid in delivering if alive(pid)]  # the parent waited for them
+        gone(helpers)
     with session_scope(engine) as session:
         rows = list(session.execute(select(OutboxMessage)).scalars())
     # Nothing is left leased to a stopped process: what was not sent is queued for the next.
@@ -179,7 +193,7 @@ def test_a_killed_parent_leaves_no_child_sending(
             worker.wait(10)
         # The child sees its pipe from the parent end and stops at once, well within
         # DRIP_SMTP_TIMEOUT's grace.
-        wait_until(lambda: not [p for p in helpers if alive(p)], 30, "the children to exit")
+        gone(helpers, 30)
         after = len(recorder.raw)
         time.sleep(1)
         assert len(recorder.raw) == after  # nobody sends any more
@@ -210,8 +224,8 @@ def test_a_crashed_child_is_logged_and_started_again(
         finally:
             stop(worker, log)
     text = log.read_text()
-    assert f"deliverer-1 (pid {child}) exited with code -9" in text, text[-3000:]
-    assert "starting it again in 1 s" in text
+    assert f"deliverer-1 (pid {child}) exited with code -9 after" in text, text[-3000:]
+    assert "deliverer-1: starting it again in 1 s" in text
     # A kill between the server's 250 and the commit may send that message twice: at
     # most one per connection of the killed child.
     received = recorder.message_ids()
@@ -241,3 +255,46 @@ def test_a_bad_processes_option_is_one_plain_line(monkeypatch: pytest.MonkeyPatc
     result = CliRunner().invoke(app, ["worker", "--processes", "0"])
     assert result.exit_code == 2
     assert "--processes" in result.output and "at least 1" in result.output
+
+
+@pytest.mark.unit
+async def test_a_child_that_cannot_be_started_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tries: list[int] = []
+
+    def refuse(self: Deliverers, index: int) -> NoReturn:
+        tries.append(index)
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(Deliverers, "_spawn", refuse)
+    monkeypatch.setattr(processes, "MAX_RESTART_DELAY", 0.05)
+    others = Deliverers(load_settings(_env_file=None), 1)
+    others.start()
+    await asyncio.sleep(0.5)
+    others.terminate()
+    await asyncio.wait_for(others.wait(), 5)
+    assert len(tries) >= 3  # logged, then again after a pause, never given up
+    assert "deliverer-1 could not be started" in caplog.text
+
+
+@pytest.mark.unit
+def test_an_orphan_stops_and_leaves_at_once_if_stopping_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watcher thread of a child whose parent is gone: a wake is passed on, then the
+    pipe's end stops the child, and after the grace the process exits whatever it does."""
+    exits: list[int] = []
+    monkeypatch.setattr(processes.os, "_exit", exits.append)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    writer.send_bytes(b"w")
+    writer.close()  # the parent is gone
+    loop = asyncio.new_event_loop()
+    stop, woken = asyncio.Event(), asyncio.Event()
+    try:
+        processes._watch_parent(reader, loop, stop, woken, 0.01)
+        loop.run_until_complete(asyncio.sleep(0))  # the callbacks it scheduled
+    finally:
+        loop.close()
+    assert woken.is_set() and stop.is_set()
+    assert exits == [1]

@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -61,7 +61,6 @@ class _Child:
     name: str
     process: BaseProcess
     wake: Connection
-    started: float = field(default_factory=time.monotonic)
 
 
 class Deliverers:
@@ -115,25 +114,29 @@ class Deliverers:
     async def _keep(self, index: int) -> None:
         crashes = 0
         while not self._halt.is_set():
-            child = self._children[index] = self._spawn(index)
-            log.info("%s started (pid %s)", child.name, child.process.pid)
-            code = await _exited(child.process)
-            child.wake.close()
-            if self._halt.is_set():
-                if code not in (0, -signal.SIGTERM):
-                    log.warning("%s stopped with exit code %s", child.name, code)
-                return
-            ran = time.monotonic() - child.started
-            crashes = 1 if ran >= HEALTHY_AFTER else crashes + 1
+            began = time.monotonic()
+            try:
+                child = self._children[index] = self._spawn(index)
+            except Exception:  # no process now (out of memory, of pids): try again later
+                log.exception("deliverer-%d could not be started", index)
+            else:
+                log.info("%s started (pid %s)", child.name, child.process.pid)
+                code = await _exited(child.process)
+                child.wake.close()
+                if self._halt.is_set():
+                    if code not in (0, -signal.SIGTERM):
+                        log.warning("%s stopped with exit code %s", child.name, code)
+                    return
+                log.error(
+                    "%s (pid %s) exited with code %s after %.0f s",
+                    child.name,
+                    child.process.pid,
+                    code,
+                    time.monotonic() - began,
+                )
+            crashes = 1 if time.monotonic() - began >= HEALTHY_AFTER else crashes + 1
             delay = min(2.0 ** (crashes - 1), MAX_RESTART_DELAY)
-            log.error(
-                "%s (pid %s) exited with code %s after %.0f s; starting it again in %g s",
-                child.name,
-                child.process.pid,
-                code,
-                ran,
-                delay,
-            )
+            log.warning("deliverer-%d: starting it again in %g s", index, delay)
             try:
                 await asyncio.wait_for(self._halt.wait(), delay)
             except TimeoutError:
