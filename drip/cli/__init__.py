@@ -216,7 +216,8 @@ def worker(
         str | None,
         typer.Option(
             help="delivery processes, this one included: a number, or auto for one per "
-            "core [default: DRIP_WORKER_PROCESSES]",
+            "core; DRIP_WORKER_PROCESSES when not given",
+            metavar="N",
             show_default=False,
         ),
     ] = None,
