@@ -64,7 +64,7 @@ class _Child:
 
 
 class Deliverers:
-    """The parent's side: `count` delivery children, kept running until `stop`."""
+    """The parent's side: `count` delivery children, kept running until `terminate`."""
 
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings = settings
@@ -85,9 +85,6 @@ class Deliverers:
                 child.wake.send_bytes(b"w")
             except OSError:  # a full pipe: a wake is pending already; a dead child: restarted
                 pass
-
-    def pids(self) -> list[int]:
-        return [c.process.pid for c in self._children.values() if c.process.pid is not None]
 
     def terminate(self) -> None:
         """SIGTERM to every child; none is started again."""

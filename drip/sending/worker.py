@@ -94,7 +94,7 @@ async def run_worker(
             loop.add_signal_handler(sig, stop.set)
     scheduler.start()
     others.start()
-    more = f", with {others.count} more delivery processes" if others.count else ""
+    more = f", and {others.count} delivery-only process(es)" if others.count else ""
     log.info("worker %s: a pass every %gs%s", name, interval, more)
     try:
         await stop.wait()
