@@ -7,7 +7,8 @@ send to the same counting aiosmtpd sink in its own process, in the same run.
 drip's CPU per message is split by phase: each phase's own thread CPU time
 (`time.thread_time`, so a loaded machine slows it less than wall time), and what is
 left of the process's CPU is the SMTP client and the event loop.
-Then 1, 2 and 4 `drip tick` processes drain one PostgreSQL outbox together.
+Then 1, 2 and 4 `drip tick` processes drain one PostgreSQL outbox together, and one
+`drip worker --processes N` (N = 1, 2) drains one outbox on each database.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -215,19 +218,23 @@ def drip_path(box: Receiver, kind: str, count: int) -> tuple[float, dict[str, fl
     return count / elapsed, {phase: s * 1000 / count for phase, s in spent.items()}
 
 
+def _environment(url: str, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DRIP_DATABASE_URL": url,
+        "DRIP_SMTP_PORT": str(port),
+        "DRIP_SMTP_CONCURRENCY": str(CONCURRENCY),
+        "DRIP_SEND_RATE": "0",
+        "DRIP_SECRET_KEY": SECRET,
+        "DRIP_EMAILS_DIR": str(ROOT / "emails"),
+    }
+
+
 def workers(box: Receiver, processes: int, count: int) -> float:
     """Messages per second when `processes` real `drip tick` processes drain one outbox."""
     with database("postgresql") as url:
         seed(url, count)
-        env = {
-            **os.environ,
-            "DRIP_DATABASE_URL": url,
-            "DRIP_SMTP_PORT": str(box.port),
-            "DRIP_SMTP_CONCURRENCY": str(CONCURRENCY),
-            "DRIP_SEND_RATE": "0",
-            "DRIP_SECRET_KEY": SECRET,
-            "DRIP_EMAILS_DIR": str(ROOT / "emails"),
-        }
+        env = _environment(url, box.port)
         command = [sys.executable, "-m", "drip.cli", "tick"]
         before = box.received
         running = [
@@ -248,6 +255,59 @@ def workers(box: Receiver, processes: int, count: int) -> float:
         if sent(url) != count:
             raise RuntimeError(f"{processes} workers sent {sent(url)} of {count}")
     return (count - 1) / elapsed
+
+
+def worker_processes(box: Receiver, kind: str, processes: int, count: int) -> float:
+    """Messages per second when one `drip worker --processes N` drains one outbox.
+
+    The outbox is filled once every process is up and polling, and the drain is timed from
+    the first message to the last, so start-up is not counted; then SIGTERM stops it.
+    """
+    with database(kind) as url, tempfile.TemporaryDirectory(prefix="drip-bench-") as folder:
+        env = {**_environment(url, box.port), "DRIP_WORKER_INTERVAL": "0.1"}
+        command = [sys.executable, "-m", "drip.cli", "worker", "--processes", str(processes)]
+        log = Path(folder) / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        try:
+            _wait_for_log(worker, log, "a pass every", 1)
+            _wait_for_log(worker, log, ": delivering", processes - 1)
+            before = box.received
+            seed(url, count)
+            box.wait_for(before + 1, 60)
+            began = time.perf_counter()
+            box.wait_for(before + count, 600)
+            elapsed = time.perf_counter() - began
+            worker.send_signal(signal.SIGTERM)
+            if worker.wait(timeout=60) != 0:
+                raise RuntimeError(f"drip worker exited with {worker.returncode}")
+        finally:
+            worker.kill()
+            worker.wait()
+        if sent(url) != count:
+            raise RuntimeError(f"drip worker --processes {processes} sent {sent(url)} of {count}")
+    return (count - 1) / elapsed
+
+
+def _wait_for_log(worker: subprocess.Popen[bytes], log: Path, text: str, times: int) -> None:
+    deadline = time.monotonic() + 90
+    while log.read_text().count(text) < times:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"drip worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def processes_figures(box: Receiver, count: int) -> list[Figure]:
+    """`drip worker --processes N`, N = 1 and 2, on both databases."""
+    figures: list[Figure] = []
+    for kind in ("sqlite", "postgresql"):
+        alone = worker_processes(box, kind, 1, count)
+        two = worker_processes(box, kind, 2, count)
+        name = f"drip worker --processes {{}} on {kind}, {count:,} msgs"
+        figures.append(info("send", name.format(1), alone, "msg/s"))
+        figures.append(info("send", name.format(2), two, "msg/s"))
+        figures.append(info("send", f"--processes 2 vs 1 on {kind}", two / alone, "x"))
+    return figures
 
 
 def compare(box: Receiver, server: str, count: int) -> list[Figure]:
@@ -281,6 +341,7 @@ def run(quick: bool) -> list[Figure]:
             figures.append(info("send", name, rate, "msg/s"))
             if processes > 1:
                 figures.append(info("send", f"{processes} workers vs 1", rate / single, "x"))
+        figures += processes_figures(box, scaling)
     try:
         with postfix() as mta:
             figures += compare(mta, "postfix", count)
