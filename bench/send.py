@@ -50,6 +50,8 @@ LESSON = "lesson-02-finding-trigger-points"
 SECRET = "bench-secret-key-0123456789abcdef"
 TARGET_RATIO = 0.9
 TARGET_CPU_MS = 1.0
+#: The bare loop's connection counts: the ceiling is the best of them.
+CEILING_CONNECTIONS = (CONCURRENCY, 2 * CONCURRENCY, 4 * CONCURRENCY)
 #: Phases timed on their own; "SMTP client and event loop" is the rest of the process's CPU.
 PHASES = ("claim and read", "render", "compose", "record")
 
@@ -135,7 +137,7 @@ def envelopes(settings: Settings, count: int) -> list[Envelope]:
     return built  # type: ignore[return-value]
 
 
-async def bare_loop(port: int, messages: list[Envelope]) -> None:
+async def bare_loop(port: int, messages: list[Envelope], connections: int) -> None:
     queue: asyncio.Queue[Envelope] = asyncio.Queue()
     for message in messages:
         queue.put_nowait(message)
@@ -146,20 +148,25 @@ async def bare_loop(port: int, messages: list[Envelope]) -> None:
                 e = queue.get_nowait()
                 await smtp.sendmail(e.sender, [e.recipient], e.data)
 
-    await asyncio.gather(*(slot() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(slot() for _ in range(connections)))
 
 
 def ceiling(box: Receiver, count: int) -> float:
-    """Messages per second of the bare loop (built untimed, from a throwaway SQLite outbox)."""
+    """Messages per second of the bare loop at its best over CEILING_CONNECTIONS (messages
+    built untimed, from a throwaway SQLite outbox): drip is compared with the most this
+    server takes from a client, not with a loop held to drip's own concurrency."""
     with database("sqlite") as url:
         seed(url, count)
         messages = envelopes(bench_settings(url, box.port), count)
-    before = box.received
-    began = time.perf_counter()
-    asyncio.run(bare_loop(box.port, messages))
-    elapsed = time.perf_counter() - began
-    box.wait_for(before + count, 30)
-    return count / elapsed
+    rates = []
+    for connections in CEILING_CONNECTIONS:
+        before = box.received
+        began = time.perf_counter()
+        asyncio.run(bare_loop(box.port, messages, connections))
+        elapsed = time.perf_counter() - began
+        box.wait_for(before + count, 30)
+        rates.append(count / elapsed)
+    return max(rates)
 
 
 def _timed(spent: dict[str, float], phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -313,7 +320,14 @@ def processes_figures(box: Receiver, count: int) -> list[Figure]:
 def compare(box: Receiver, server: str, count: int) -> list[Figure]:
     """The bare loop and drip's path on both databases, against one server."""
     top = ceiling(box, count)
-    figures = [info("send", f"(a) bare aiosmtplib to {server}, {count:,} msgs", top, "msg/s")]
+    figures = [
+        info(
+            "send",
+            f"(a) bare aiosmtplib to {server}, best of {CEILING_CONNECTIONS} connections",
+            top,
+            "msg/s",
+        )
+    ]
     for kind in ("sqlite", "postgresql"):
         rate, cpu = drip_path(box, kind, count)
         figures.append(info("send", f"(b) drip on {kind} to {server}", rate, "msg/s"))
