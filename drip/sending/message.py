@@ -102,9 +102,35 @@ def mailbox(name: str, address: str, header: str = "To") -> str:
     return f"{encoded} <{address}>"
 
 
-def _quoted_printable(text: str) -> str:
+def _whole_quoted_printable(text: str) -> str:
     body = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     return body.decode("ascii").replace("\n", CRLF)
+
+
+#: Lines already encoded. Most lines of an email are its template's, the same in every
+#: reader's copy; cleared when full, so a long run's readers' own lines do not pile up.
+_LINES: dict[str, str] = {}
+_LINES_KEPT = 4096
+
+
+def _line(line: str) -> str:
+    """One line and its line break, quoted-printable: as encoding the whole text writes
+    it, since b2a_qp starts each line afresh and looks no further than its line break."""
+    encoded = _LINES.get(line)
+    if encoded is None:
+        if len(_LINES) >= _LINES_KEPT:
+            _LINES.clear()
+        body = binascii.b2a_qp(line.encode("utf-8") + b"\n", istext=True)
+        encoded = _LINES[line] = body.decode("ascii").replace("\n", CRLF)
+    return encoded
+
+
+def _quoted_printable(text: str) -> str:
+    """`text` quoted-printable with CRLF line ends, line by line from `_LINES`."""
+    if "\r" in text:  # a CR could make b2a_qp choose CRLF line ends for the whole text
+        return _whole_quoted_printable(text)
+    *lines, last = text.split("\n")
+    return "".join([*map(_line, lines), _whole_quoted_printable(last) if last else ""])
 
 
 def _text_part(subtype: str, text: str) -> str:
