@@ -17,6 +17,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import dkim
 import idna
@@ -130,7 +131,13 @@ def _quoted_printable(text: str) -> str:
     if "\r" in text:  # a CR could make b2a_qp choose CRLF line ends for the whole text
         return _whole_quoted_printable(text)
     *lines, last = text.split("\n")
-    return "".join([*map(_line, lines), _whole_quoted_printable(last) if last else ""])
+    known = list(map(_LINES.get, lines))  # most lines, at C speed
+    encoded = known
+    if None in known:
+        encoded = [e or _line(line) for e, line in zip(known, lines, strict=True)]
+    if last:
+        encoded.append(_whole_quoted_printable(last))
+    return "".join(cast(list[str], encoded))
 
 
 def _text_part(subtype: str, text: str) -> str:
