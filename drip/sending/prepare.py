@@ -128,8 +128,8 @@ class Preparer:
         self.clock = clock
         self._newsletters: dict[int, LetterTemplate] = {}
         self._constants = run_context(settings, course)
-        #: Per template: its files' (mtime, size) and the version they make.
-        self._versions: dict[str, tuple[tuple[tuple[int, int], ...], str | None]] = {}
+        #: Per template: its two files, their (mtime, size) and the version they make.
+        self._versions: dict[str, tuple[tuple[str, str], tuple[int, ...], str | None]] = {}
 
     def _bounce_address(self, row: OutboxMessage) -> str | None:
         """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
@@ -159,19 +159,20 @@ class Preparer:
 
     def _version(self, template: str) -> str | None:
         """`template_version`, worked out again only when a file's stat says it changed."""
-        folder = self.settings.emails_dir
+        known = self._versions.get(template)
+        if known is None:
+            folder = self.settings.emails_dir
+            paths = (f"{folder}/{template}.html", f"{folder}/{template}.txt")
+            known = self._versions[template] = (paths, (), None)
+        paths, stamps, version = known
         try:
-            stamps = tuple(
-                (st.st_mtime_ns, st.st_size)
-                for st in (os.stat(f"{folder}/{template}{suffix}") for suffix in (".html", ".txt"))
-            )
+            html, text = os.stat(paths[0]), os.stat(paths[1])
         except OSError:
             return None
-        known = self._versions.get(template)
-        if known is not None and known[0] == stamps:
-            return known[1]
-        version = template_version(folder, template)
-        self._versions[template] = (stamps, version)
+        now = (html.st_mtime_ns, html.st_size, text.st_mtime_ns, text.st_size)
+        if now != stamps:
+            version = template_version(self.settings.emails_dir, template)
+            self._versions[template] = (paths, now, version)
         return version
 
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
