@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import cast
 
@@ -219,7 +219,7 @@ def compose(
         "From": mailbox(sender.display_name, sender.addr_spec, "From"),
         "To": mailbox(name, recipient),
         "Subject": _encoded(rendered.subject, "Subject"),
-        "Date": format_datetime(now),
+        "Date": _date(now.replace(microsecond=0)),
         "Message-ID": _checked(message_id, "Message-ID"),
     }
     if reply_to:
@@ -246,6 +246,12 @@ def compose(
         signed = [h for h in DKIM_HEADERS if h in headers] + ["Content-Type"]
         data = _sign(settings, data, signed)
     return Envelope(sender=bounce_address or sender.addr_spec, recipient=recipient, data=data)
+
+
+@lru_cache(maxsize=4)
+def _date(now: datetime) -> str:
+    """The Date header, made once per second of sending."""
+    return format_datetime(now)
 
 
 @cache
