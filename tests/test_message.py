@@ -13,9 +13,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from drip.render import Rendered
 from drip.sending.message import PACK_FILENAME, Unaddressable, compose
 from drip.settings import Settings, load_settings
+from drip.templating import Rendered
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 RENDERED = Rendered(subject="Lesson 1 of 8: Trigger points", html="<p>Hi</p>", text="Hi\n")

@@ -23,8 +23,8 @@ import dkim
 import idna
 
 from drip.errors import DripError
-from drip.render import Rendered
 from drip.settings import Settings
+from drip.templating import Rendered
 
 PACK_FILENAME = "trigger-point-information-pack.pdf"
 CRLF = "\r\n"

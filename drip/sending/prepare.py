@@ -31,13 +31,14 @@ from drip.newsletter import stored_letter
 from drip.newsletter_body import LetterTemplate
 from drip.pace import Pace
 from drip.pack_link import pack_url
-from drip.render import RenderError, render_email, sample_context
+from drip.render import render_email, sample_context
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
 from drip.sending.post import Post
 from drip.settings import Settings
 from drip.subscribers import confirm_salt
+from drip.templating import RenderError
 from drip.tokens import make_token
 from drip.versions import template_version
 
