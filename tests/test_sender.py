@@ -1,22 +1,36 @@
 """One SMTP connection against a real aiosmtpd sink: what DATA carries, and a message
-whose final dot never went is not delivered (what pipelining relies on)."""
+whose final dot never went is not delivered (what pipelining relies on). Each test runs
+with the server offering RFC 2920 PIPELINING and without."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from drip.sending.message import Envelope
-from drip.sending.sender import Connection, Verdict, wire
+from drip.sending.sender import Connection, Outcome, Verdict, wire
 from tests.conftest import SettingsFactory
-from tests.mailserver import MailServer, Recorder
+from tests.mailserver import MAILBOX_BUSY, NO_SUCH_USER, OK, MailServer, Recorder
 from tests.waiting import wait_until
 
+SENDER_REFUSED = "550 5.7.1 Sender refused"
 TEXT = b"Subject: dots\r\nMessage-ID: <dots@example.com>\r\n\r\n.first\r\nmiddle\r\n..two\r\nlast"
 
 
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest, recorder: Recorder) -> bool:
+    recorder.pipelining = bool(request.param)
+    return recorder.pipelining
+
+
 def test_the_text_arrives_as_composed_leading_dots_and_all(
-    tmp_path: Path, mail_server: MailServer, recorder: Recorder, make_settings: SettingsFactory
+    tmp_path: Path,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
+    pipelining: bool,
 ) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
 
@@ -34,7 +48,11 @@ def test_the_text_arrives_as_composed_leading_dots_and_all(
 
 
 def test_a_connection_closed_before_the_final_dot_delivers_nothing(
-    tmp_path: Path, mail_server: MailServer, recorder: Recorder, make_settings: SettingsFactory
+    tmp_path: Path,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
+    pipelining: bool,
 ) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     envelope = Envelope("from@example.com", "to@example.com", TEXT)
@@ -52,6 +70,83 @@ def test_a_connection_closed_before_the_final_dot_delivers_nothing(
     asyncio.run(open_then_close())
     wait_until(lambda: mail_server.open_sessions == 0, 10, "both sessions closed")
     assert recorder.raw == [TEXT + b"\r\n"]  # the second send only
+
+
+def test_refusals_are_judged_by_the_command_refused_and_the_connection_goes_on(
+    tmp_path: Path,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
+    pipelining: bool,
+) -> None:
+    """A refused RCPT bounces (5xx) or defers (4xx) by its own reply, not by DATA's 503 that
+    follows it when pipelined; a refused sender defers; the next message still goes."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
+    recorder.refused = {
+        "gone@example.com": NO_SUCH_USER,
+        "busy@example.com": MAILBOX_BUSY,
+        "banned@example.com": SENDER_REFUSED,
+    }
+    recorder.replies = [OK, MAILBOX_BUSY]  # the first DATA is taken, the second deferred
+
+    def envelope(to: str, sender: str = "from@example.com") -> Envelope:
+        return Envelope(sender, to, TEXT)
+
+    async def send_all() -> list[Outcome]:
+        connection = Connection(settings)
+        try:
+            return [
+                await connection.send(envelope(to, sender))
+                for to, sender in [
+                    ("gone@example.com", "from@example.com"),
+                    ("busy@example.com", "from@example.com"),
+                    ("ann@example.com", "banned@example.com"),
+                    ("ann@example.com", "from@example.com"),
+                    ("bob@example.com", "from@example.com"),
+                    ("cy@example.com", "from@example.com"),
+                ]
+            ]
+        finally:
+            await connection.close()
+
+    outcomes = asyncio.run(send_all())
+    assert [(o.verdict, o.code) for o in outcomes] == [
+        (Verdict.bounced, 550),
+        (Verdict.deferred, 451),
+        (Verdict.deferred, 550),  # our sender refused: retried, not bounced
+        (Verdict.sent, 250),
+        (Verdict.deferred, 451),
+        (Verdict.sent, 250),
+    ]
+    assert outcomes[0].message == "5.1.1 No such user here"
+    recorder.wait_for(2)
+    assert recorder.raw == [TEXT + b"\r\n"] * 2
+
+
+def test_messages_follow_each_other_on_one_connection(
+    tmp_path: Path,
+    mail_server: MailServer,
+    recorder: Recorder,
+    make_settings: SettingsFactory,
+    pipelining: bool,
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
+    texts = [TEXT.replace(b"dots@", b"%d@" % n) for n in range(20)]
+
+    async def send_all() -> list[Verdict]:
+        connection = Connection(settings)
+        try:
+            return [
+                (await connection.send(Envelope("f@example.com", "t@example.com", t))).verdict
+                for t in texts
+            ]
+        finally:
+            await connection.close()
+
+    assert asyncio.run(send_all()) == [Verdict.sent] * 20
+    recorder.wait_for(20)
+    assert recorder.raw == [t + b"\r\n" for t in texts]
+    wait_until(lambda: mail_server.open_sessions == 0, 10, "the session closed")
 
 
 def test_wire_form() -> None:
