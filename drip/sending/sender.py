@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -139,11 +140,12 @@ class Connection:
                     if not smtp.is_connected:
                         raise
                     await smtp.helo()
-            transport = smtp.transport
-            if not isinstance(transport, asyncio.Transport) or smtp.protocol is None:
+            if smtp.transport is None or smtp.protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
             self._pipelining = smtp.supports_extension("pipelining")
             self._size = smtp.supports_extension("size")
+            # A stream transport (asyncio's or uvloop's, which is not an asyncio.Transport).
+            transport = cast(asyncio.Transport, smtp.transport)
             self._replies = Replies(transport, smtp.protocol)
         return self._replies
 
