@@ -5,14 +5,16 @@ with the server offering RFC 2920 PIPELINING and without."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drip.sending.message import Envelope
 from drip.sending.sender import Connection, Outcome, Verdict, wire
 from tests.conftest import SettingsFactory
-from tests.mailserver import MAILBOX_BUSY, NO_SUCH_USER, OK, MailServer, Recorder
+from tests.mailserver import MAILBOX_BUSY, NO_SUCH_USER, OK, MailServer, Recorder, serve
 from tests.waiting import wait_until
 
 SENDER_REFUSED = "550 5.7.1 Sender refused"
@@ -152,3 +154,41 @@ def test_messages_follow_each_other_on_one_connection(
 def test_wire_form() -> None:
     assert wire(b"a\r\n.b") == b"a\r\n..b\r\n.\r\n"
     assert wire(b".a\nb\rc") == b"..a\r\nb\r\nc\r\n.\r\n"
+
+
+class _Stalling(Recorder):
+    """Takes its time over one recipient: longer than the client waits."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address == "slow@example.com":
+            await asyncio.sleep(3)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.parametrize("offer", [True, False], ids=["pipelining", "one-by-one"])
+def test_a_reply_that_never_comes_times_out_and_delivers_nothing(
+    tmp_path: Path, make_settings: SettingsFactory, offer: bool
+) -> None:
+    recorder = _Stalling(pipelining=offer)
+    with serve(recorder) as server:
+        settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", server.port, smtp_timeout=0.5)
+
+        async def send_two() -> list[Outcome]:
+            connection = Connection(settings)
+            try:
+                first = await connection.send(Envelope("f@example.com", "ann@example.com", TEXT))
+                began = time.monotonic()
+                late = await connection.send(Envelope("f@example.com", "slow@example.com", TEXT))
+                assert time.monotonic() - began < 2
+                return [first, late]
+            finally:
+                await connection.close()
+
+        first, late = asyncio.run(send_two())
+        assert first.verdict == Verdict.sent
+        assert (late.verdict, late.code) == (Verdict.deferred, None)
+        assert "timed out" in late.message
+        wait_until(lambda: server.open_sessions == 0, 10, "the session closed")
+    assert recorder.raw == [TEXT + b"\r\n"]
