@@ -5,6 +5,8 @@ with the server offering RFC 2920 PIPELINING and without."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -192,3 +194,71 @@ def test_a_reply_that_never_comes_times_out_and_delivers_nothing(
         assert "timed out" in late.message
         wait_until(lambda: server.open_sessions == 0, 10, "the session closed")
     assert recorder.raw == [TEXT + b"\r\n"]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost: (certificate, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_messages_go_over_tls_and_the_session_ends_with_quit(
+    tmp_path: Path,
+    make_settings: SettingsFactory,
+    pipelining: bool,
+    recorder: Recorder,
+    certificate: tuple[Path, Path],
+    security: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commands of each message go over the TLS transport aiosmtplib set up, and the
+    transport goes back to aiosmtplib for QUIT."""
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts it as a CA
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    tls: dict[str, Any] = (
+        {"tls_context": context, "require_starttls": True}
+        if security == "starttls"
+        else {"ssl_context": context}
+    )
+    quits: list[str] = []
+
+    class Quitting(Recorder):
+        async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+            quits.append("QUIT")
+            return "221 Bye"
+
+    handler = Quitting(pipelining=pipelining)
+    with serve(handler, **tls) as server:
+        settings = make_settings(
+            f"sqlite:///{tmp_path / 'd.db'}",
+            server.port,
+            smtp_host="localhost",
+            smtp_security=security,
+        )
+
+        async def send_three() -> list[Verdict]:
+            connection = Connection(settings)
+            try:
+                envelope = Envelope("from@example.com", "to@example.com", TEXT)
+                return [(await connection.send(envelope)).verdict for _ in range(3)]
+            finally:
+                await connection.close()
+
+        assert asyncio.run(send_three()) == [Verdict.sent] * 3
+        handler.wait_for(3)
+        # (aiosmtpd counts a session twice after STARTTLS: wait for its QUIT instead)
+        wait_until(lambda: bool(quits), 10, "QUIT")
+    assert handler.raw == [TEXT + b"\r\n"] * 3
+    assert quits == ["QUIT"]
