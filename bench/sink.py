@@ -20,8 +20,17 @@ def free_port() -> int:
 
 
 class _Counter:
+    """Counts messages; offers PIPELINING (RFC 2920), which aiosmtpd serves by reading
+    commands in order from its stream (tests/test_sender.py checks it does)."""
+
     def __init__(self, count: Synchronized[int]) -> None:
         self.count = count
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.count.get_lock():

@@ -30,6 +30,11 @@ NO_SUCH_USER = "550 5.1.1 No such user here"
 MAILBOX_FULL = "552 5.2.2 Mailbox full"
 
 
+def with_pipelining(responses: list[str]) -> list[str]:
+    """An EHLO reply's lines with 250-PIPELINING before the last."""
+    return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,9 +47,52 @@ class Recorder:
 
     replies: list[str] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
+    #: Offer RFC 2920 PIPELINING in the EHLO reply (aiosmtpd reads commands in order either way).
+    pipelining: bool = False
+    #: Refuse these senders at MAIL, these recipients at RCPT, with the reply given.
+    refused: dict[str, str] = field(default_factory=dict)
     _parsed: list[EmailMessage] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_data: Callable[[Envelope], str | None] | None = None
+
+    async def handle_EHLO(
+        self,
+        server: SMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return with_pipelining(responses) if self.pipelining else responses
+
+    async def handle_MAIL(
+        self,
+        server: SMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if address in self.refused:
+            return self.refused[address]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return OK
+
+    async def handle_RCPT(
+        self,
+        server: SMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.refused:
+            return self.refused[address]
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return OK
 
     async def handle_DATA(self, server: SMTPProtocol, session: Session, envelope: Envelope) -> str:
         with self.lock:

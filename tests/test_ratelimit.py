@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import time
+from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
 
 from drip.clock import utcnow
-from drip.sending.ratelimit import pause, take
+from drip.sending import ratelimit
+from drip.sending.ratelimit import UNLIMITED_CHUNK, Limiter, pause, take
 
 
 def test_the_bucket_refills_at_the_rate(engine: Engine) -> None:
@@ -54,3 +58,35 @@ def test_a_pause_holds_everyone(engine: Engine) -> None:
 
 def test_rate_zero_means_unlimited(engine: Engine) -> None:
     assert take(engine, 0, 1000, utcnow()) == (1000, 0.0)
+
+
+def test_without_a_rate_a_pause_is_asked_about_per_chunk_and_at_most_so_often(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's pause holds this one within PAUSE_CHECK_SECONDS, yet a fast worker
+    does not ask the database once per chunk of sends."""
+    monkeypatch.setattr(ratelimit, "PAUSE_CHECK_SECONDS", 0.3)
+    asked: list[datetime] = []
+
+    def counted(engine: Engine, rate: float, wanted: int, now: datetime) -> tuple[int, float]:
+        asked.append(now)
+        return take(engine, rate, wanted, now)
+
+    monkeypatch.setattr(ratelimit, "take", counted)
+
+    async def run() -> float:
+        limiter = Limiter(engine, 0, utcnow, chunk=4)
+        for _ in range(UNLIMITED_CHUNK * 3):  # three chunks within moments: asked once
+            await limiter.acquire()
+        assert len(asked) == 1
+        now = utcnow()
+        pause(engine, now + timedelta(seconds=1), "421 slow down", now)  # another worker's
+        await asyncio.sleep(0.35)
+        began = time.monotonic()
+        for _ in range(UNLIMITED_CHUNK * 3):  # the next chunk asks again, and waits
+            await limiter.acquire()
+        return time.monotonic() - began
+
+    waited = asyncio.run(run())
+    assert 0.4 < waited < 3
+    assert len(asked) >= 3  # asked, told to wait out the pause, asked again

@@ -7,6 +7,7 @@ or throttling reply sets, so one server's "slow down" slows every worker.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -20,6 +21,8 @@ BUCKET = "smtp"
 #: Longest pause a throttling reply may impose; anything longer was set by a clock far ahead.
 MAX_PAUSE = timedelta(hours=1)
 UNLIMITED_CHUNK = 50
+#: Without a rate, the bucket is asked about a pause at most this often (seconds) ...
+PAUSE_CHECK_SECONDS = 1.0
 #: A refill time further ahead than this was written by a clock travelling in time.
 FAR_AHEAD = timedelta(minutes=1)
 
@@ -80,24 +83,35 @@ class Limiter:
         self.engine = engine
         self.rate = rate
         self.clock = clock
-        # Without a rate the bucket is only asked about a pause, once per UNLIMITED_CHUNK sends.
+        # Without a rate the bucket is only asked about a pause: once per UNLIMITED_CHUNK
+        # sends, and no more than once per PAUSE_CHECK_SECONDS (a transaction each time).
         self.chunk = UNLIMITED_CHUNK if rate <= 0 else max(1, min(chunk, int(rate)))
         self._tokens = 0
         self._lock = asyncio.Lock()
+        #: Without a rate: until then (monotonic), a used-up chunk is renewed without asking.
+        self._asked_until = 0.0
 
     async def acquire(self) -> None:
+        if self._tokens and not self._lock.locked():
+            self._tokens -= 1
+            return
         async with self._lock:
             while self._tokens == 0:
+                if self.rate <= 0 and time.monotonic() < self._asked_until:
+                    self._tokens = self.chunk
+                    break
                 granted, wait = await asyncio.to_thread(
                     take, self.engine, self.rate, self.chunk, self.clock()
                 )
                 if granted:
                     self._tokens = granted
+                    self._asked_until = time.monotonic() + PAUSE_CHECK_SECONDS
                 else:
                     await asyncio.sleep(min(max(wait, 0.01), 5.0))
             self._tokens -= 1
 
     async def pause(self, seconds: float, reason: str) -> None:
         self._tokens = 0
+        self._asked_until = 0.0
         now = self.clock()
         await asyncio.to_thread(pause, self.engine, now + timedelta(seconds=seconds), reason, now)

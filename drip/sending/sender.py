@@ -8,14 +8,19 @@ opened again on the next message.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import aiosmtplib
+from aiosmtplib import SMTPResponse
+from aiosmtplib.email import parse_address
 
 from drip.sending.message import Envelope
+from drip.sending.replies import Replies
 from drip.settings import Settings
 
 IDLE_RECONNECT_SECONDS = 60.0
@@ -88,13 +93,22 @@ def _by_code(code: int | None, text: str, *, recipient_error: bool) -> Outcome:
 
 
 class Connection:
-    """One SMTP session, opened on demand and reused for message after message."""
+    """One SMTP session, opened on demand and reused for message after message.
+
+    aiosmtplib connects, greets, does STARTTLS and AUTH, and says QUIT; the commands
+    of each message go through `Replies`. When the server offers PIPELINING, MAIL,
+    RCPT and DATA go in one write and their replies are read together (RFC 2920);
+    otherwise one at a time.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._smtp: aiosmtplib.SMTP | None = None
+        self._replies: Replies | None = None
+        self._pipelining = False
+        self._size = False
         self._last_used = 0.0
-        #: After `open`: the server reads the message's text until its final dot.
+        #: After `open`: the server may be reading the message's text (QUIT would be text).
         self._in_data = False
         self._wire = b""
 
@@ -112,15 +126,28 @@ class Connection:
             local_hostname="localhost",
         )
 
-    async def _ensure(self) -> aiosmtplib.SMTP:
+    async def _ensure(self) -> Replies:
         idle = time.monotonic() - self._last_used > IDLE_RECONNECT_SECONDS
-        if self._smtp is not None and (idle or not self._smtp.is_connected):
+        if self._replies is not None and (idle or not self._replies.is_connected):
             await self.close()
-        if self._smtp is None:
-            smtp = self._client()
+        if self._replies is None:
+            smtp = self._smtp = self._client()
             await smtp.connect()
-            self._smtp = smtp
-        return self._smtp
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    if not smtp.is_connected:
+                        raise
+                    await smtp.helo()
+            if smtp.transport is None or smtp.protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            self._pipelining = smtp.supports_extension("pipelining")
+            self._size = smtp.supports_extension("size")
+            # A stream transport (asyncio's or uvloop's, which is not an asyncio.Transport).
+            transport = cast(asyncio.Transport, smtp.transport)
+            self._replies = Replies(transport, smtp.protocol)
+        return self._replies
 
     async def send(self, envelope: Envelope) -> Outcome:
         """The whole transaction: `open`, then `finish`."""
@@ -131,28 +158,39 @@ class Connection:
         the server waits for the text; until `finish` nothing has been delivered, and a
         connection dropped here (`close`) delivers nothing. An Outcome when it went wrong."""
         try:
-            smtp = await self._ensure()
+            replies = await self._ensure()
             self._wire = wire(envelope.data)
-            options = [f"SIZE={len(self._wire) - 3}"] if smtp.supports_extension("size") else []
-            await smtp.mail(envelope.sender, options=options)
-            await smtp.rcpt(envelope.recipient)
-            reply = await smtp.execute_command(b"DATA")
-            if reply.code != 354:
-                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+            size = b" SIZE=%d" % (len(self._wire) - 3) if self._size else b""
+            mail = b"MAIL FROM:" + _address(envelope.sender) + size + b"\r\n"
+            rcpt = b"RCPT TO:" + _address(envelope.recipient) + b"\r\n"
+            timeout = self.settings.smtp_timeout
+            self._in_data = True  # until DATA's reply says otherwise
+            if self._pipelining:
+                replies.write(mail + rcpt + b"DATA\r\n")
+                got = await replies.read(3, timeout)
+            else:
+                got = []
+                for command in (mail, rcpt, b"DATA\r\n"):
+                    replies.write(command)
+                    got += await replies.read(1, timeout)
+                    if got[-1].code not in _EXPECTED[len(got) - 1]:
+                        break
+            if got[-1].code != 354:
+                self._in_data = False
+            _check(envelope, got)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome, none escapes
             await self.close()
             return classify_error(exc)
-        self._in_data = True
         return None
 
     async def finish(self, envelope: Envelope) -> Outcome:
         """The text and its final dot: the server's answer is the message's fate."""
-        smtp = self._smtp
+        replies = self._replies
         try:
-            if smtp is None or smtp.protocol is None or not self._in_data:
+            if replies is None or not self._in_data:
                 raise aiosmtplib.SMTPServerDisconnected("the connection was lost before the text")
-            smtp.protocol.write(self._wire)
-            reply = await smtp.protocol.read_response(timeout=self.settings.smtp_timeout)
+            replies.write(self._wire)
+            [reply] = await replies.read(1, self.settings.smtp_timeout)
             self._in_data = False
             if reply.code != 250:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
@@ -166,14 +204,44 @@ class Connection:
         """QUIT, or drop the connection mid-message (after `open`): the server then
         discards the message it was being given."""
         smtp, self._smtp = self._smtp, None
+        replies, self._replies = self._replies, None
         in_data, self._in_data = self._in_data, False
         if smtp is None:
             return
         if in_data:
             smtp.close()
             return
+        if replies is not None:
+            replies.release()
         try:
             if smtp.is_connected:
                 await smtp.quit(timeout=5)
         except Exception:  # noqa: BLE001 - a dead connection needs no goodbye
             smtp.close()
+
+
+#: The replies that let the next command follow: MAIL, RCPT (251: will forward), DATA.
+_EXPECTED = ((250,), (250, 251), (354,))
+#: An address that needs no quoting nor checking: printable ASCII, no space or brackets.
+_PLAIN_ADDRESS = re.compile(r"[!#-'*-+\--9=?A-Z^-~]+@[!#-'*-+\--9=?A-Z^-~]+")
+
+
+def _address(address: str) -> bytes:
+    """`<address>` for MAIL or RCPT; anything unusual is parsed and checked by aiosmtplib."""
+    if _PLAIN_ADDRESS.fullmatch(address) is None:
+        address = parse_address(address)
+    return b"<" + address.encode("ascii") + b">"
+
+
+def _check(envelope: Envelope, got: list[SMTPResponse]) -> None:
+    """Raise what aiosmtplib raises for the first refusal among MAIL, RCPT and DATA (a DATA
+    after a refused RCPT is refused too, RFC 2920: the RCPT's reply is the one that counts)."""
+    mail, *rest = got
+    if mail.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, envelope.sender)
+    rcpt, *rest = rest
+    if rcpt.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, envelope.recipient)
+    [data] = rest
+    if data.code != 354:
+        raise aiosmtplib.SMTPDataError(data.code, data.message)
