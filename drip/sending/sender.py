@@ -20,7 +20,7 @@ from aiosmtplib import SMTPResponse
 from aiosmtplib.email import parse_address
 
 from drip.sending.message import Envelope
-from drip.sending.replies import Replies
+from drip.sending.smtp_replies import Replies
 from drip.settings import Settings
 
 IDLE_RECONNECT_SECONDS = 60.0
