@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    func,
     insert,
     literal,
     or_,
@@ -226,6 +227,7 @@ _LOG_ATTEMPTS = insert(_ATTEMPTS)
 
 
 def _move(sent: bool) -> Any:
+    """Move held rows on to one outcome, and note the version rendered (kept when None)."""
     moved = {
         "status": bindparam("r_status"),
         "last_smtp_code": bindparam("r_code"),
@@ -233,6 +235,7 @@ def _move(sent: bool) -> Any:
         **LEASE_CLEARED,
         "updated_at": bindparam("r_now"),
         "next_attempt_at": bindparam("r_retry"),
+        "version": func.coalesce(bindparam("r_version", type_=String), _OUTBOX.c.version),
     }
     if sent:
         moved["sent_at"] = bindparam("r_now")
@@ -248,9 +251,6 @@ def _move(sent: bool) -> Any:
 
 _MOVE = _move(sent=False)
 _MOVE_SENT = _move(sent=True)
-_SET_VERSION = (
-    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("v_id")).values(version=bindparam("v_version"))
-)
 
 
 def record(
@@ -282,12 +282,13 @@ def record(
             for message, result in results
         ],
     )
-    # Rows with the same outcome (a run of 250s, say) move in one statement.
-    by_result: dict[Result, list[int]] = {}
+    # Rows with the same outcome and version (a run of 250s of one lesson, say) move
+    # in one statement.
+    classes: dict[tuple[Result, str | None], list[int]] = {}
     for message, result in results:
-        by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
+        classes.setdefault((result, message.version), []).append(message.id)  # type: ignore[arg-type]
     moved: set[int] = set()
-    for result, ids in by_result.items():
+    for (result, version), ids in classes.items():
         values = {
             "r_ids": ids,
             "r_worker": worker,
@@ -296,16 +297,10 @@ def record(
             "r_text": result.log_text,
             "r_now": now,
             "r_retry": result.retry_at if result.status == OutboxStatus.deferred else None,
+            "r_version": version,
         }
         stmt = _MOVE_SENT if result.status == OutboxStatus.sent else _MOVE
         moved.update(bind.execute(stmt, values).scalars())
-    versions = [
-        {"v_id": message.id, "v_version": message.version}
-        for message, _ in results
-        if message.id in moved and message.version is not None
-    ]
-    if versions:
-        bind.execute(_SET_VERSION, versions)
     return moved
 
 
