@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, select, update
 from sqlmodel import Session, col
 
 from drip import hooks
@@ -101,22 +101,33 @@ def start_course(
 
 
 _PROGRESS = table_of(CourseProgress)
+_LESSONS = table_of(OutboxMessage)
 #: Built once, as the delivery's every group commit runs them: only values are bound.
 _QUEUED_SLUGS = (
     select(table_of(OutboxMessage).c.subscriber_id, table_of(OutboxMessage).c.context)
     .where(table_of(OutboxMessage).c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
     .where(table_of(OutboxMessage).c.kind == MessageKind.lesson)
 )
-_PROGRESS_OF = (
+#: Each subscriber's progress with the slugs of the lessons queued in its current round,
+#: one row per lesson (one with no slug when none is): a sent batch's reads in one query.
+_PROGRESS_AND_HISTORY = (
     select(
         _PROGRESS.c.subscriber_id,
         _PROGRESS.c.started_at,
         _PROGRESS.c.finished_at,
-        _PROGRESS.c.course_round,
         table_of(Subscriber).c.status,
         table_of(Subscriber).c.timezone,
+        _LESSONS.c.context["slug"].as_string().label("slug"),
     )
     .join(table_of(Subscriber), table_of(Subscriber).c.id == _PROGRESS.c.subscriber_id)
+    .outerjoin(
+        _LESSONS,
+        and_(
+            _LESSONS.c.subscriber_id == _PROGRESS.c.subscriber_id,
+            _LESSONS.c.kind == MessageKind.lesson,
+            func.coalesce(_LESSONS.c.context["round"].as_integer(), 1) == _PROGRESS.c.course_round,
+        ),
+    )
     .where(_PROGRESS.c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
 )
 _PROGRESS_DUE = (
@@ -176,14 +187,19 @@ def after_send(
     Returns the subscribers whose course this finished.
 
     Delivery records a whole batch of sends in one transaction, so this reads the
-    batch's progress and history in two queries and writes it back in one statement.
+    batch's progress and history in one query and writes it back in one statement.
     """
-    found = bind.execute(_PROGRESS_OF, {"s_ids": list(subscriber_ids)}).all()
-    history = _queued_slugs_of(bind, {row.subscriber_id: row.course_round for row in found})
+    found: dict[int, Any] = {}
+    history: dict[int, set[str]] = {}
+    for row in bind.execute(_PROGRESS_AND_HISTORY, {"s_ids": list(subscriber_ids)}):
+        found[row.subscriber_id] = row
+        queued = history.setdefault(row.subscriber_id, set())
+        if row.slug is not None:
+            queued.add(row.slug)
     changes = []
     finishing = []
-    for row in found:
-        queued = history.get(row.subscriber_id, set())
+    for row in found.values():
+        queued = history[row.subscriber_id]
         lesson = next_lesson(course, queued)
         due, finished = None, row.finished_at
         if lesson is None:
