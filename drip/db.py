@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -203,6 +204,8 @@ def lock(session: Session, row: SQLModel) -> None:
 #: Rows as the driver returned them, each value converted as SQLAlchemy would.
 DriverRows = list[tuple[Any, ...]]
 _GIVEN = object()  # a parameter the caller gives, not a value bound in the statement
+#: A Sized statement's parameter of one item: the item's key, then its place.
+_PLACED = re.compile(r"(.+)_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -210,16 +213,18 @@ class _Form:
     """A statement as one driver takes it."""
 
     sql: str
-    #: Per parameter, in the driver's order: its name, its conversion, and its value
-    #: when the statement binds it itself (already converted), else _GIVEN.
-    binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
+    names: tuple[str, ...]
+    #: Per parameter, in the driver's order: the place of the item it comes from (None:
+    #: not an item's), its key there or in the parameters, its conversion, and its
+    #: value when the statement binds it itself (already converted), else _GIVEN.
+    binds: tuple[tuple[int | None, str, Callable[[Any], Any] | None, Any], ...]
     positional: bool
     #: Per column of the rows it returns (RETURNING, SELECT): its conversion.
     results: tuple[Callable[[Any], Any] | None, ...]
     returns: bool
 
 
-def _compile(statement: ClauseElement, dialect: Dialect) -> _Form:
+def _compile(statement: ClauseElement, dialect: Dialect, *, placed: bool) -> _Form:
     compiled = statement.compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
     if (
@@ -233,33 +238,45 @@ def _compile(statement: ClauseElement, dialect: Dialect) -> _Form:
     by_name = {name: bind for bind, name in compiled.bind_names.items()}
     order = compiled.positiontup if dialect.positional else list(by_name)
     assert order is not None
-    binds = []
+    binds: list[tuple[int | None, str, Callable[[Any], Any] | None, Any]] = []
     for name in order:
         bind = by_name[name]
         if bind.callable is not None:
             raise ValueError("a DriverStatement takes no values computed at execution")
         convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if bind.required:
-            binds.append((name, convert, _GIVEN))
-        else:
+        if not bind.required:
             value = bind.effective_value
-            binds.append((name, None, value if convert is None else convert(value)))
+            binds.append((None, name, None, value if convert is None else convert(value)))
+        elif placed and (item := _PLACED.fullmatch(name)):
+            binds.append((int(item[2]), item[1], convert, _GIVEN))
+        else:
+            binds.append((None, name, convert, _GIVEN))
     columns = getattr(statement, "exported_columns", ())
     results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
-    return _Form(compiled.string, tuple(binds), dialect.positional, results, bool(columns))
+    return _Form(
+        compiled.string, tuple(order), tuple(binds), dialect.positional, results, bool(columns)
+    )
 
 
-def _arguments(form: _Form, params: Mapping[str, Any]) -> Any:
+def _arguments(
+    form: _Form, params: Mapping[str, Any], items: Sequence[Mapping[str, Any]] = ()
+) -> Any:
+    """The driver's parameters: `params`, and the `items` of a Sized statement (a place
+    past the last item takes the last)."""
     values = []
-    for name, convert, fixed in form.binds:
-        if fixed is _GIVEN:
-            value = params[name]
-            values.append(value if convert is None else convert(value))
-        else:
+    last = len(items) - 1
+    for place, key, convert, fixed in form.binds:
+        if fixed is not _GIVEN:
             values.append(fixed)
+            continue
+        if place is None:
+            value = params[key]
+        else:
+            value = items[place if place <= last else last][key]
+        values.append(value if convert is None else convert(value))
     if form.positional:
         return tuple(values)
-    return dict(zip((name for name, _, _ in form.binds), values, strict=True))
+    return dict(zip(form.names, values, strict=True))
 
 
 def _connection(bind: Session | Connection) -> Connection:
@@ -313,15 +330,16 @@ class DriverStatement:
     and not echoed to SQLAlchemy's log.
     """
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, placed: bool = False) -> None:
         self.statement = statement
+        self._placed = placed
         self._forms: dict[tuple[str, str], _Form] = {}
 
     def form(self, dialect: Dialect) -> _Form:
         key = (dialect.name, dialect.driver)
         found = self._forms.get(key)
         if found is None:
-            found = self._forms[key] = _compile(self.statement, dialect)
+            found = self._forms[key] = _compile(self.statement, dialect, placed=self._placed)
         return found
 
     def rows(self, bind: Session | Connection, params: Mapping[str, Any]) -> DriverRows:
@@ -338,7 +356,8 @@ SIZED_CHUNK = 16
 class Sized:
     """A DriverStatement over a list of items (the ids of an IN list, the rows of an
     INSERT): `build(n)` makes it for n items, whose parameters it names by place, an
-    item's `id` being `id_0`, `id_1`... Compiled once per length; past SIZED_CHUNK items
+    item's `id` being `id_0`, `id_1`... (so the others' names do not end in `_` and a
+    number). Compiled once per length; past SIZED_CHUNK items
     it runs in chunks. `pad`: lengths are rounded up to a power of two by repeating the
     last item, so only five lengths are ever compiled; right where a repeat changes
     nothing (an IN list, a CASE), not for rows to insert."""
@@ -351,7 +370,7 @@ class Sized:
     def _sized(self, size: int) -> DriverStatement:
         found = self._sizes.get(size)
         if found is None:
-            found = self._sizes[size] = DriverStatement(self._build(size))
+            found = self._sizes[size] = DriverStatement(self._build(size), placed=True)
         return found
 
     def rows(
@@ -361,15 +380,13 @@ class Sized:
         items: Sequence[Mapping[str, Any]],
     ) -> DriverRows:
         """Execute for these items, in chunks past SIZED_CHUNK; every chunk's rows."""
+        conn = _connection(bind)
         rows: DriverRows = []
         for start in range(0, len(items), SIZED_CHUNK):
             chunk = items[start : start + SIZED_CHUNK]
             size = 1 << (len(chunk) - 1).bit_length() if self._pad else len(chunk)
-            given = dict(params)
-            for place in range(size):
-                item = chunk[min(place, len(chunk) - 1)]
-                given.update((f"{key}_{place}", value) for key, value in item.items())
-            rows += self._sized(size).rows(bind, given)
+            form = self._sized(size).form(conn.dialect)
+            rows += _on_driver(conn, form, _arguments(form, params, chunk))
         return rows
 
 
