@@ -27,7 +27,7 @@ from sqlmodel import Session, col
 from drip import health
 from drip.clock import Clock, utcnow
 from drip.db import insert_ignoring, read_scope, session_scope
-from drip.health import WINDOW, MailOnly, rates_since
+from drip.health import WINDOW, Limits, MailOnly, rates_since
 from drip.models import (
     Alert,
     DeliveryAttempt,
@@ -94,13 +94,13 @@ def conditions(settings: Settings, session: Session, now: datetime) -> dict[str,
 
     found["smtp_failing"] = _smtp_failing(session, mail, now, after)
 
-    rates = rates_since(session, now - WINDOW)
-    if rates.bounces_over(settings):
+    rates, limits = rates_since(session, now - WINDOW), Limits.of(settings)
+    if rates.bounces_over(limits):
         found["bounces_high"] = (
             f"{rates.bounce_percent:.2f}% of {rates.delivered} messages in 7 days bounced "
             f"(limit {settings.max_bounce_percent:g}%)"
         )
-    if rates.complaints_over(settings):
+    if rates.complaints_over(limits):
         found["complaints_high"] = (
             f"{rates.complaint_percent:.2f}% of {rates.delivered} messages in 7 days were "
             f"reported as spam (limit {settings.max_complaint_percent:g}%)"

@@ -7,9 +7,10 @@ from drip.course import CourseError, load_course
 from drip.db import DatabaseError, get_engine, schema_state
 from drip.deliverability import setting_problems
 from drip.keycheck import KeyMismatch, inspect_key
-from drip.render import RenderError, render_email, sample_context, template_names
+from drip.render import render_email, sample_context, template_names
 from drip.sending.message import PackMissing, check_pack
 from drip.settings import Settings, SettingsError
+from drip.templating import RenderError
 
 REQUIRED_EMAILS = ("confirm", "welcome", "newsletter")
 

@@ -32,7 +32,7 @@ from sqlmodel import Session, col
 from drip import scanners
 from drip.db import for_update
 from drip.models import Click, MessageKind, OutboxMessage
-from drip.render import Rendered
+from drip.templating import Rendered
 
 #: All of a message's links fetched within this span: a scanner, not a reader.
 ALL_AT_ONCE = timedelta(seconds=3)

@@ -91,11 +91,7 @@ def record_event(engine: Engine, settings: Settings, event: Event, now: datetime
 def find_message(session: Session, secret: str, event: Event) -> OutboxMessage | None:
     """The outbox row an event proves to be about, or None."""
     if event.tag is not None:
-        ident = verp.tag_id(event.tag)
-        row = session.get(OutboxMessage, ident) if ident is not None else None
-        if row is None or row.id is None:
-            return None
-        return row if verp.verify(secret, event.tag, row.id, row.message_id) else None
+        return verp.signed_message(session, secret, event.tag)
     if event.message_id:
         wanted = event.message_id.strip()
         if not wanted.startswith("<"):

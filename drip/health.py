@@ -44,6 +44,23 @@ _COUNTED = (OutboxStatus.sent, OutboxStatus.bounced, OutboxStatus.complained)
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How many bounces and complaints are too many, judged on at least `min_messages`."""
+
+    max_bounce_percent: float
+    max_complaint_percent: float
+    min_messages: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.max_bounce_percent,
+            settings.max_complaint_percent,
+            settings.health_min_messages,
+        )
+
+
+@dataclass(frozen=True)
 class Rates:
     delivered: int
     bounced: int
@@ -57,15 +74,15 @@ class Rates:
     def complaint_percent(self) -> float:
         return 100.0 * self.complained / self.delivered if self.delivered else 0.0
 
-    def bounces_over(self, settings: Settings) -> bool:
+    def bounces_over(self, limits: Limits) -> bool:
         """Hard bounces over the limit, on enough messages to judge."""
-        enough = self.delivered >= settings.health_min_messages
-        return enough and self.bounce_percent > settings.max_bounce_percent
+        enough = self.delivered >= limits.min_messages
+        return enough and self.bounce_percent > limits.max_bounce_percent
 
-    def complaints_over(self, settings: Settings) -> bool:
+    def complaints_over(self, limits: Limits) -> bool:
         """Complaints over the limit, on enough messages to judge."""
-        enough = self.delivered >= settings.health_min_messages
-        return enough and self.complaint_percent > settings.max_complaint_percent
+        enough = self.delivered >= limits.min_messages
+        return enough and self.complaint_percent > limits.max_complaint_percent
 
 
 @dataclass(frozen=True)
@@ -77,9 +94,7 @@ class Health:
     #: (lesson template, rates) over the last 30 days, in template order.
     lessons: list[tuple[str, Rates]]
     hold: SendingHold | None
-    max_bounce_percent: float
-    max_complaint_percent: float
-    min_messages: int
+    limits: Limits
 
 
 #: Outbox rows that are emails: webhook rows (drip.hooks) never count as mail.
@@ -224,12 +239,13 @@ def judge(settings: Settings, engine: Engine, now: datetime) -> str | None:
 
 
 def over_limit(settings: Settings, rates: Rates) -> str | None:
-    if rates.complaints_over(settings):
+    limits = Limits.of(settings)
+    if rates.complaints_over(limits):
         return (
             f"complaints at {rates.complaint_percent:.2f}% ({rates.complained} of "
             f"{rates.delivered} delivered), over the {settings.max_complaint_percent:g}% limit"
         )
-    if rates.bounces_over(settings):
+    if rates.bounces_over(limits):
         return (
             f"hard bounces at {rates.bounce_percent:.2f}% ({rates.bounced} of "
             f"{rates.delivered} delivered), over the {settings.max_bounce_percent:g}% limit"
@@ -266,7 +282,5 @@ def health(settings: Settings, session: Session, now: datetime) -> Health:
         newsletters=[(subjects.get(i, f"#{i}"), letters[i]) for i in sorted(ids, reverse=True)],
         lessons=sorted(lessons.items()),
         hold=hold(session),
-        max_bounce_percent=settings.max_bounce_percent,
-        max_complaint_percent=settings.max_complaint_percent,
-        min_messages=settings.health_min_messages,
+        limits=Limits.of(settings),
     )

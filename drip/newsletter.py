@@ -51,9 +51,10 @@ from drip.models import (
     UTCDateTime,
 )
 from drip.newsletter_body import LetterTemplate
-from drip.render import Rendered, render_email, sample_context
+from drip.render import render_email, sample_context
 from drip.sending.outbox import dedupe_key_sql
 from drip.settings import Settings
+from drip.templating import Rendered
 
 #: Subscribers per transaction: big enough that round trips do not count, small enough
 #: that a crash loses little and SQLite's write lock is held briefly.

@@ -30,7 +30,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
 from drip.plaintext import html_to_text
-from drip.render import RenderError, first_name
+from drip.templating import RenderError, first_name
 
 #: What `{{ name }}` says for a reader who gave no name: "Hi there,".
 NAME_FALLBACK = "there"

@@ -1,28 +1,24 @@
 """Render an email from its template pair in `emails/`: NAME.html and NAME.txt.
 
 The HTML template extends `base.html` and sets the subject in a `subject` block;
-its CSS is inlined (css-inline) so Gmail and Outlook show it as designed. Any
-error names the template and line, and nothing half-rendered ever leaves.
+its CSS is inlined (css-inline) so Gmail and Outlook show it as designed
+(drip.templating). A reader's email is filled into its template's skeleton when the
+template allows (drip.skeleton), the same email to the byte. Sample values for
+previews and checks are here too.
 """
 
 from __future__ import annotations
 
-import html as html_lib
-import sys
-import traceback
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import css_inline
-import jinja2
-
 from drip.course import Course, CourseError, load_course
-from drip.errors import DripError
 from drip.identity import identity
 from drip.pace import Pace
 from drip.settings import Settings
+from drip.skeleton import fill
+from drip.templating import Rendered, from_scratch
 
 SAMPLE_CONTEXT: dict[str, Any] = {
     "name": "Sam",
@@ -99,84 +95,16 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
     return context
 
 
-#: Never fetch a stylesheet over the network: emails are built from local files only.
-_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
-
-
-class RenderError(DripError):
-    """A template could not be rendered; the message names the template and line."""
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    html: str
-    text: str
-
-
-def first_name(name: str | None) -> str:
-    """The first word of a name, for a greeting ("Hi Sam"); "" when there is no name."""
-    words = (name or "").split()
-    return words[0] if words else ""
-
-
 @cache
-def environment(emails_dir: Path) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(emails_dir)),
-        autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["first_name"] = first_name
-    return env
-
-
-def _where(exc: BaseException, fallback: str) -> str:
-    """'name.html, line N' from a Jinja error or the template frame in its traceback."""
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return (
-            f"{exc.filename and Path(exc.filename).name or exc.name or fallback}, line {exc.lineno}"
-        )
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename.endswith((".html", ".txt")):
-            return f"{Path(frame.filename).name}, line {frame.lineno}"
-    return fallback
-
-
-def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> tuple[str, str]:
-    try:
-        template = env.get_template(name)
-        body = template.render(context)
-        subject = ""
-        if "subject" in template.blocks:
-            ctx = template.new_context(context)
-            subject = "".join(template.blocks["subject"](ctx))
-        return body, subject
-    except jinja2.TemplateNotFound as exc:
-        raise RenderError(f"{exc.name}: template not found") from None
-    except Exception as exc:  # noqa: BLE001 - any template failure is reported the same way
-        message = getattr(exc, "message", None) or str(exc)
-        raise RenderError(f"{_where(exc, name)}: {message}").with_traceback(
-            sys.exc_info()[2]
-        ) from None
+def _resolved(emails_dir: Path) -> Path:
+    return emails_dir.resolve()
 
 
 def render_email(emails_dir: Path, name: str, context: dict[str, Any]) -> Rendered:
-    env = environment(emails_dir.resolve())
-    html, subject = _render(env, f"{name}.html", context)
-    text, _ = _render(env, f"{name}.txt", context)
-    # The subject block is rendered with HTML escaping on; a header wants the plain text.
-    subject = html_lib.unescape(" ".join(subject.split()))
-    if not subject:
-        raise RenderError(f"{name}.html: no subject (add a {{% block subject %}})")
-    try:
-        html = _INLINER.inline(html)
-    except ValueError as exc:
-        raise RenderError(f"{name}.html: CSS could not be inlined ({exc})") from None
-    return Rendered(subject=subject, html=html, text=text)
+    """`name`'s email for `context`. The same email, to the byte, as Jinja and css-inline
+    make from scratch; filled into a skeleton of it when the template allows."""
+    emails_dir = _resolved(emails_dir)
+    return fill(emails_dir, name, context) or from_scratch(emails_dir, name, context)
 
 
 def template_names(emails_dir: Path) -> list[str]:

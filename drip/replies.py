@@ -64,13 +64,7 @@ def signed(secret: str) -> Resolve:
     """Resolve a tag only if drip signed it for exactly that message (drip.verp.verify)."""
 
     def resolve(session: Session, tag: str) -> OutboxMessage | None:
-        ident = verp.tag_id(tag)
-        if ident is None:
-            return None
-        row = session.get(OutboxMessage, ident)
-        if row is None or not verp.verify(secret, tag, ident, row.message_id):
-            return None
-        return row
+        return verp.signed_message(session, secret, tag)
 
     return resolve
 

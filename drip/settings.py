@@ -7,6 +7,7 @@ plain line that names the variable instead of a traceback deep in a send.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -53,6 +54,32 @@ def read_key_file(path: Path) -> str | None:
         raise SettingsError(f"DRIP_SECRET_KEY_FILE: cannot read {path} ({exc})") from None
 
 
+#: DRIP_WORKER_PROCESSES when unset: a number, or "auto" for one per core.
+WORKER_PROCESSES_DEFAULT: int | Literal["auto"] = 1
+
+
+def parse_processes(value: object) -> int | Literal["auto"]:
+    """DRIP_WORKER_PROCESSES or `drip worker --processes`: a whole number from 1, or `auto`."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError("must be a whole number of processes, or auto for one per core") from None
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class SettingsError(DripError):
     """A setting is missing or wrong; the message names it in plain words."""
 
@@ -95,6 +122,9 @@ class Settings(BaseSettings):
     # drip's own knobs, each with a default that suits a small course.
     emails_dir: Path = Path("emails")
     worker_interval: float = Field(30.0, gt=0, description="seconds between scheduler passes")
+    #: Delivery processes `drip worker` runs: one runs the scheduler's passes, the others
+    #: only deliver (drip.sending.processes). `auto`: one per core.
+    worker_processes: int | Literal["auto"] = WORKER_PROCESSES_DEFAULT
     smtp_timeout: float = Field(30.0, gt=0)
     retry_first_minutes: float = Field(5.0, gt=0)
     retry_max_hours: float = Field(6.0, gt=0)
@@ -179,6 +209,11 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")) or len(url) > 1000:
                 raise ValueError(f"{url[:80]!r} is not an http:// or https:// URL")
         return value
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _worker_processes(cls, value: object) -> int | Literal["auto"]:
+        return parse_processes(value)
 
     @field_validator("database_url")
     @classmethod
@@ -313,6 +348,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def worker_process_count(self) -> int:
+        """DRIP_WORKER_PROCESSES as a number: `auto` is one per core."""
+        return cores() if self.worker_processes == "auto" else self.worker_processes
 
     @property
     def dkim_enabled(self) -> bool:

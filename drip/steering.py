@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Literal
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -46,6 +47,7 @@ from drip.progress import lesson_key, lesson_message
 from drip.sending.outbox import enqueue_many, held_for, hold, unhold
 from drip.sending.outbox import skip as skip_messages
 from drip.sendtime import newsletter_days, send_moment
+from drip.settings import Settings
 from drip.subscribers import find_by_email
 
 #: A lesson of the current round in these states is the one the reader is at: not sent
@@ -326,3 +328,30 @@ def actions(session: Session, subscriber_id: int) -> list[CourseAction]:
             .order_by(col(CourseAction.at).desc(), col(CourseAction.id).desc())
         ).scalars()
     )
+
+
+#: The actions, as the CLI's commands and the admin's buttons name them.
+Action = Literal["pause", "resume", "skip", "restart"]
+
+
+def apply(
+    session: Session,
+    subscriber: Subscriber,
+    action: Action,
+    course: Course,
+    settings: Settings,
+    now: datetime,
+    source: str,
+    to: str | None = None,
+) -> Steered:
+    """One action by name, with what it needs from the settings: the one dispatch the CLI
+    and the admin share. `to` is skip's target slug."""
+    pace = Pace(settings.minutes_per_day)
+    if action == "pause":
+        return pause(session, subscriber, now, source)
+    if action == "resume":
+        return resume(session, subscriber, course, now, source, pace)
+    if action == "skip":
+        domain = settings.sender_address.domain
+        return skip(session, subscriber, course, domain, now, source, to, pace)
+    return restart(session, subscriber, course, now, source, pace)

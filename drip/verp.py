@@ -16,7 +16,9 @@ import hashlib
 import hmac
 import re
 
-from drip.models import MAX_ID
+from sqlmodel import Session
+
+from drip.models import MAX_ID, OutboxMessage
 
 #: The local part of the bounce addresses: `bounces+TAG@domain`.
 BOUNCES = "bounces"
@@ -74,3 +76,12 @@ def tags_in(text: str, domain: str) -> list[str]:
         re.IGNORECASE,
     )
     return list(dict.fromkeys(m.lower() for m in pattern.findall(text)))
+
+
+def signed_message(session: Session, secret: str, tag: str) -> OutboxMessage | None:
+    """The outbox row `tag` names, only if drip signed the tag for exactly that message."""
+    ident = tag_id(tag)
+    row = session.get(OutboxMessage, ident) if ident is not None else None
+    if row is None or row.id is None or not verify(secret, tag, row.id, row.message_id):
+        return None
+    return row

@@ -53,7 +53,8 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
         return set(session.execute(select(OutboxMessage.message_id)).scalars())
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A real `drip worker` (with `options`) on these settings, its output to `log`."""
     env = {
         **os.environ,
         "DRIP_DATABASE_URL": settings.database_url,
@@ -67,7 +68,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "drip.cli", "worker"], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "drip.cli", "worker", *options], env=env, stdout=out, stderr=out
         )
 
 

@@ -21,8 +21,8 @@ from drip import clicks, scanners
 from drip.db import get_engine, read_scope, upgrade
 from drip.models import Click, OutboxMessage
 from drip.operator_actions import subscriber_data
-from drip.render import Rendered
 from drip.settings import Settings
+from drip.templating import Rendered
 from drip.web.app import create_app
 from tests.browser import serving
 from tests.conftest import EMAILS, SECRET, SettingsFactory

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from drip import figure
 from drip.course import load_course
-from drip.render import SAMPLE_CONTEXT, Rendered, render_email, template_names
+from drip.render import SAMPLE_CONTEXT, render_email, template_names
+from drip.templating import Rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAILS = ROOT / "emails"

@@ -87,6 +87,9 @@ def test_bounces_over_the_limit_pause_newsletters_until_the_operator_resumes(
     assert "Newsletter sending is paused" in page.text
     assert "hard bounces at 3.00%" in page.text
     assert "Last 7 days" in page.text
+    # The rates over a limit are marked, by the same rule that paused the newsletters.
+    assert '<td class="num over">6 (3.00%)</td>' in page.text
+    assert '<td class="num">0 (0.00%)</td>' in page.text
     assert "First" in page.text
     # The resume button needs the CSRF token.
     assert client.post("/admin/newsletters/resume", data={"csrf": "0" * 64}).status_code == 403

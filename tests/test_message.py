@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import random
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +13,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from drip.render import Rendered
 from drip.sending.message import PACK_FILENAME, Unaddressable, compose
 from drip.settings import Settings, load_settings
+from drip.templating import Rendered
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 RENDERED = Rendered(subject="Lesson 1 of 8: Trigger points", html="<p>Hi</p>", text="Hi\n")
@@ -253,3 +254,28 @@ def test_reply_to_and_threading_headers_when_given_and_never_injected() -> None:
             now=NOW,
             in_reply_to="<q@x>\r\nBcc: victim@example.com",
         )
+
+
+def test_quoted_printable_line_by_line_is_the_whole_text_encoded_at_once() -> None:
+    """The per-line cache writes what one b2a_qp call over the whole text writes: the
+    shipped emails, and random lines around the 76-character limit with the characters
+    quoted-printable treats specially (trailing blanks, a leading dot, =, non-ASCII)."""
+    from drip.render import render_email, template_names
+    from drip.sending.message import _quoted_printable, _whole_quoted_printable
+    from tests.test_content import EMAILS, context_for
+
+    texts: list[str] = []
+    for name in template_names(EMAILS):
+        rendered = render_email(EMAILS, name, context_for(name))
+        texts += [rendered.html, rendered.text]
+    rng = random.Random(7)
+    alphabet = list("ab =.\t \xe9\u20ac\n\n\r=x0-_")
+    for _ in range(20000):
+        size = rng.choice([5, 30, 70, 74, 75, 76, 77, 78, 80, 150, 300])
+        text = "".join(
+            rng.choice(alphabet) if rng.random() < 0.3 else "a" for _ in range(rng.randint(0, size))
+        )
+        ends = rng.choice(["", " ", "\t", ".", "\n", "=", " \n", "\n.", ".\n", "\t\n\n"])
+        texts.append(rng.choice(["", ".", " ", "\n"]) + text + ends)
+    for text in texts:
+        assert _quoted_printable(text) == _whole_quoted_printable(text), repr(text)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser
 
 from drip.render import render_email
+from drip.templating import RenderError
 from tests.test_content import EMAILS, NAMES, context_for
+from tests.test_skeleton import HTML, STYLE, write
 
 PHONE = {"width": 375, "height": 667}
 #: SpamAssassin 4's `__STY_INVIS` (behind STY_INVIS_DIRECT and HTML_TEXT_INVISIBLE_STYLE).
@@ -75,3 +78,12 @@ def test_the_preheader_is_hidden_without_tricks_spam_filters_score(
     assert box is not None
     assert box["height"] == 0
     assert box["width"] == 0
+
+
+def test_a_broken_template_still_names_its_line(tmp_path: Path) -> None:
+    write(tmp_path, "x", HTML + STYLE + "\n\n<p>{{ name }</p></body></html>")
+    with pytest.raises(RenderError, match=r"x\.html, line 3"):
+        render_email(tmp_path, "x", {"name": "Ann"})
+    write(tmp_path, "x", HTML + STYLE + "\n\n<p>{{ name }}{{ nothing }}</p></body></html>")
+    with pytest.raises(RenderError, match=r"x\.html, line 3: 'nothing' is undefined"):
+        render_email(tmp_path, "x", {"name": "Ann"})

@@ -63,27 +63,18 @@ def _run(settings: Settings, start: datetime, end: datetime, step: timedelta) ->
 
 
 def _act(
-    settings: Settings, engine: Engine, what: str, sub: Subscriber, now: datetime, **extra: object
+    settings: Settings,
+    engine: Engine,
+    what: steering.Action,
+    sub: Subscriber,
+    now: datetime,
+    to: str | None = None,
 ) -> steering.Steered:
     course = load_course(settings.emails_dir)
     with session_scope(engine) as session:
         found = session.get(Subscriber, sub.id)
         assert found is not None
-        if what == "pause":
-            return steering.pause(session, found, now, "test")
-        if what == "resume":
-            return steering.resume(session, found, course, now, "test")
-        if what == "skip":
-            return steering.skip(
-                session,
-                found,
-                course,
-                "localhost",
-                now,
-                "test",
-                **extra,  # type: ignore[arg-type]
-            )
-        return steering.restart(session, found, course, now, "test")
+        return steering.apply(session, found, what, course, settings, now, "test", to)
 
 
 def _first_lesson(settings: Settings, engine: Engine, email: str) -> tuple[Subscriber, datetime]:

@@ -24,7 +24,7 @@ from drip.clock import parse_instant, utcnow
 from drip.db import ensure_schema, get_engine, upgrade, upgrade_sql
 from drip.keycheck import adopt_key
 from drip.logs import configure as configure_logs
-from drip.settings import Settings, SettingsError, load_settings
+from drip.settings import Settings, SettingsError, load_settings, parse_processes
 
 app = typer.Typer(
     cls=Commands,
@@ -211,11 +211,26 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            help="delivery processes, this one included: a number, or auto for one per "
+            "core; DRIP_WORKER_PROCESSES when not given",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """The scheduler only: a pass every DRIP_WORKER_INTERVAL seconds until SIGTERM."""
     from drip.sending.worker import preflight, run_worker
 
     settings = load_settings()
+    if processes is not None:
+        try:
+            settings.worker_processes = parse_processes(processes)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--processes") from None
     _ready(settings)
     preflight(settings)
     configure_logs(settings.log_format)

@@ -14,8 +14,9 @@ import typer
 
 from drip.cli.output import fail
 from drip.pack import DEFAULT_OUT, DEFAULT_SOURCE, build_pack
-from drip.render import Rendered, render_email, sample_context, template_names
+from drip.render import render_email, sample_context, template_names
 from drip.settings import load_settings
+from drip.templating import Rendered
 
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
 

@@ -13,7 +13,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -22,16 +21,14 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from drip import steering
 from drip.cli.output import PROBLEMS, console, err, fail, print_lines, wide
 from drip.clock import utcnow
-from drip.course import Course, load_course
+from drip.course import load_course
 from drip.db import ensure_schema, get_engine, read_scope, session_scope
 from drip.keycheck import adopt_key
 from drip.models import Subscriber
-from drip.pace import Pace
 from drip.printable import one_line, printable
 from drip.sendlog import (
     KINDS,
@@ -45,7 +42,6 @@ from drip.sendlog import (
     parse_since,
 )
 from drip.settings import Settings, load_settings
-from drip.steering import Steered
 from drip.subscriber_csv import (
     ImportFileError,
     count_records,
@@ -380,13 +376,14 @@ def export_command(
 # -- drip subscribers pause / resume / skip / restart -------------------------------------
 
 
-def _steer(email: str, act: Callable[[Session, Subscriber, Course, Settings], Steered]) -> None:
+def _steer(email: str, action: steering.Action, to: str | None = None) -> None:
     """Run one course action on one reader in one transaction, and say what it did."""
     settings = load_settings()
     engine = _engine(settings)
     course = load_course(settings.emails_dir)
     with session_scope(engine) as session:
-        done = act(session, steering.find(session, email), course, settings)
+        found = steering.find(session, email)
+        done = steering.apply(session, found, action, course, settings, utcnow(), "cli", to)
     if done.changed:
         console().print(f"{email}: {done.detail}", markup=False, soft_wrap=True)
     else:
@@ -399,21 +396,13 @@ EMAIL = Annotated[str, typer.Argument(help="the subscriber's address")]
 @subscribers_app.command("pause")
 def pause_command(email: EMAIL) -> None:
     """Hold their course: nothing of it goes (a queued lesson waits, not lost) until resume."""
-    _steer(
-        email,
-        lambda session, sub, _course, _settings: steering.pause(session, sub, utcnow(), "cli"),
-    )
+    _steer(email, "pause")
 
 
 @subscribers_app.command("resume")
 def resume_command(email: EMAIL) -> None:
     """Let their course go on from where it stopped: the next lesson, then the normal gaps."""
-    _steer(
-        email,
-        lambda session, sub, course, settings: steering.resume(
-            session, sub, course, utcnow(), "cli", Pace(settings.minutes_per_day)
-        ),
-    )
+    _steer(email, "resume")
 
 
 @subscribers_app.command("skip")
@@ -424,27 +413,10 @@ def skip_command(
     ] = None,
 ) -> None:
     """Skip their next lesson, or every lesson before --to SLUG; it is never sent to them."""
-    _steer(
-        email,
-        lambda session, sub, course, settings: steering.skip(
-            session,
-            sub,
-            course,
-            settings.sender_address.domain,
-            utcnow(),
-            "cli",
-            to,
-            Pace(settings.minutes_per_day),
-        ),
-    )
+    _steer(email, "skip", to)
 
 
 @subscribers_app.command("restart")
 def restart_command(email: EMAIL) -> None:
     """Start their course again from the first lesson (a normal delay after the last sent)."""
-    _steer(
-        email,
-        lambda session, sub, course, settings: steering.restart(
-            session, sub, course, utcnow(), "cli", Pace(settings.minutes_per_day)
-        ),
-    )
+    _steer(email, "restart")

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import cast
 
 import dkim
 import idna
 
 from drip.errors import DripError
-from drip.render import Rendered
 from drip.settings import Settings
+from drip.templating import Rendered
 
 PACK_FILENAME = "trigger-point-information-pack.pdf"
 CRLF = "\r\n"
@@ -102,9 +103,41 @@ def mailbox(name: str, address: str, header: str = "To") -> str:
     return f"{encoded} <{address}>"
 
 
-def _quoted_printable(text: str) -> str:
+def _whole_quoted_printable(text: str) -> str:
     body = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     return body.decode("ascii").replace("\n", CRLF)
+
+
+#: Lines already encoded. Most lines of an email are its template's, the same in every
+#: reader's copy; cleared when full, so a long run's readers' own lines do not pile up.
+_LINES: dict[str, str] = {}
+_LINES_KEPT = 4096
+
+
+def _line(line: str) -> str:
+    """One line and its line break, quoted-printable: as encoding the whole text writes
+    it, since b2a_qp starts each line afresh and looks no further than its line break."""
+    encoded = _LINES.get(line)
+    if encoded is None:
+        if len(_LINES) >= _LINES_KEPT:
+            _LINES.clear()
+        body = binascii.b2a_qp(line.encode("utf-8") + b"\n", istext=True)
+        encoded = _LINES[line] = body.decode("ascii").replace("\n", CRLF)
+    return encoded
+
+
+def _quoted_printable(text: str) -> str:
+    """`text` quoted-printable with CRLF line ends, line by line from `_LINES`."""
+    if "\r" in text:  # a CR could make b2a_qp choose CRLF line ends for the whole text
+        return _whole_quoted_printable(text)
+    *lines, last = text.split("\n")
+    known = list(map(_LINES.get, lines))  # most lines, at C speed
+    encoded = known
+    if None in known:
+        encoded = [e or _line(line) for e, line in zip(known, lines, strict=True)]
+    if last:
+        encoded.append(_whole_quoted_printable(last))
+    return "".join(cast(list[str], encoded))
 
 
 def _text_part(subtype: str, text: str) -> str:
@@ -186,7 +219,7 @@ def compose(
         "From": mailbox(sender.display_name, sender.addr_spec, "From"),
         "To": mailbox(name, recipient),
         "Subject": _encoded(rendered.subject, "Subject"),
-        "Date": format_datetime(now),
+        "Date": _date(now.replace(microsecond=0)),
         "Message-ID": _checked(message_id, "Message-ID"),
     }
     if reply_to:
@@ -213,6 +246,12 @@ def compose(
         signed = [h for h in DKIM_HEADERS if h in headers] + ["Content-Type"]
         data = _sign(settings, data, signed)
     return Envelope(sender=bounce_address or sender.addr_spec, recipient=recipient, data=data)
+
+
+@lru_cache(maxsize=4)
+def _date(now: datetime) -> str:
+    """The Date header, made once per second of sending."""
+    return format_datetime(now)
 
 
 @cache

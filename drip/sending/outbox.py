@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     SQLColumnExpression,
     String,
     and_,
@@ -49,6 +50,7 @@ from drip.models import (
     MessageKind,
     OutboxMessage,
     OutboxStatus,
+    UTCDateTime,
 )
 from drip.printable import printable
 from drip.settings import Settings
@@ -157,22 +159,45 @@ def claim(
     `held` kind (newsletters paused by sender health) stay where they are. `only`:
     claim none but these rows (a test send delivering its own message).
     """
+    stmt = _claim_statement(engine, lease, frozenset(held), only is not None)
+    params: dict[str, Any] = {"c_now": now, "c_limit": limit, "c_worker": worker}
+    if only is not None:
+        params["c_only"] = list(only)
+    with session_scope(engine) as session:
+        rows = list(session.execute(stmt, params).scalars().all())
+    rows.sort(key=lambda r: (r.next_attempt_at or now, r.id or 0))
+    return rows
+
+
+#: Claim statements, built once per database kind, lease, held kinds and `only` or not:
+#: each claim binds its values instead of building and hashing a new statement.
+_CLAIMS: dict[tuple[str, timedelta, frozenset[MessageKind], bool], Any] = {}
+
+
+def _claim_statement(
+    engine: Engine, lease: timedelta, held: frozenset[MessageKind], only: bool
+) -> Any:
+    key = (engine.dialect.name, lease, held, only)
+    stmt = _CLAIMS.get(key)
+    if stmt is not None:
+        return stmt
     free = or_(
         col(OutboxMessage.lease_until).is_(None),
         col(OutboxMessage.lease_until) <= database_now(engine),
     )
+    now = bindparam("c_now", type_=UTCDateTime())
     due = and_(col(OutboxMessage.next_attempt_at) <= now, free)
     if held:
-        due = and_(due, col(OutboxMessage.kind).not_in(list(held)))
-    if only is not None:
-        due = and_(due, col(OutboxMessage.id).in_(list(only)))
+        due = and_(due, col(OutboxMessage.kind).not_in(sorted(held)))
+    if only:
+        due = and_(due, col(OutboxMessage.id).in_(bindparam("c_only", expanding=True)))
     pick = (
         select(col(OutboxMessage.id))
         .where(due)
         .order_by(col(OutboxMessage.next_attempt_at))
-        .limit(limit)
+        .limit(bindparam("c_limit", type_=Integer()))
     )
-    stmt = (
+    stmt = _CLAIMS[key] = (
         update(OutboxMessage)
         # Rows another worker is claiming right now are skipped, not waited for.
         .where(col(OutboxMessage.id).in_(unlocked(engine, pick)))
@@ -180,17 +205,14 @@ def claim(
         .values(
             status=OutboxStatus.sending,
             lease_until=database_now(engine, lease),
-            leased_by=worker,
+            leased_by=bindparam("c_worker", type_=String()),
             attempts=col(OutboxMessage.attempts) + 1,
             updated_at=now,
         )
         .returning(OutboxMessage)
         .execution_options(synchronize_session=False)
     )
-    with session_scope(engine) as session:
-        rows = list(session.execute(stmt).scalars().all())
-    rows.sort(key=lambda r: (r.next_attempt_at or now, r.id or 0))
-    return rows
+    return stmt
 
 
 @dataclass(frozen=True)

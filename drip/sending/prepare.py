@@ -8,6 +8,7 @@ use drip.render's sample values instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -30,19 +31,34 @@ from drip.newsletter import stored_letter
 from drip.newsletter_body import LetterTemplate
 from drip.pace import Pace
 from drip.pack_link import pack_url
-from drip.render import RenderError, render_email, sample_context
+from drip.render import render_email, sample_context
 from drip.replies import REPLY_KINDS, reply_address
 from drip.sending.message import Envelope, PackMissing, Unaddressable, compose
 from drip.sending.outbox import Result, retry_or_give_up
 from drip.sending.post import Post
 from drip.settings import Settings
 from drip.subscribers import confirm_salt
+from drip.templating import RenderError
 from drip.tokens import make_token
 from drip.versions import template_version
 
 #: Emails whose text is their template's alone, so its version says what went out
 #: (a newsletter's or an answer's text is in the database, not the template).
 VERSIONED_KINDS = (MessageKind.confirm, MessageKind.welcome, MessageKind.lesson)
+
+
+def run_context(settings: Settings, course: Course | None) -> dict[str, Any]:
+    """The template variables that are the same in every email of a run: the course and
+    its author (drip.identity), and when the first lesson comes."""
+    title = course.title if course else ""
+    context: dict[str, Any] = {
+        "base_url": settings.base_url,
+        "course_title": title,
+        **identity(settings, title).context(),
+    }
+    if course is not None:  # true also under drip dev --minutes-per-day
+        context.update(Pace(settings.minutes_per_day).first_lesson(course))
+    return context
 
 
 def email_context(
@@ -52,40 +68,36 @@ def email_context(
     row: OutboxMessage,
     subscriber: Subscriber,
     kind: MessageKind | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The template variables of `row`'s email to `subscriber`: links, course, and last
     the values fixed when the row was queued. `kind`: render as this kind of email (a
-    test send's), not the row's own."""
+    test send's), not the row's own. `constants`: `run_context`, if already made."""
     kind = kind or row.kind
     base = settings.base_url
-    # The link names this email too, so leaving through it is attributed to it.
-    unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe", row.id)
-    context: dict[str, Any] = {
-        # The confirmation goes to an address nobody has vouched for yet: none of the
-        # visitor's words go in it (a name with a link would make drip a spam cannon).
-        "name": "" if kind == MessageKind.confirm else subscriber.name,
-        "email": subscriber.email,
-        "base_url": base,
-        "course_title": course.title if course else "",
-        **identity(settings, course.title if course else "").context(),
-        "pack_url": None,
-        # Newsletters too? A repeated signup's choice counts once its link is followed,
-        # so the confirmation it asks for already speaks of it.
-        "newsletter": bool(
-            (subscriber.pending_signup or {}).get("newsletter", subscriber.newsletter)
-        ),
-        "unsubscribe_url": None
-        if kind == MessageKind.confirm
-        else f"{base}/unsubscribe/{unsubscribe}",
-    }
-    if course is not None:  # true also under drip dev --minutes-per-day
-        context.update(Pace(settings.minutes_per_day).first_lesson(course))
+    context = dict(run_context(settings, course) if constants is None else constants)
+    # The confirmation goes to an address nobody has vouched for yet: none of the
+    # visitor's words go in it (a name with a link would make drip a spam cannon).
+    context["name"] = "" if kind == MessageKind.confirm else subscriber.name
+    context["email"] = subscriber.email
+    context["pack_url"] = None
+    # Newsletters too? A repeated signup's choice counts once its link is followed,
+    # so the confirmation it asks for already speaks of it.
+    pending = subscriber.pending_signup
+    context["newsletter"] = bool(
+        pending.get("newsletter", subscriber.newsletter) if pending else subscriber.newsletter
+    )
+    if kind == MessageKind.confirm:
+        context["unsubscribe_url"] = None
+        confirm = make_token(secret, confirm_salt(subscriber), "confirm")
+        context["confirm_url"] = f"{base}/confirm/{confirm}"
+    else:
+        # The link names this email too, so leaving through it is attributed to it.
+        unsubscribe = make_token(secret, subscriber.token_salt, "unsubscribe", row.id)
+        context["unsubscribe_url"] = f"{base}/unsubscribe/{unsubscribe}"
     if kind == MessageKind.welcome and settings.pack_delivery == "link":
         assert subscriber.id is not None
         context["pack_url"] = pack_url(base, secret, subscriber.id, subscriber.token_salt)
-    if kind == MessageKind.confirm:
-        confirm = make_token(secret, confirm_salt(subscriber), "confirm")
-        context["confirm_url"] = f"{base}/confirm/{confirm}"
     context.update(row.context)
     return context
 
@@ -116,6 +128,9 @@ class Preparer:
         self.course = course
         self.clock = clock
         self._newsletters: dict[int, LetterTemplate] = {}
+        self._constants = run_context(settings, course)
+        #: Per template: its two files, their (mtime, size) and the version they make.
+        self._versions: dict[str, tuple[tuple[str, str], tuple[int, ...], str | None]] = {}
 
     def _bounce_address(self, row: OutboxMessage) -> str | None:
         """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
@@ -142,6 +157,24 @@ class Preparer:
             return None
         reason = f"lesson {slug!r} was removed from the course"
         return Result(OutboxStatus.skipped, None, reason, moves_on=True)
+
+    def _version(self, template: str) -> str | None:
+        """`template_version`, worked out again only when a file's stat says it changed."""
+        known = self._versions.get(template)
+        if known is None:
+            folder = self.settings.emails_dir
+            paths = (f"{folder}/{template}.html", f"{folder}/{template}.txt")
+            known = self._versions[template] = (paths, (), None)
+        paths, stamps, version = known
+        try:
+            html, text = os.stat(paths[0]), os.stat(paths[1])
+        except OSError:
+            return None
+        now = (html.st_mtime_ns, html.st_size, text.st_mtime_ns, text.st_size)
+        if now != stamps:
+            version = template_version(self.settings.emails_dir, template)
+            self._versions[template] = (paths, now, version)
+        return version
 
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
         """Read the newsletters these rows carry, each once per run."""
@@ -175,7 +208,9 @@ class Preparer:
         if removed is not None:
             return removed
         letter = self._newsletters.get(row.newsletter_id) if row.newsletter_id else None
-        context = email_context(self.settings, self.secret, self.course, row, subscriber)
+        context = email_context(
+            self.settings, self.secret, self.course, row, subscriber, constants=self._constants
+        )
         return self._build(row, row.kind, context, letter)
 
     def _prepare_test(self, row: OutboxMessage, subscriber: Subscriber | None) -> Envelope | Result:
@@ -189,7 +224,9 @@ class Preparer:
         else:
             context = sample_context(self.settings, row.template)
             context.update(
-                email_context(self.settings, self.secret, self.course, row, subscriber, kind)
+                email_context(
+                    self.settings, self.secret, self.course, row, subscriber, kind, self._constants
+                )
             )
         letter = testmail.letter_of(row.context)
         # The sample reader's name greets, but is not put on an address that is not theirs.
@@ -212,7 +249,7 @@ class Preparer:
             if test:
                 rendered = replace(rendered, subject=testmail.SUBJECT_PREFIX + rendered.subject)
             elif row.kind in VERSIONED_KINDS:
-                row.version = template_version(self.settings.emails_dir, row.template)
+                row.version = self._version(row.template)
             if self.settings.click_tracking and row.kind == MessageKind.lesson and row.id:
                 base = self.settings.base_url
                 rendered = clicks.track_links(rendered, base, self.secret, row.id)

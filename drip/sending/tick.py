@@ -9,6 +9,7 @@ then runs on from that moment.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -82,7 +83,10 @@ async def run_pass(
     *,
     worker: str | None = None,
     stop: asyncio.Event | None = None,
+    queued_hook: Callable[[], None] | None = None,
 ) -> PassReport:
+    """`queued_hook` is called once what is due is queued, before delivery: `drip worker`
+    wakes its other delivery processes with it (drip.sending.processes)."""
     engine = get_engine(settings.database_url)
     clock = travelling_clock(now)
     worker = worker or worker_name()
@@ -96,6 +100,8 @@ async def run_pass(
     # Confirmation reminders, and unconfirmed signups expired with their data.
     reminded, _ = await asyncio.to_thread(unconfirmed.tend, settings, engine, clock())
     queued = reminded + await asyncio.to_thread(queue_due, settings, engine, clock())
+    if queued_hook is not None:
+        queued_hook()
     delivery = Delivery(settings, engine, worker=worker, clock=clock, stop=stop)
     report = await delivery.run()
     # Bounces and complaints of this pass (or reported since) may pause newsletters.

@@ -6,6 +6,9 @@ one pass at a time, and a generous misfire grace stops a busy machine from silen
 skipping passes.
 On SIGTERM/SIGINT the current pass finishes the messages on the wire, hands the
 rest back, and the process exits.
+With DRIP_WORKER_PROCESSES (or `--processes`) above 1, this process also keeps that many
+minus one delivery processes running beside it (drip.sending.processes), and stops them
+with it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from drip.clock import utcnow
 from drip.course import load_course
 from drip.sending.delivery import worker_name
 from drip.sending.message import check_pack
+from drip.sending.processes import Deliverers
 from drip.sending.tick import run_pass
 from drip.settings import Settings
 
@@ -34,18 +38,25 @@ def preflight(settings: Settings) -> None:
 
 
 async def run_worker(
-    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    handle_signals: bool = True,
+    processes: int | None = None,
 ) -> None:
+    """`processes`: this one and the delivery-only ones; DRIP_WORKER_PROCESSES when None."""
     stop = stop or asyncio.Event()
     name = worker_name()
     busy = asyncio.Lock()
+    count = settings.worker_process_count if processes is None else processes
+    others = Deliverers(settings, max(count - 1, 0))
 
     async def one_pass() -> None:
         async with busy:
             if stop.is_set():
                 return
             try:
-                report = await run_pass(settings, worker=name, stop=stop)
+                report = await run_pass(settings, worker=name, stop=stop, queued_hook=others.wake)
             except Exception:  # a failed pass is logged; the next one tries again
                 log.exception("scheduler pass failed")
                 return
@@ -82,14 +93,18 @@ async def run_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     scheduler.start()
-    log.info("worker %s: a pass every %gs", name, interval)
+    others.start()
+    more = f", and {others.count} delivery-only process(es)" if others.count else ""
+    log.info("worker %s: a pass every %gs%s", name, interval, more)
     try:
         await stop.wait()
     finally:
+        others.terminate()  # they stop at the same time as this pass, not after it
         # Let the pass under way finish what is on the wire and release the rest, before
         # the scheduler's shutdown would cancel it mid-send.
         async with busy:
             scheduler.shutdown(wait=False)
+        await others.wait()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

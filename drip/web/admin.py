@@ -59,7 +59,6 @@ from drip.operator_actions import (
     retry_message,
     subscriber_data,
 )
-from drip.pace import Pace
 from drip.render import template_names
 from drip.sendlog import KINDS, LOG_STATUSES, LogFilter, entries, parse_since
 from drip.settings import Settings
@@ -507,31 +506,23 @@ def build_admin_router(
             )
         return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=unsubscribed", 303)
 
-    def steer(request: Request, subscriber_id: int, action: str, to: str | None = None) -> Response:
+    def steer(
+        request: Request, subscriber_id: int, action: steering.Action, to: str | None = None
+    ) -> Response:
         """One course action from the subscriber's page; the domain says what it did."""
         course = current_course()
         if course is None:
             return problem(
                 request, 409, "Not done", "The course file has problems: run drip check."
             )
-        now = utcnow()
-        pace = Pace(settings.minutes_per_day)
         try:
             with session_scope(engine) as session:
                 found = session.get(Subscriber, subscriber_id)
                 if found is None:
                     return problem(request, 404, "No such subscriber", f"#{subscriber_id}")
-                if action == "pause":
-                    done = steering.pause(session, found, now, "admin")
-                elif action == "resume":
-                    done = steering.resume(session, found, course, now, "admin", pace)
-                elif action == "skip":
-                    domain = settings.sender_address.domain
-                    done = steering.skip(
-                        session, found, course, domain, now, "admin", to or None, pace
-                    )
-                else:
-                    done = steering.restart(session, found, course, now, "admin", pace)
+                done = steering.apply(
+                    session, found, action, course, settings, utcnow(), "admin", to or None
+                )
         except steering.SteeringError as exc:
             return problem(request, 409, "Not done", f"Not done: {exc}.")
         outcome = f"course-{action}" if done.changed else "course-unchanged"

@@ -5,7 +5,7 @@ gave the message or the VERP envelope sender. A VERP tag proves itself (its HMAC
 Message-ID is believed because the provider's signature covers it, and only if that
 message went to the recipient the event names; without either, the event falls on the
 last message sent to the recipient. Nothing else in the body is believed. Then
-`drip.feedback.record_event`, the step a bounce at send time, `drip inbound` and the
+`drip.feedback.record_on`, the step a bounce at send time, `drip inbound` and the
 bounce mailbox end in too, records it and applies the policy.
 """
 
@@ -20,7 +20,7 @@ from sqlmodel import Session, col
 from drip import verp
 from drip.db import insert_ignoring, read_scope, session_scope
 from drip.errors import DripError
-from drip.feedback import Event, Kind, Recorded, record_event
+from drip.feedback import Event, Kind, Recorded, record_on
 from drip.models import OutboxMessage, WebhookReceipt
 from drip.settings import Settings
 from drip.webhooks.events import FRESH_SECONDS, Batch, ProviderEvent
@@ -55,20 +55,15 @@ def find_message(session: Session, event: ProviderEvent) -> OutboxMessage | None
     )
 
 
-def as_event(session: Session, event: ProviderEvent) -> Event | None:
-    """The recording step's Event for a provider's, or None when it names no message."""
+def message_of(session: Session, secret: str, event: ProviderEvent) -> OutboxMessage | None:
+    """The message a provider's event is about, or None when it names none of ours."""
     _, tag, _ = verp.split(event.envelope_sender or "")
-    if tag is not None and verp.tag_id(tag) is not None:
-        # Proves itself (or nothing) in record_event; the recipient must still match.
-        row = session.get(OutboxMessage, verp.tag_id(tag))
+    ident = verp.tag_id(tag) if tag is not None else None
+    if tag is not None and ident is not None:
+        row = session.get(OutboxMessage, ident)
         if row is not None and row.email.lower() == event.recipient.lower():
-            return Event(_KIND[event.kind], event.provider, tag=tag, diagnostic=event.detail)
-    row = find_message(session, event)
-    if row is None:
-        return None
-    return Event(
-        _KIND[event.kind], event.provider, message_id=row.message_id, diagnostic=event.detail
-    )
+            return verp.signed_message(session, secret, tag)  # proves itself, or nothing
+    return find_message(session, event)
 
 
 def record(settings: Settings, engine: Engine, batch: Batch, now: datetime) -> int:
@@ -77,15 +72,18 @@ def record(settings: Settings, engine: Engine, batch: Batch, now: datetime) -> i
         with read_scope(engine) as session:
             if session.get(WebhookReceipt, batch.once_key[:200]) is not None:
                 raise Replayed(batch.once_key)
+    secret = settings.require_secret()
     recorded = 0
     for provided in batch.events:
-        with read_scope(engine) as session:
-            event = as_event(session, provided)
-        if event is None:
-            log.info("%s %s: no message of ours", provided.provider, provided.kind)
-            continue
-        if record_event(engine, settings, event, now) == Recorded.recorded:
-            recorded += 1
+        # Found and recorded in one transaction, so the row is read once.
+        with session_scope(engine) as session:
+            row = message_of(session, secret, provided)
+            if row is None:
+                log.info("%s %s: no message of ours", provided.provider, provided.kind)
+                continue
+            event = Event(_KIND[provided.kind], provided.provider, diagnostic=provided.detail)
+            if record_on(session, settings, row, event, now) == Recorded.recorded:
+                recorded += 1
     if batch.once_key is not None:
         _remember(engine, batch.once_key[:200], now)
     return recorded
