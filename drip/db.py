@@ -243,6 +243,9 @@ def _compile(statement: ClauseElement, dialect: Dialect, *, placed: bool) -> _Fo
         bind = by_name[name]
         if bind.callable is not None:
             raise ValueError("a DriverStatement takes no values computed at execution")
+        if bind.required and bind.type._isnull:
+            # Untyped, it would skip its column's conversion (naive UTC, SQLite's text).
+            raise ValueError(f"a DriverStatement's parameter needs its type: {name}")
         convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if not bind.required:
             value = bind.effective_value

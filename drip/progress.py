@@ -22,6 +22,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Connection,
+    Integer,
     and_,
     bindparam,
     case,
@@ -141,7 +142,9 @@ _PROGRESS_AND_HISTORY = Sized(
                 == _PROGRESS.c.course_round,
             ),
         )
-        .where(_PROGRESS.c.subscriber_id.in_([bindparam(f"id_{i}") for i in range(n)]))
+        .where(
+            _PROGRESS.c.subscriber_id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)])
+        )
     ),
     pad=True,
 )

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, bindparam, insert, literal, select, text, update
+from sqlalchemy import Engine, Integer, bindparam, func, insert, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import SQLModel
 
@@ -26,7 +26,7 @@ from drip.db import (
     session_scope,
     table_of,
 )
-from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus
+from drip.models import DeliveryAttempt, MessageKind, OutboxMessage, OutboxStatus, UTCDateTime
 from drip.sending.outbox import NewMessage, enqueue
 from tests.conftest import PG_ADMIN
 
@@ -165,15 +165,23 @@ def test_a_sized_statement_takes_any_number_of_items(engine: Engine) -> None:
     length (padded with a repeat, cut in chunks) matching each row once."""
     row_id = _queued(engine)
     attempts = table_of(DeliveryAttempt)
-    log = Sized(
-        lambda n: insert(attempts).values(
-            [{"outbox_id": row_id, "status": "sent", "at": bindparam(f"at_{i}")} for i in range(n)]
-        ),
-        pad=False,
-    )
+
+    def build(typed: bool) -> Sized:
+        at = attempts.c.at.type if typed else None
+        return Sized(
+            lambda n: insert(attempts).values(
+                [
+                    {"outbox_id": row_id, "status": "sent", "at": bindparam(f"at_{i}", type_=at)}
+                    for i in range(n)
+                ]
+            ),
+            pad=False,
+        )
+
+    log = build(typed=True)
     pick = Sized(
         lambda n: select(attempts.c.id).where(
-            attempts.c.id.in_([bindparam(f"id_{i}") for i in range(n)])
+            attempts.c.id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)])
         ),
         pad=True,
     )
@@ -182,6 +190,11 @@ def test_a_sized_statement_takes_any_number_of_items(engine: Engine) -> None:
         log.rows(conn, {}, [{"at": now + timedelta(seconds=n)} for n in range(37)])
         ids = list(conn.execute(select(attempts.c.id).order_by(attempts.c.id)).scalars())
         assert len(ids) == 37
+        # Stored as SQLAlchemy stores them: equal in SQL to the same times bound by it.
+        same = select(func.count()).where(attempts.c.at == bindparam("at", type_=UTCDateTime()))
+        assert conn.execute(same, {"at": now + timedelta(seconds=3)}).scalar() == 1
+        with pytest.raises(ValueError, match="needs its type"):  # else stored unconverted
+            build(typed=False).rows(conn, {}, [{"at": now}, {"at": now}])
         for some in (ids[:1], ids[:5], ids[3:20], ids):
             found = [row_id for (row_id,) in pick.rows(conn, {}, [{"id": i} for i in some])]
             assert sorted(found) == some

@@ -252,16 +252,22 @@ def retry_or_give_up(
 #: driver's cursor (drip.db.DriverStatement): a group commit only binds its values.
 _ATTEMPTS = table_of(DeliveryAttempt)
 _OUTBOX = table_of(OutboxMessage)
+#: The send log's columns an attempt sets, and their parameters' names.
+_LOGGED = {
+    "outbox_id": "a_outbox",
+    "at": "a_at",
+    "status": "a_status",
+    "smtp_code": "a_code",
+    "smtp_message": "a_text",
+    "worker": "a_worker",
+}
+#: Typed as their columns: a multi-row VALUES does not lend its columns' types.
 _LOG_ATTEMPTS = Sized(
     lambda n: insert(_ATTEMPTS).values(
         [
             {
-                "outbox_id": bindparam(f"a_outbox_{i}"),
-                "at": bindparam(f"a_at_{i}"),
-                "status": bindparam(f"a_status_{i}"),
-                "smtp_code": bindparam(f"a_code_{i}"),
-                "smtp_message": bindparam(f"a_text_{i}"),
-                "worker": bindparam(f"a_worker_{i}"),
+                column: bindparam(f"{name}_{i}", type_=_ATTEMPTS.c[column].type)
+                for column, name in _LOGGED.items()
             }
             for i in range(n)
         ]
@@ -286,7 +292,7 @@ def _move(sent: bool) -> Sized:
     return Sized(
         lambda n: (
             update(_OUTBOX)
-            .where(_OUTBOX.c.id.in_([bindparam(f"id_{i}") for i in range(n)]))
+            .where(_OUTBOX.c.id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)]))
             .where(_OUTBOX.c.leased_by == bindparam("r_worker"))
             .where(_OUTBOX.c.status == OutboxStatus.sending)
             .values(**moved)
