@@ -11,24 +11,29 @@ groups, so the cost is one sync per group (bench/durability.py measures it).
 This module is also the one place where the two databases differ in SQL: a
 conflict-ignoring insert, row locks (PostgreSQL's FOR UPDATE; SQLite needs none, its
 BEGIN IMMEDIATE already holds the write lock), picking rows other transactions are
-not holding, the database's own clock, a median of durations, and reports' settings.
-Other modules call these helpers and never ask which database it is.
+not holding, the database's own clock, a median of durations, and reports' settings;
+and how a statement's parameters reach each driver, for the few statements run on the
+driver's own cursor (`DriverStatement`). Other modules call these helpers and never ask
+which database it is.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ClauseElement,
     ColumnElement,
     Connection,
     Engine,
@@ -44,7 +49,9 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel
 
@@ -192,6 +199,198 @@ def lock(session: Session, row: SQLModel) -> None:
         session.refresh(row, with_for_update=True)
     else:
         session.refresh(row)
+
+
+#: Rows as the driver returned them, each value converted as SQLAlchemy would.
+DriverRows = list[tuple[Any, ...]]
+_GIVEN = object()  # a parameter the caller gives, not a value bound in the statement
+#: A Sized statement's parameter of one item: the item's key, then its place.
+_PLACED = re.compile(r"(.+)_(\d+)")
+
+
+@dataclass(frozen=True)
+class _Form:
+    """A statement as one driver takes it."""
+
+    sql: str
+    names: tuple[str, ...]
+    #: Per parameter, in the driver's order: the place of the item it comes from (None:
+    #: not an item's), its key there or in the parameters, its conversion, and its
+    #: value when the statement binds it itself (already converted), else _GIVEN.
+    binds: tuple[tuple[int | None, str, Callable[[Any], Any] | None, Any], ...]
+    positional: bool
+    #: Per column of the rows it returns (RETURNING, SELECT): its conversion.
+    results: tuple[Callable[[Any], Any] | None, ...]
+    returns: bool
+
+
+def _compile(statement: ClauseElement, dialect: Dialect, *, placed: bool) -> _Form:
+    compiled = statement.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    if (
+        compiled.post_compile_params
+        or compiled.literal_execute_params
+        or compiled.escaped_bind_names
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
+    ):
+        raise ValueError("a DriverStatement takes no expanding IN, literal or default values")
+    by_name = {name: bind for bind, name in compiled.bind_names.items()}
+    order = compiled.positiontup if dialect.positional else list(by_name)
+    assert order is not None
+    binds: list[tuple[int | None, str, Callable[[Any], Any] | None, Any]] = []
+    for name in order:
+        bind = by_name[name]
+        if bind.callable is not None:
+            raise ValueError("a DriverStatement takes no values computed at execution")
+        if bind.required and bind.type._isnull:
+            # Untyped, it would skip its column's conversion (naive UTC, SQLite's text).
+            raise ValueError(f"a DriverStatement's parameter needs its type: {name}")
+        convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if not bind.required:
+            value = bind.effective_value
+            binds.append((None, name, None, value if convert is None else convert(value)))
+        elif placed and (item := _PLACED.fullmatch(name)):
+            binds.append((int(item[2]), item[1], convert, _GIVEN))
+        else:
+            binds.append((None, name, convert, _GIVEN))
+    columns = getattr(statement, "exported_columns", ())
+    results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+    return _Form(
+        compiled.string, tuple(order), tuple(binds), dialect.positional, results, bool(columns)
+    )
+
+
+def _arguments(
+    form: _Form, params: Mapping[str, Any], items: Sequence[Mapping[str, Any]] = ()
+) -> Any:
+    """The driver's parameters: `params`, and the `items` of a Sized statement (a place
+    past the last item takes the last)."""
+    values = []
+    last = len(items) - 1
+    for place, key, convert, fixed in form.binds:
+        if fixed is not _GIVEN:
+            values.append(fixed)
+            continue
+        if place is None:
+            value = params[key]
+        else:
+            value = items[place if place <= last else last][key]
+        values.append(value if convert is None else convert(value))
+    if form.positional:
+        return tuple(values)
+    return dict(zip(form.names, values, strict=True))
+
+
+def _connection(bind: Session | Connection) -> Connection:
+    """The connection, in a transaction: begun as SQLAlchemy begins one (SQLite's BEGIN
+    IMMEDIATE) if none is, since the driver's cursor bypasses SQLAlchemy's autobegin."""
+    conn = bind.connection() if isinstance(bind, Session) else bind
+    if not conn.in_transaction():
+        conn.begin()
+    return conn
+
+
+def _on_driver(conn: Connection, form: _Form, args: Any) -> DriverRows:
+    """Run on the connection's own driver cursor, in its transaction. A driver error is
+    raised as SQLAlchemy raises it (a DBAPIError), and a connection found lost is
+    invalidated, so the pool never hands it out again."""
+    dbapi = conn.dialect.loaded_dbapi
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(form.sql, args)
+        rows: DriverRows = list(cursor.fetchall()) if form.returns else []
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, raw, cursor)
+        with suppress(dbapi.Error):
+            cursor.close()
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            form.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+    cursor.close()
+    if rows and any(form.results):
+        converts = form.results
+        return [
+            tuple(v if f is None else f(v) for f, v in zip(converts, row, strict=True))
+            for row in rows
+        ]
+    return rows
+
+
+class DriverStatement:
+    """A Core statement compiled once per database and run on the driver's own cursor.
+
+    For the few statements every group commit of a delivery runs: SQLAlchemy's path
+    around an execution (parameter processing, result set-up, events) costs several
+    times what the driver does for these. The SQL, the parameters' order and each
+    value's conversion (times as naive UTC, SQLite's dates as text) still come from
+    SQLAlchemy's compiler and types, once per dialect; a driver's error is raised as
+    SQLAlchemy's. Not for expanding IN lists (`Sized`) or Python-side column defaults,
+    and not echoed to SQLAlchemy's log.
+    """
+
+    def __init__(self, statement: ClauseElement, *, placed: bool = False) -> None:
+        self.statement = statement
+        self._placed = placed
+        self._forms: dict[tuple[str, str], _Form] = {}
+
+    def form(self, dialect: Dialect) -> _Form:
+        key = (dialect.name, dialect.driver)
+        found = self._forms.get(key)
+        if found is None:
+            found = self._forms[key] = _compile(self.statement, dialect, placed=self._placed)
+        return found
+
+    def rows(self, bind: Session | Connection, params: Mapping[str, Any]) -> DriverRows:
+        """Execute once; the rows it returns (RETURNING, SELECT), else none."""
+        conn = _connection(bind)
+        form = self.form(conn.dialect)
+        return _on_driver(conn, form, _arguments(form, params))
+
+
+#: The most items a Sized statement takes at once; more go in several.
+SIZED_CHUNK = 16
+
+
+class Sized:
+    """A DriverStatement over a list of items (the ids of an IN list, the rows of an
+    INSERT): `build(n)` makes it for n items, whose parameters it names by place, an
+    item's `id` being `id_0`, `id_1`... (so the others' names do not end in `_` and a
+    number). Compiled once per length; past SIZED_CHUNK items
+    it runs in chunks. `pad`: lengths are rounded up to a power of two by repeating the
+    last item, so only five lengths are ever compiled; right where a repeat changes
+    nothing (an IN list, a CASE), not for rows to insert."""
+
+    def __init__(self, build: Callable[[int], ClauseElement], *, pad: bool) -> None:
+        self._build = build
+        self._pad = pad
+        self._sizes: dict[int, DriverStatement] = {}
+
+    def _sized(self, size: int) -> DriverStatement:
+        found = self._sizes.get(size)
+        if found is None:
+            found = self._sizes[size] = DriverStatement(self._build(size), placed=True)
+        return found
+
+    def rows(
+        self,
+        bind: Session | Connection,
+        params: Mapping[str, Any],
+        items: Sequence[Mapping[str, Any]],
+    ) -> DriverRows:
+        """Execute for these items, in chunks past SIZED_CHUNK; every chunk's rows."""
+        conn = _connection(bind)
+        rows: DriverRows = []
+        for start in range(0, len(items), SIZED_CHUNK):
+            chunk = items[start : start + SIZED_CHUNK]
+            size = 1 << (len(chunk) - 1).bit_length() if self._pad else len(chunk)
+            form = self._sized(size).form(conn.dialect)
+            rows += _on_driver(conn, form, _arguments(form, params, chunk))
+        return rows
 
 
 def _tune_sqlite(engine: Engine) -> None:

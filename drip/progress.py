@@ -18,12 +18,23 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 from sqlmodel import Session, col
 
 from drip import hooks
 from drip.course import Course, Lesson
-from drip.db import for_update, table_of
+from drip.db import Sized, for_update, table_of
 from drip.models import (
     CourseProgress,
     MessageKind,
@@ -101,39 +112,76 @@ def start_course(
 
 
 _PROGRESS = table_of(CourseProgress)
-#: Built once, as the delivery's every group commit runs them: only values are bound.
+_LESSONS = table_of(OutboxMessage)
+#: Built once, as a pass runs them: only values are bound. The delivery's every group
+#: commit runs after_send's on the driver's cursor (drip.db.DriverStatement).
 _QUEUED_SLUGS = (
     select(table_of(OutboxMessage).c.subscriber_id, table_of(OutboxMessage).c.context)
     .where(table_of(OutboxMessage).c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
     .where(table_of(OutboxMessage).c.kind == MessageKind.lesson)
 )
-_PROGRESS_OF = (
-    select(
-        _PROGRESS.c.subscriber_id,
-        _PROGRESS.c.started_at,
-        _PROGRESS.c.finished_at,
-        _PROGRESS.c.course_round,
-        table_of(Subscriber).c.status,
-        table_of(Subscriber).c.timezone,
-    )
-    .join(table_of(Subscriber), table_of(Subscriber).c.id == _PROGRESS.c.subscriber_id)
-    .where(_PROGRESS.c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
+#: Each subscriber's progress with the slugs of the lessons queued in its current round,
+#: one row per lesson (one with no slug when none is): a sent batch's reads in one query.
+_PROGRESS_AND_HISTORY = Sized(
+    lambda n: (
+        select(
+            _PROGRESS.c.subscriber_id,
+            _PROGRESS.c.started_at,
+            _PROGRESS.c.finished_at,
+            table_of(Subscriber).c.status,
+            table_of(Subscriber).c.timezone,
+            _LESSONS.c.context["slug"].as_string().label("slug"),
+        )
+        .join(table_of(Subscriber), table_of(Subscriber).c.id == _PROGRESS.c.subscriber_id)
+        .outerjoin(
+            _LESSONS,
+            and_(
+                _LESSONS.c.subscriber_id == _PROGRESS.c.subscriber_id,
+                _LESSONS.c.kind == MessageKind.lesson,
+                func.coalesce(_LESSONS.c.context["round"].as_integer(), 1)
+                == _PROGRESS.c.course_round,
+            ),
+        )
+        .where(
+            _PROGRESS.c.subscriber_id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)])
+        )
+    ),
+    pad=True,
 )
 _PROGRESS_DUE = (
     update(_PROGRESS)
     .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))
     .values(next_due_at=bindparam("p_due"))
 )
-_PROGRESS_AFTER_SEND = (
-    update(_PROGRESS)
-    .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))
-    .values(
-        lessons_sent=bindparam("p_lessons"),
-        last_sent_at=bindparam("p_last"),
-        next_due_at=bindparam("p_due"),
-        finished_at=bindparam("p_finished"),
+
+
+def _after_send(n: int) -> Any:
+    """The progress of n subscribers written back in one UPDATE: each column a CASE on the
+    subscriber (one statement, not the driver's executemany of n)."""
+    subscriber = _PROGRESS.c.subscriber_id
+    ids: list[BindParameter[int]] = [
+        bindparam(f"p_id_{i}", type_=subscriber.type) for i in range(n)
+    ]
+
+    def each(name: str, column: Any) -> Any:
+        return case(
+            {ids[i]: bindparam(f"{name}_{i}", type_=column.type) for i in range(n)},
+            value=subscriber,
+        )
+
+    return (
+        update(_PROGRESS)
+        .where(subscriber.in_(ids))
+        .values(
+            lessons_sent=each("p_lessons", _PROGRESS.c.lessons_sent),
+            last_sent_at=bindparam("p_last", type_=_PROGRESS.c.last_sent_at.type),
+            next_due_at=each("p_due", _PROGRESS.c.next_due_at),
+            finished_at=each("p_finished", _PROGRESS.c.finished_at),
+        )
     )
-)
+
+
+_PROGRESS_AFTER_SEND = Sized(_after_send, pad=True)
 
 
 def _queued_slugs_of(bind: Session | Connection, rounds: dict[int, int]) -> dict[int, set[str]]:
@@ -176,36 +224,42 @@ def after_send(
     Returns the subscribers whose course this finished.
 
     Delivery records a whole batch of sends in one transaction, so this reads the
-    batch's progress and history in two queries and writes it back in one statement.
+    batch's progress and history in one query and writes it back in one statement.
     """
-    found = bind.execute(_PROGRESS_OF, {"s_ids": list(subscriber_ids)}).all()
-    history = _queued_slugs_of(bind, {row.subscriber_id: row.course_round for row in found})
+    found: dict[int, tuple[Any, ...]] = {}
+    history: dict[int, set[str]] = {}
+    for subscriber_id, *progress, slug in _PROGRESS_AND_HISTORY.rows(
+        bind, {}, [{"id": i} for i in subscriber_ids]
+    ):
+        found[subscriber_id] = tuple(progress)
+        queued = history.setdefault(subscriber_id, set())
+        if slug is not None:
+            queued.add(slug)
     changes = []
     finishing = []
-    for row in found:
-        queued = history.get(row.subscriber_id, set())
+    for subscriber_id, (started_at, finished_at, status, timezone) in found.items():
+        queued = history[subscriber_id]
         lesson = next_lesson(course, queued)
-        due, finished = None, row.finished_at
+        due, finished = None, finished_at
         if lesson is None:
-            if row.finished_at is None:
-                finishing.append(row.subscriber_id)
+            if finished_at is None:
+                finishing.append(subscriber_id)
             finished = sent_at
-        elif row.status == SubscriberStatus.active:
-            base = row.started_at if not queued else sent_at
+        elif status == SubscriberStatus.active:
+            base = started_at if not queued else sent_at
             due = max(base + pace.delay(lesson.delay_days), sent_at)
             if pace.uses_window:
-                due = send_moment(due, row.timezone, course)
+                due = send_moment(due, timezone, course)
         changes.append(
             {
-                "p_id": row.subscriber_id,
+                "p_id": subscriber_id,
                 "p_lessons": len(queued),
-                "p_last": sent_at,
                 "p_due": due,
                 "p_finished": finished,
             }
         )
     if changes:
-        bind.execute(_PROGRESS_AFTER_SEND, changes)
+        _PROGRESS_AFTER_SEND.rows(bind, {"p_last": sent_at}, changes)
     return finishing
 
 

@@ -9,16 +9,18 @@ from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import Engine
 
 from drip.clock import utcnow
-from drip.db import session_scope
+from drip.db import get_engine, session_scope
 from drip.models import OutboxStatus, SendBudget, Subscriber, SubscriberStatus
-from drip.sending.outbox import claim
+from drip.sending.delivery import Delivery
+from drip.sending.outbox import Result, claim
 from drip.sending.tick import run_pass
 from drip.settings import Settings
-from tests.conftest import EMAILS, SettingsFactory
+from tests.conftest import EMAILS, PG_ADMIN, SettingsFactory, truncate_pg
 from tests.factories import attempts, outbox, subscriber, tick
 from tests.mailserver import (
     MAILBOX_BUSY,
@@ -390,3 +392,30 @@ def test_a_message_deferred_past_its_lifetime_fails_with_the_reason(
     assert row.last_smtp_message is not None
     assert row.last_smtp_message.startswith("gave up after 2")
     assert [a.status for a in attempts(engine)] == ["deferred", "failed"]
+
+
+def test_a_commit_outlives_a_database_restart_between_two_commits(
+    pg_url: str, make_settings: SettingsFactory
+) -> None:
+    """Group commits hold one connection for the run. Found dead (the server restarted
+    since the last commit), it had written nothing: the commit goes through on a fresh
+    one, as the pool's ping at checkout would have had it, and nothing is recorded twice."""
+    engine = get_engine(pg_url)
+    truncate_pg(engine)
+    settings = make_settings(pg_url, 1)
+    queue_lessons(engine, 2)
+    delivery = Delivery(settings, engine, worker="w1", clock=utcnow)
+    first, second = claim(engine, "w1", utcnow(), 2, timedelta(minutes=5))
+    sent = Result(OutboxStatus.sent, 250, "OK")
+    delivery._finish([(first, sent)])
+    held = delivery._recorder
+    assert held is not None
+    backend = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    held.rollback()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (backend,))
+    delivery._finish([(second, sent)])
+    assert delivery._recorder is not held
+    assert sorted(r.status for r in outbox(engine)) == [OutboxStatus.sent] * 2
+    assert sorted(a.outbox_id for a in attempts(engine)) == sorted([first.id, second.id])
+    delivery._recorder.close()

@@ -249,3 +249,36 @@ def test_a_claim_takes_its_limit_even_when_the_planner_expects_nothing_due(
         enqueue_many(session, [_message(n) for n in range(20_000, 20_500)], "example.com", utcnow())
     assert len(claim(engine, "w1", utcnow(), 8, LEASE)) == 8
     assert _count(engine, OutboxMessage.status == OutboxStatus.sending) == 8
+
+
+def test_a_batch_past_one_statement_records_each_version_and_skips_lost_leases(
+    engine: Engine,
+) -> None:
+    """More rows than one statement takes (drip.db.SIZED_CHUNK), of two versions and none:
+    each moved row notes its version (none keeps the one stored), and the rows another
+    worker took meanwhile are left to it, with only their attempts logged."""
+    with session_scope(engine) as session:
+        enqueue_many(session, [_message(n) for n in range(1, 22)], "example.com", utcnow())
+    rows = claim(engine, "w1", utcnow(), 21, LEASE)
+    for n, row in enumerate(rows):
+        row.version = "v1" if n < 10 else "v2" if n < 20 else None
+    lost = {rows[3].id, rows[15].id}
+    with session_scope(engine) as session:
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        session.execute(update(table).where(table.c.id.in_(lost)).values(leased_by="w2"))
+        session.execute(update(table).where(table.c.id == rows[20].id).values(version="old"))
+    with session_scope(engine) as session:
+        sent = Result(OutboxStatus.sent, 250, "OK")
+        moved = record(session, [(row, sent) for row in rows], "w1", utcnow())
+    assert moved == {row.id for row in rows} - lost
+    with session_scope(engine) as session:
+        found = {r.id: r for r in session.execute(select(OutboxMessage)).scalars()}
+        logged = sorted(session.execute(select(DeliveryAttempt.outbox_id)).scalars())
+    assert logged == sorted(row.id for row in rows)
+    for n, row in enumerate(rows):
+        stored = found[row.id]
+        if row.id in lost:
+            assert (stored.status, stored.leased_by, stored.version) == ("sending", "w2", None)
+        else:
+            assert (stored.status, stored.leased_by) == (OutboxStatus.sent, None)
+            assert stored.version == ("v1" if n < 10 else "v2" if n < 20 else "old")

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 
+from sqlalchemy import Connection as DatabaseConnection
 from sqlalchemy import Engine, bindparam, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import col
 
 from drip import health
@@ -120,6 +121,9 @@ class Delivery:
         self._lease_ends: dict[int, float] = {}
         self._pending: list[tuple[OutboxMessage, Result, asyncio.Future[None]]] = []
         self._committing = False
+        #: The connection group commits run on, held for the run (one commit at a time):
+        #: no pool checkout, and on PostgreSQL no ping, per commit (`_finish`).
+        self._recorder: DatabaseConnection | None = None
         #: Set once every slot's result is pending: the commit need not wait longer.
         self._all_in: asyncio.Future[None] | None = None
         self._judged_at: datetime | None = None
@@ -153,6 +157,8 @@ class Delivery:
             over.set()
             await keeper
             await self.poster.close()
+            if self._recorder is not None:  # every commit is over: the slots waited for theirs
+                await asyncio.to_thread(self._recorder.close)
             await asyncio.to_thread(
                 release, self.engine, self.worker, list(self._lease_ends), self.clock()
             )
@@ -384,14 +390,31 @@ class Delivery:
         """Record attempts and everything that follows from them, in one transaction.
 
         A sent course email schedules the next lesson; a bounce suppresses the address.
+        On the connection held for the run's commits: one found dead before the commit
+        (the server restarted since the last one) wrote nothing, and the transaction
+        runs once more on a fresh one, as the pool's ping at checkout would have had it.
         """
         now = self.clock()
-        # A bare connection, not a session: the hot path is a few prepared Core statements.
-        with self.engine.begin() as conn:
-            moved = record(conn, results, self.worker, now)
-            # A row missing from `moved` lost its lease: whoever holds it now follows up.
-            held = [(row, result) for row, result in results if row.id in moved]
-            follow_up(conn, self.settings, held, now, self.course, self.pace)
+        for fresh in (False, True):
+            conn = self._recorder
+            if conn is None or conn.invalidated or fresh:
+                if conn is not None:
+                    conn.close()
+                conn = self._recorder = self.engine.connect()
+            transaction = conn.begin()
+            try:
+                # A bare connection, not a session: the hot path is a few prepared statements.
+                moved = record(conn, results, self.worker, now)
+                # A row missing from `moved` lost its lease: whoever holds it now follows up.
+                held = [(row, result) for row, result in results if row.id in moved]
+                follow_up(conn, self.settings, held, now, self.course, self.pace)
+            except BaseException as exc:
+                transaction.rollback()
+                if fresh or not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+                    raise
+                continue
+            transaction.commit()  # a connection lost here may have committed: no retry
+            break
         for row, result in results:
             self._lease_ends.pop(row.id or 0, None)
             self.report.add(result.status)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    func,
     insert,
     literal,
     or_,
@@ -33,7 +34,14 @@ from sqlalchemy import (
 )
 from sqlmodel import Session, col
 
-from drip.db import database_now, insert_ignoring, session_scope, table_of, unlocked
+from drip.db import (
+    Sized,
+    database_now,
+    insert_ignoring,
+    session_scope,
+    table_of,
+    unlocked,
+)
 from drip.models import (
     PENDING_STATUSES,
     RETRYABLE_STATUSES,
@@ -240,14 +248,36 @@ def retry_or_give_up(
     return Result(OutboxStatus.deferred, code, message, now + delay)
 
 
-#: The statements of every recorded result, built once: each group commit only binds
-#: its values (no statement built, no cache key computed, no ORM) on the hot path.
+#: The statements of every recorded result, compiled once per database and run on the
+#: driver's cursor (drip.db.DriverStatement): a group commit only binds its values.
 _ATTEMPTS = table_of(DeliveryAttempt)
 _OUTBOX = table_of(OutboxMessage)
-_LOG_ATTEMPTS = insert(_ATTEMPTS)
+#: The send log's columns an attempt sets, and their parameters' names.
+_LOGGED = {
+    "outbox_id": "a_outbox",
+    "at": "a_at",
+    "status": "a_status",
+    "smtp_code": "a_code",
+    "smtp_message": "a_text",
+    "worker": "a_worker",
+}
+#: Typed as their columns: a multi-row VALUES does not lend its columns' types.
+_LOG_ATTEMPTS = Sized(
+    lambda n: insert(_ATTEMPTS).values(
+        [
+            {
+                column: bindparam(f"{name}_{i}", type_=_ATTEMPTS.c[column].type)
+                for column, name in _LOGGED.items()
+            }
+            for i in range(n)
+        ]
+    ),
+    pad=False,
+)
 
 
-def _move(sent: bool) -> Any:
+def _move(sent: bool) -> Sized:
+    """Move held rows on to one outcome, and note the version rendered (kept when None)."""
     moved = {
         "status": bindparam("r_status"),
         "last_smtp_code": bindparam("r_code"),
@@ -255,24 +285,25 @@ def _move(sent: bool) -> Any:
         **LEASE_CLEARED,
         "updated_at": bindparam("r_now"),
         "next_attempt_at": bindparam("r_retry"),
+        "version": func.coalesce(bindparam("r_version", type_=String), _OUTBOX.c.version),
     }
     if sent:
         moved["sent_at"] = bindparam("r_now")
-    return (
-        update(_OUTBOX)
-        .where(_OUTBOX.c.id.in_(bindparam("r_ids", expanding=True)))
-        .where(_OUTBOX.c.leased_by == bindparam("r_worker"))
-        .where(_OUTBOX.c.status == OutboxStatus.sending)
-        .values(**moved)
-        .returning(_OUTBOX.c.id)
+    return Sized(
+        lambda n: (
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)]))
+            .where(_OUTBOX.c.leased_by == bindparam("r_worker"))
+            .where(_OUTBOX.c.status == OutboxStatus.sending)
+            .values(**moved)
+            .returning(_OUTBOX.c.id)
+        ),
+        pad=True,
     )
 
 
 _MOVE = _move(sent=False)
 _MOVE_SENT = _move(sent=True)
-_SET_VERSION = (
-    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("v_id")).values(version=bindparam("v_version"))
-)
 
 
 def record(
@@ -286,48 +317,43 @@ def record(
     Only the worker that holds a row's lease may move it on. Returns the ids it
     moved; a row missing there had lost its lease (it expired and another worker
     took it), and only its attempt is logged. Delivery passes a Connection: the
-    ORM adds nothing to these Core statements but its cost.
+    ORM adds nothing to these statements but its cost.
     """
     if not results:
         return set()
-    bind.execute(
-        _LOG_ATTEMPTS,
+    _LOG_ATTEMPTS.rows(
+        bind,
+        {},
         [
             {
-                "outbox_id": message.id,
-                "at": now,
-                "status": result.status,
-                "smtp_code": result.smtp_code,
-                "smtp_message": result.log_text,
-                "worker": worker,
+                "a_outbox": message.id,
+                "a_at": now,
+                "a_status": result.status,
+                "a_code": result.smtp_code,
+                "a_text": result.log_text,
+                "a_worker": worker,
             }
             for message, result in results
         ],
     )
-    # Rows with the same outcome (a run of 250s, say) move in one statement.
-    by_result: dict[Result, list[int]] = {}
+    # Rows with the same outcome and version (a run of 250s of one lesson, say) move
+    # in one statement.
+    classes: dict[tuple[Result, str | None], list[dict[str, Any]]] = {}
     for message, result in results:
-        by_result.setdefault(result, []).append(message.id)  # type: ignore[arg-type]
+        classes.setdefault((result, message.version), []).append({"id": message.id})
     moved: set[int] = set()
-    for result, ids in by_result.items():
+    for (result, version), ids in classes.items():
         values = {
-            "r_ids": ids,
             "r_worker": worker,
             "r_status": result.status,
             "r_code": result.smtp_code,
             "r_text": result.log_text,
             "r_now": now,
             "r_retry": result.retry_at if result.status == OutboxStatus.deferred else None,
+            "r_version": version,
         }
         stmt = _MOVE_SENT if result.status == OutboxStatus.sent else _MOVE
-        moved.update(bind.execute(stmt, values).scalars())
-    versions = [
-        {"v_id": message.id, "v_version": message.version}
-        for message, _ in results
-        if message.id in moved and message.version is not None
-    ]
-    if versions:
-        bind.execute(_SET_VERSION, versions)
+        moved.update(row_id for (row_id,) in stmt.rows(bind, values, ids))
     return moved
 
 
