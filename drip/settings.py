@@ -7,6 +7,7 @@ plain line that names the variable instead of a traceback deep in a send.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from email.headerregistry import Address
@@ -54,8 +55,11 @@ def read_key_file(path: Path) -> str | None:
         raise SettingsError(f"DRIP_SECRET_KEY_FILE: cannot read {path} ({exc})") from None
 
 
-#: DRIP_WORKER_PROCESSES when unset: a number, or "auto" for one per core.
-WORKER_PROCESSES_DEFAULT: int | Literal["auto"] = 1
+#: DRIP_WORKER_PROCESSES when unset: a number, or "auto" (`Settings.worker_process_count`).
+WORKER_PROCESSES_DEFAULT: int | Literal["auto"] = "auto"
+#: Messages a second one delivery process carries with room to spare (bench/send.py
+#: measures 300 to 500 on two shared cores): `auto` adds processes only past it.
+PROCESS_RATE = 100.0
 
 
 def parse_processes(value: object) -> int | Literal["auto"]:
@@ -351,8 +355,14 @@ class Settings(BaseSettings):
 
     @property
     def worker_process_count(self) -> int:
-        """DRIP_WORKER_PROCESSES as a number: `auto` is one per core."""
-        return cores() if self.worker_processes == "auto" else self.worker_processes
+        """DRIP_WORKER_PROCESSES as a number. `auto` uses what the machine has: one per
+        core, but only as many as DRIP_SEND_RATE needs (the default 10 a second is one
+        process's easy work, so a small server keeps one); no rate, every core."""
+        if self.worker_processes != "auto":
+            return self.worker_processes
+        if self.send_rate:
+            return max(1, min(cores(), math.ceil(self.send_rate / PROCESS_RATE)))
+        return cores()
 
     @property
     def dkim_enabled(self) -> bool:

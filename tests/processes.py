@@ -65,6 +65,9 @@ def start_worker(settings: Settings, log: Path, *options: str) -> subprocess.Pop
         "DRIP_WORKER_INTERVAL": "0.2",
         "DRIP_LEASE_SECONDS": "3",
         "DRIP_SEND_RATE": str(settings.send_rate),
+        # One process, whose crashes and races these tests count; with no rate, `auto`
+        # would start one per core (tests/test_worker_processes.py passes --processes).
+        "DRIP_WORKER_PROCESSES": "1",
     }
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
+from drip import settings as settings_module
 from drip.cli import app
 from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus
@@ -238,8 +239,17 @@ def test_a_crashed_child_is_logged_and_started_again(
 @pytest.mark.unit
 def test_processes_are_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRIP_WORKER_PROCESSES", raising=False)
+    monkeypatch.delenv("DRIP_SEND_RATE", raising=False)
+    assert load_settings(_env_file=None).worker_processes == "auto"
+    # The default rate (10 a second) is one process's easy work: a small server keeps one.
     assert load_settings(_env_file=None).worker_process_count == 1
+    monkeypatch.setattr(settings_module, "cores", lambda: 8)
+    for rate, count in (("0", 8), ("250", 3), ("100", 1), ("5000", 8)):
+        monkeypatch.setenv("DRIP_SEND_RATE", rate)
+        assert load_settings(_env_file=None).worker_process_count == count, rate
+    monkeypatch.undo()
     monkeypatch.setenv("DRIP_WORKER_PROCESSES", "auto")
+    monkeypatch.setenv("DRIP_SEND_RATE", "0")
     assert load_settings(_env_file=None).worker_process_count == cores() >= 1
     monkeypatch.setenv("DRIP_WORKER_PROCESSES", " 3 ")
     assert load_settings(_env_file=None).worker_process_count == 3
