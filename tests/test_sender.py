@@ -196,6 +196,42 @@ def test_a_reply_that_never_comes_times_out_and_delivers_nothing(
     assert recorder.raw == [TEXT + b"\r\n"]
 
 
+class _HangingUp(Recorder):
+    """Answers one recipient with 421 and closes the connection at once."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address == "busy@example.com":
+            await server.push("421 4.7.0 Too many connections, try again later")
+            server.transport.close()
+            return "421 4.7.0 closing"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.parametrize("offer", [True, False], ids=["pipelining", "one-by-one"])
+def test_a_421_before_the_server_hangs_up_defers_and_throttles(
+    tmp_path: Path, make_settings: SettingsFactory, offer: bool
+) -> None:
+    """The refusal that came before the close is the message's fate, whether MAIL, RCPT
+    and DATA went together or one by one: deferred on its code, and a throttle."""
+    recorder = _HangingUp(pipelining=offer)
+    with serve(recorder) as server:
+        settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", server.port)
+
+        async def send() -> Outcome:
+            connection = Connection(settings)
+            try:
+                return await connection.send(Envelope("f@example.com", "busy@example.com", TEXT))
+            finally:
+                await connection.close()
+
+        outcome = asyncio.run(send())
+    assert (outcome.verdict, outcome.code, outcome.throttle) == (Verdict.deferred, 421, True)
+    assert "try again later" in outcome.message
+    assert recorder.raw == []
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost: (certificate, key)."""

@@ -1,9 +1,11 @@
-"""SMTP delivery with aiosmtplib: one reused connection per slot, outcomes as MTAs judge them.
+"""SMTP delivery: one reused connection per slot, outcomes as MTAs judge them.
 
-An `SMTP` object sends one message at a time, so a worker keeps
-DRIP_SMTP_CONCURRENCY of them. A connection is dropped after any error or a long
-idle spell (servers drop idle clients and a reused dead socket can hang), and
-opened again on the next message.
+A `Connection` sends one message at a time, so a worker keeps DRIP_SMTP_CONCURRENCY of
+them. aiosmtplib connects, says EHLO, does STARTTLS and AUTH, and says QUIT; each
+message's commands and their replies go through drip.sending.smtp_replies (MAIL, RCPT
+and DATA in one write when the server offers PIPELINING). A connection is dropped after
+any error or a long idle spell (servers drop idle clients and a reused dead socket can
+hang), and opened again on the next message.
 """
 
 from __future__ import annotations
@@ -236,12 +238,13 @@ def _address(address: str) -> bytes:
 def _check(envelope: Envelope, got: list[SMTPResponse]) -> None:
     """Raise what aiosmtplib raises for the first refusal among MAIL, RCPT and DATA (a DATA
     after a refused RCPT is refused too, RFC 2920: the RCPT's reply is the one that counts)."""
-    mail, *rest = got
-    if mail.code != 250:
-        raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, envelope.sender)
-    rcpt, *rest = rest
-    if rcpt.code not in (250, 251):
-        raise aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, envelope.recipient)
-    [data] = rest
-    if data.code != 354:
-        raise aiosmtplib.SMTPDataError(data.code, data.message)
+    for step, reply in enumerate(got):
+        if reply.code in _EXPECTED[step]:
+            continue
+        if step == 0:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.sender)
+        if step == 1:
+            raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, envelope.recipient)
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    if len(got) < len(_EXPECTED):  # the server hung up after accepting what it answered
+        raise aiosmtplib.SMTPServerDisconnected("the server closed the connection")

@@ -35,7 +35,7 @@ class Replies(asyncio.Protocol):
         self._previous = previous
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
-        #: Parsed so far: (code, lines) per reply.
+        #: Replies parsed and not yet read.
         self._replies: list[SMTPResponse] = []
         self._lines: list[bytes] = []
         self._wanted = 0
@@ -58,19 +58,24 @@ class Replies(asyncio.Protocol):
         self.transport.write(data)
 
     async def read(self, count: int, timeout: float | None) -> list[SMTPResponse]:
-        """The next `count` replies, in order, within `timeout` seconds in all."""
-        if len(self._replies) < count:
-            if self._error is not None:
-                raise self._error
+        """The next `count` replies, in order, within `timeout` seconds in all; fewer when
+        the server hung up after them (a 421 to RCPT, then the close: that reply is what
+        the caller judges the message by, as it would one command at a time)."""
+        if len(self._replies) < count and self._error is None:
             waiter = self._waiter = self._loop.create_future()
             self._wanted = count
             timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
             try:
                 await waiter
+            except SMTPServerDisconnected:
+                if not self._replies:
+                    raise
             finally:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+        if not self._replies and self._error is not None:
+            raise self._error
         got, self._replies = self._replies[:count], self._replies[count:]
         return got
 
