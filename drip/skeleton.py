@@ -246,10 +246,12 @@ class _Plan:
 
     def render(self, emails_dir: Path, name: str, context: dict[str, Any]) -> Rendered | None:
         """The email from a skeleton, or None: build it from scratch."""
-        assert self.used is not None
+        used = self.used  # read once: another thread may give up on skeletons meanwhile
+        if used is None:
+            return None
         shape: list[Any] = []
         values: dict[int, str] = {}
-        for index in self.used:
+        for index in used:
             value = context.get(READER_VALUES[index], _MISSING)
             if value is _MISSING or value is None or value == "":
                 shape.append(value)
@@ -269,7 +271,7 @@ class _Plan:
             self.used = None  # the other values differ per reader too: not worth it
             return None
         rendered = from_scratch(emails_dir, name, context)
-        skeleton = _build(emails_dir, name, context, self.used, values)
+        skeleton = _build(emails_dir, name, context, values)
         if skeleton is not None and skeleton.fill(name, values) != rendered:
             skeleton = None
         kept.insert(0, (rest, skeleton))
@@ -281,7 +283,6 @@ def _build(
     emails_dir: Path,
     name: str,
     context: dict[str, Any],
-    used: tuple[int, ...],
     values: dict[int, str],
 ) -> _Skeleton | None:
     skeleton_context = dict(context)
@@ -332,18 +333,26 @@ def plan(emails_dir: Path, name: str) -> _Plan | None:
     return plan
 
 
+def _escapes(env: jinja2.Environment, template: str) -> bool:
+    autoescape = env.autoescape
+    return bool(autoescape(template) if callable(autoescape) else autoescape)
+
+
 def _new_plan(emails_dir: Path, name: str) -> _Plan | None:
     env = environment(emails_dir)
     assert env.loader is not None
     files: list[Stamp] = []
     used: set[str] | None = set()
-    todo = [f"{name}.html", f"{name}.txt"]
-    seen: set[str] = set()
+    # Each file with the part it is reached from: the part's escaping is the skeleton's.
+    todo = [(f"{name}.html", f"{name}.html"), (f"{name}.txt", f"{name}.txt")]
+    seen: set[tuple[str, str]] = set()
     while todo:
-        template = todo.pop()
-        if template in seen:
+        template, part = todo.pop()
+        if (template, part) in seen:
             continue
-        seen.add(template)
+        seen.add((template, part))
+        if _escapes(env, template) != _escapes(env, part):
+            used = None  # e.g. a .html partial in the text part: Jinja escapes it there
         source, filename, _ = env.loader.get_source(env, template)
         if filename is None:
             return None
@@ -355,7 +364,7 @@ def _new_plan(emails_dir: Path, name: str) -> _Plan | None:
         referenced = list(find_referenced_templates(tree))
         if None in referenced:
             used = None  # a template named at run time: files not known in advance
-        todo.extend(r for r in referenced if r is not None)
+        todo.extend((r, part) for r in referenced if r is not None)
         uses = _reader_uses(tree)
         if uses is None or used is None:
             used = None

@@ -73,3 +73,20 @@ def test_a_value_used_other_than_printed_is_rendered_per_reader(tmp_path: Path, 
     for name in ("Ann", "Bea", "Ann", "Bea"):
         html = render_email(tmp_path, "x", {"name": name}).html
         assert html == templating.from_scratch(tmp_path.resolve(), "x", {"name": name}).html
+
+
+def test_a_partial_that_escapes_otherwise_than_its_part_is_rendered_per_reader(
+    tmp_path: Path,
+) -> None:
+    """A .html partial in the text part is escaped there by Jinja, unlike the part: the
+    first reader ("Sam") cannot show the difference, so the plan must."""
+    (tmp_path / "greeting.html").write_text("Hi {{ name }}")
+    write(
+        tmp_path,
+        "x",
+        HTML + STYLE + "<p>{{ name }}</p></body></html>",
+        '{% include "greeting.html" %}\n',
+    )
+    for name in ("Sam", "O'Brien & <Co>", "Sam", "O'Brien & <Co>"):
+        built = render_email(tmp_path, "x", {"name": name})
+        assert built == templating.from_scratch(tmp_path.resolve(), "x", {"name": name}), name
