@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from drip.clock import utcnow
 from drip.db import get_engine, session_scope
@@ -419,3 +420,43 @@ def test_a_commit_outlives_a_database_restart_between_two_commits(
     assert sorted(r.status for r in outbox(engine)) == [OutboxStatus.sent] * 2
     assert sorted(a.outbox_id for a in attempts(engine)) == sorted([first.id, second.id])
     delivery._recorder.close()
+
+
+def test_a_commit_refused_at_commit_leaves_the_next_commit_a_working_connection(
+    pg_url: str, make_settings: SettingsFactory
+) -> None:
+    """A group commit that PostgreSQL refuses at COMMIT (here a deferred check) is that
+    commit's error; the held connection is let go, so the next commit goes through."""
+    engine = get_engine(pg_url)
+    truncate_pg(engine)
+    delivery = Delivery(make_settings(pg_url, 1), engine, worker="w1", clock=utcnow)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            """CREATE OR REPLACE FUNCTION refuse_at_commit() RETURNS trigger AS $$
+            BEGIN
+                IF NEW.smtp_message = 'refuse at commit' THEN
+                    RAISE EXCEPTION 'refused at commit';
+                END IF;
+                RETURN NEW;
+            END $$ LANGUAGE plpgsql"""
+        )
+        conn.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON delivery_attempt "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+        )
+    try:
+        queue_lessons(engine, 2)
+        first, second = claim(engine, "w1", utcnow(), 2, timedelta(minutes=5))
+        with pytest.raises(DBAPIError, match="refused at commit"):
+            delivery._finish([(first, Result(OutboxStatus.sent, 250, "refuse at commit"))])
+        delivery._finish([(second, Result(OutboxStatus.sent, 250, "OK"))])
+        statuses = {r.id: r.status for r in outbox(engine)}
+        assert statuses[second.id] == OutboxStatus.sent
+        assert statuses[first.id] != OutboxStatus.sent  # nothing of the refused commit stayed
+        assert [a.outbox_id for a in attempts(engine)] == [second.id]
+    finally:
+        if delivery._recorder is not None:
+            delivery._recorder.close()
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS refuse_at_commit ON delivery_attempt")
+            conn.exec_driver_sql("DROP FUNCTION IF EXISTS refuse_at_commit()")

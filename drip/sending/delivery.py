@@ -19,6 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Collection
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -413,7 +414,15 @@ class Delivery:
                 if fresh or not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
                     raise
                 continue
-            transaction.commit()  # a connection lost here may have committed: no retry
+            try:
+                transaction.commit()  # a connection lost here may have committed: no retry
+            except BaseException:
+                # Its failed transaction would stay on the held connection until a rollback:
+                # let it go (closing rolls back), and the next commit opens another.
+                self._recorder = None
+                with suppress(SQLAlchemyError):
+                    conn.close()
+                raise
             break
         for row, result in results:
             self._lease_ends.pop(row.id or 0, None)
