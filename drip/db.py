@@ -304,14 +304,14 @@ def _on_driver(conn: Connection, form: _Form, args: Any) -> DriverRows:
         rows: DriverRows = list(cursor.fetchall()) if form.returns else []
     except dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, raw, cursor)
-        with suppress(dbapi.Error):
-            cursor.close()
         if lost:
             conn.invalidate(exc)
         raise DBAPIError.instance(
             form.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
         ) from exc
-    cursor.close()
+    finally:  # on any way out, a driver error or not
+        with suppress(dbapi.Error):
+            cursor.close()
     if rows and any(form.results):
         converts = form.results
         return [

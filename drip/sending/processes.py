@@ -244,6 +244,8 @@ def _watch_parent(
             loop.call_soon_threadsafe(woken.set)
     except (EOFError, OSError):
         pass
+    except RuntimeError:  # a wake for a loop already closed: this child is exiting anyway
+        return
     try:
         loop.call_soon_threadsafe(stop.set)
     except RuntimeError:  # the loop is closed: this child is exiting anyway
