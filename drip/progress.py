@@ -191,8 +191,10 @@ def _queued_slugs_of(bind: Session | Connection, rounds: dict[int, int]) -> dict
     if not rounds:
         return found
     for subscriber_id, context in bind.execute(_QUEUED_SLUGS, {"s_ids": list(rounds)}):
-        if context.get("round", 1) == rounds[subscriber_id]:
-            found.setdefault(subscriber_id, set()).add(str(context.get("slug")))
+        # As _PROGRESS_AND_HISTORY reads it in SQL: no round is round 1, no slug no lesson.
+        slug = context.get("slug")
+        if (context.get("round") or 1) == rounds[subscriber_id] and slug is not None:
+            found.setdefault(subscriber_id, set()).add(str(slug))
     return found
 
 
