@@ -8,7 +8,6 @@ use drip.render's sample values instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -129,8 +128,6 @@ class Preparer:
         self.clock = clock
         self._newsletters: dict[int, LetterTemplate] = {}
         self._constants = run_context(settings, course)
-        #: Per template: its two files, their (mtime, size) and the version they make.
-        self._versions: dict[str, tuple[tuple[str, str], tuple[int, ...], str | None]] = {}
 
     def _bounce_address(self, row: OutboxMessage) -> str | None:
         """With DRIP_BOUNCE_DOMAIN, a VERP address naming this message, so its bounce finds it."""
@@ -157,24 +154,6 @@ class Preparer:
             return None
         reason = f"lesson {slug!r} was removed from the course"
         return Result(OutboxStatus.skipped, None, reason, moves_on=True)
-
-    def _version(self, template: str) -> str | None:
-        """`template_version`, worked out again only when a file's stat says it changed."""
-        known = self._versions.get(template)
-        if known is None:
-            folder = self.settings.emails_dir
-            paths = (f"{folder}/{template}.html", f"{folder}/{template}.txt")
-            known = self._versions[template] = (paths, (), None)
-        paths, stamps, version = known
-        try:
-            html, text = os.stat(paths[0]), os.stat(paths[1])
-        except OSError:
-            return None
-        now = (html.st_mtime_ns, html.st_size, text.st_mtime_ns, text.st_size)
-        if now != stamps:
-            version = template_version(self.settings.emails_dir, template)
-            self._versions[template] = (paths, now, version)
-        return version
 
     def load_newsletters(self, session: Session, ids: Iterable[int | None]) -> None:
         """Read the newsletters these rows carry, each once per run."""
@@ -249,7 +228,7 @@ class Preparer:
             if test:
                 rendered = replace(rendered, subject=testmail.SUBJECT_PREFIX + rendered.subject)
             elif row.kind in VERSIONED_KINDS:
-                row.version = self._version(row.template)
+                row.version = template_version(self.settings.emails_dir, row.template)
             if self.settings.click_tracking and row.kind == MessageKind.lesson and row.id:
                 base = self.settings.base_url
                 rendered = clicks.track_links(rendered, base, self.secret, row.id)
