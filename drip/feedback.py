@@ -106,7 +106,7 @@ def record_on(
     session: Session, settings: Settings, row: OutboxMessage, event: Event, now: datetime
 ) -> Recorded:
     """Record `event` on the message `row`, which the caller has proved it is about, in
-    the caller's transaction (a webhook's replay check and its events commit together)."""
+    the caller's transaction (a provider's webhook finds the message and records in one)."""
     if not _note(session, row, event.kind, event.source, event.smtp_code, now):
         return Recorded.duplicate
     text = f"{_LABEL[event.kind]} ({event.source})"

@@ -70,7 +70,7 @@ def parse_processes(value: object) -> int | Literal["auto"]:
     try:
         number = int(text)
     except ValueError:
-        raise ValueError("must be a whole number of processes, or auto for one per core") from None
+        raise ValueError("must be a whole number of processes, or auto") from None
     if number < 1:
         raise ValueError("must be at least 1")
     return number
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     emails_dir: Path = Path("emails")
     worker_interval: float = Field(30.0, gt=0, description="seconds between scheduler passes")
     #: Delivery processes `drip worker` runs: one runs the scheduler's passes, the others
-    #: only deliver (drip.sending.processes). `auto`: one per core.
+    #: only deliver (drip.sending.processes). `auto`: see `worker_process_count`.
     worker_processes: int | Literal["auto"] = WORKER_PROCESSES_DEFAULT
     smtp_timeout: float = Field(30.0, gt=0)
     retry_first_minutes: float = Field(5.0, gt=0)

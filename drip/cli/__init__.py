@@ -215,14 +215,15 @@ def worker(
     processes: Annotated[
         str | None,
         typer.Option(
-            help="delivery processes, this one included: a number, or auto for one per "
-            "core; DRIP_WORKER_PROCESSES when not given",
+            help="delivery processes, this one included: a number, or auto (one per core, "
+            "no more than DRIP_SEND_RATE needs); DRIP_WORKER_PROCESSES when not given",
             metavar="N",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    """The scheduler only: a pass every DRIP_WORKER_INTERVAL seconds until SIGTERM."""
+    """The scheduler: a pass every DRIP_WORKER_INTERVAL seconds until SIGTERM, and the
+    delivery processes beside it (--processes)."""
     from drip.sending.worker import preflight, run_worker
 
     settings = load_settings()

@@ -42,14 +42,12 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     *,
     handle_signals: bool = True,
-    processes: int | None = None,
 ) -> None:
-    """`processes`: this one and the delivery-only ones; DRIP_WORKER_PROCESSES when None."""
+    """Passes until `stop`, beside DRIP_WORKER_PROCESSES minus one delivery-only processes."""
     stop = stop or asyncio.Event()
     name = worker_name()
     busy = asyncio.Lock()
-    count = settings.worker_process_count if processes is None else processes
-    others = Deliverers(settings, max(count - 1, 0))
+    others = Deliverers(settings, max(settings.worker_process_count - 1, 0))
 
     async def one_pass() -> None:
         async with busy:
