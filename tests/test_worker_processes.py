@@ -175,6 +175,33 @@ def test_sigterm_stops_every_process_and_hands_back_the_rest(
 
 
 @pytest.mark.process
+def test_a_stuck_child_is_killed_so_the_worker_stops(
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that does not stop (here: stopped by SIGSTOP, so SIGTERM waits) is killed
+    after DRIP_SMTP_TIMEOUT and 5 s, and the parent still exits cleanly."""
+    monkeypatch.setenv("DRIP_SMTP_TIMEOUT", "1")  # start_worker passes the environment on
+    log = tmp_path / "worker.log"
+    with serve(Recorder()) as server:
+        settings = make_settings(database_url, server.port)
+        worker = start_worker(settings, log, "--processes", "2")
+        try:
+            ready(worker, log)
+            [child] = deliverers(worker.pid)
+            os.kill(child, signal.SIGSTOP)
+            began = time.monotonic()
+        finally:
+            stop(worker, log)
+        assert time.monotonic() - began < 30
+        assert not alive(child)
+        assert "deliverer-1 did not stop within 6 s: killed" in log.read_text()
+
+
+@pytest.mark.process
 def test_a_killed_parent_leaves_no_child_sending(
     database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
 ) -> None:

@@ -16,11 +16,12 @@ pipe whose write end only the parent holds, and a thread in the child reads it:
   The thread does not need the child's event loop, so a stuck child is not left behind.
 
 SIGTERM or SIGINT to the parent sends SIGTERM to every child and waits for them: each
-finishes the messages on the wire and hands the rest back, as a single worker does. A
-child that exits on its own (a crash, the OOM killer) is logged with its exit code and
-started again after a pause that doubles with each crash in a row, from 1 s to a minute,
-so one that cannot start does not spin; the parent's passes go on meanwhile. Children log
-to the same stderr, each line naming the child.
+finishes the messages on the wire and hands the rest back, as a single worker does; one
+that has not stopped after `stop_grace` is killed. A child that exits on its own (a
+crash, the OOM killer) is logged with its exit code and started again after a pause that
+doubles with each crash in a row, from 1 s to a minute, so one that cannot start does not
+spin; the parent's passes go on meanwhile. Children log to the same stderr, each line
+naming the child.
 """
 
 from __future__ import annotations
@@ -94,8 +95,19 @@ class Deliverers:
                 child.process.terminate()
 
     async def wait(self) -> None:
-        """Until every child has exited (after `terminate`)."""
-        await asyncio.gather(*self._keepers)
+        """Until every child has exited (after `terminate`). One still running after
+        `stop_grace` (one SMTP reply and then some) is stuck: it is killed, so it cannot
+        keep the worker from stopping."""
+        if not self._keepers:
+            return
+        grace = stop_grace(self.settings)
+        _, running = await asyncio.wait(self._keepers, timeout=grace)
+        if running:
+            for child in self._children.values():
+                if child.process.exitcode is None:
+                    log.error("%s did not stop within %g s: killed", child.name, grace)
+                    child.process.kill()
+            await asyncio.gather(*running)
 
     def _spawn(self, index: int) -> _Child:
         name = f"deliverer-{index}"
