@@ -15,12 +15,26 @@ import pytest
 
 from drip.sending.message import Envelope
 from drip.sending.sender import Connection, Outcome, Verdict, wire
+from drip.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.mailserver import MAILBOX_BUSY, NO_SUCH_USER, OK, MailServer, Recorder, serve
 from tests.waiting import wait_until
 
 SENDER_REFUSED = "550 5.7.1 Sender refused"
 TEXT = b"Subject: dots\r\nMessage-ID: <dots@example.com>\r\n\r\n.first\r\nmiddle\r\n..two\r\nlast"
+
+
+def sent_on_one_connection(settings: Settings, envelopes: list[Envelope]) -> list[Outcome]:
+    """`envelopes` sent one after another on one connection, which is then closed."""
+
+    async def send() -> list[Outcome]:
+        connection = Connection(settings)
+        try:
+            return [await connection.send(envelope) for envelope in envelopes]
+        finally:
+            await connection.close()
+
+    return asyncio.run(send())
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
@@ -37,16 +51,9 @@ def test_the_text_arrives_as_composed_leading_dots_and_all(
     pipelining: bool,
 ) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
-
-    async def send() -> Verdict:
-        connection = Connection(settings)
-        try:
-            envelope = Envelope("from@example.com", "to@example.com", TEXT)
-            return (await connection.send(envelope)).verdict
-        finally:
-            await connection.close()
-
-    assert asyncio.run(send()) == Verdict.sent
+    envelope = Envelope("from@example.com", "to@example.com", TEXT)
+    [outcome] = sent_on_one_connection(settings, [envelope])
+    assert outcome.verdict == Verdict.sent
     recorder.wait_for(1)
     assert recorder.raw == [TEXT + b"\r\n"]
 
@@ -96,24 +103,20 @@ def test_refusals_are_judged_by_the_command_refused_and_the_connection_goes_on(
     def envelope(to: str, sender: str = "from@example.com") -> Envelope:
         return Envelope(sender, to, TEXT)
 
-    async def send_all() -> list[Outcome]:
-        connection = Connection(settings)
-        try:
-            return [
-                await connection.send(envelope(to, sender))
-                for to, sender in [
-                    ("gone@example.com", "from@example.com"),
-                    ("busy@example.com", "from@example.com"),
-                    ("ann@example.com", "banned@example.com"),
-                    ("ann@example.com", "from@example.com"),
-                    ("bob@example.com", "from@example.com"),
-                    ("cy@example.com", "from@example.com"),
-                ]
+    outcomes = sent_on_one_connection(
+        settings,
+        [
+            envelope(to, sender)
+            for to, sender in [
+                ("gone@example.com", "from@example.com"),
+                ("busy@example.com", "from@example.com"),
+                ("ann@example.com", "banned@example.com"),
+                ("ann@example.com", "from@example.com"),
+                ("bob@example.com", "from@example.com"),
+                ("cy@example.com", "from@example.com"),
             ]
-        finally:
-            await connection.close()
-
-    outcomes = asyncio.run(send_all())
+        ],
+    )
     assert [(o.verdict, o.code) for o in outcomes] == [
         (Verdict.bounced, 550),
         (Verdict.deferred, 451),
@@ -137,17 +140,9 @@ def test_messages_follow_each_other_on_one_connection(
     settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     texts = [TEXT.replace(b"dots@", b"%d@" % n) for n in range(20)]
 
-    async def send_all() -> list[Verdict]:
-        connection = Connection(settings)
-        try:
-            return [
-                (await connection.send(Envelope("f@example.com", "t@example.com", t))).verdict
-                for t in texts
-            ]
-        finally:
-            await connection.close()
-
-    assert asyncio.run(send_all()) == [Verdict.sent] * 20
+    envelopes = [Envelope("f@example.com", "t@example.com", t) for t in texts]
+    outcomes = sent_on_one_connection(settings, envelopes)
+    assert [o.verdict for o in outcomes] == [Verdict.sent] * 20
     recorder.wait_for(20)
     assert recorder.raw == [t + b"\r\n" for t in texts]
     wait_until(lambda: mail_server.open_sessions == 0, 10, "the session closed")
@@ -219,14 +214,8 @@ def test_a_421_before_the_server_hangs_up_defers_and_throttles(
     with serve(recorder) as server:
         settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", server.port)
 
-        async def send() -> Outcome:
-            connection = Connection(settings)
-            try:
-                return await connection.send(Envelope("f@example.com", "busy@example.com", TEXT))
-            finally:
-                await connection.close()
-
-        outcome = asyncio.run(send())
+        envelope = Envelope("f@example.com", "busy@example.com", TEXT)
+        [outcome] = sent_on_one_connection(settings, [envelope])
     assert (outcome.verdict, outcome.code, outcome.throttle) == (Verdict.deferred, 421, True)
     assert "try again later" in outcome.message
     assert recorder.raw == []
@@ -284,15 +273,9 @@ def test_messages_go_over_tls_and_the_session_ends_with_quit(
             smtp_security=security,
         )
 
-        async def send_three() -> list[Verdict]:
-            connection = Connection(settings)
-            try:
-                envelope = Envelope("from@example.com", "to@example.com", TEXT)
-                return [(await connection.send(envelope)).verdict for _ in range(3)]
-            finally:
-                await connection.close()
-
-        assert asyncio.run(send_three()) == [Verdict.sent] * 3
+        envelope = Envelope("from@example.com", "to@example.com", TEXT)
+        outcomes = sent_on_one_connection(settings, [envelope] * 3)
+        assert [o.verdict for o in outcomes] == [Verdict.sent] * 3
         handler.wait_for(3)
         # (aiosmtpd counts a session twice after STARTTLS: wait for its QUIT instead)
         wait_until(lambda: bool(quits), 10, "QUIT")
