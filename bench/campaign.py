@@ -13,7 +13,6 @@ delivers 100k twice on SQLite and 1M on PostgreSQL, which takes most of an hour 
 from __future__ import annotations
 
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.databases import database
-from bench.newsletter import LETTER, drip, environment, queue_newsletter, reap
+from bench.newsletter import LETTER, environment, queue_newsletter, reap, start_worker
 from bench.population import grow, label
 from bench.report import Figure, info
 from bench.sink import Sink, sink
@@ -35,14 +34,7 @@ def deliver(env: dict[str, str], mail: Sink, size: int, cwd: Path) -> float:
     """Seconds from `drip worker`'s start until the sink holds `size` more messages."""
     before = mail.received
     began = time.perf_counter()
-    process = subprocess.Popen(
-        drip("worker"),
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_worker(env, cwd)
     try:
         while mail.received < before + size:
             if process.poll() is not None:

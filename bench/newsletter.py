@@ -125,9 +125,9 @@ def queue_newsletter(env: dict[str, str], letter: Path, timeout: float) -> Run:
     return Run(time.perf_counter() - began, rss, output)
 
 
-def send_for(env: dict[str, str], mail: Sink, window: float, cwd: Path) -> tuple[Run, int]:
-    """Run `drip worker` until `window` seconds after its first message: (run, sent in window)."""
-    process = subprocess.Popen(
+def start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`drip worker` as a subprocess, its output kept for an error's message."""
+    return subprocess.Popen(
         drip("worker"),
         env=env,
         cwd=cwd,
@@ -135,6 +135,11 @@ def send_for(env: dict[str, str], mail: Sink, window: float, cwd: Path) -> tuple
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def send_for(env: dict[str, str], mail: Sink, window: float, cwd: Path) -> tuple[Run, int]:
+    """Run `drip worker` until `window` seconds after its first message: (run, sent in window)."""
+    process = start_worker(env, cwd)
     try:
         before = mail.received
         deadline = time.monotonic() + 60
