@@ -95,6 +95,17 @@ def ready(worker: subprocess.Popen[bytes], log: Path, times: int = 1) -> None:
     )
 
 
+def busy(
+    worker: subprocess.Popen[bytes], log: Path, engine: Engine, recorder: Recorder
+) -> set[str]:
+    """Once the child delivers, 1,500 lessons queued and the first 200 arrived: both
+    processes are sending. The queued lessons' Message-IDs."""
+    ready(worker, log)
+    expected = queue_lessons(engine, 1500)
+    wait_until(lambda: len(recorder.raw) >= 200, 60, "the first sends")
+    return expected
+
+
 def _delivering(log: Path) -> int:
     return sum(
         1
@@ -151,9 +162,7 @@ def test_sigterm_stops_every_process_and_hands_back_the_rest(
         settings = make_settings(database_url, server.port, send_rate=100)
         worker = start_worker(settings, log, "--processes", "2")
         try:
-            ready(worker, log)
-            expected = queue_lessons(engine, 1500)
-            wait_until(lambda: len(recorder.raw) >= 200, 60, "the first sends")
+            expected = busy(worker, log, engine, recorder)
             helpers = children(worker.pid)
             delivering = deliverers(worker.pid)
             assert delivering
@@ -211,9 +220,7 @@ def test_a_killed_parent_leaves_no_child_sending(
         settings = make_settings(database_url, server.port, send_rate=100)
         worker = start_worker(settings, log, "--processes", "2")
         try:
-            ready(worker, log)
-            queue_lessons(engine, 1500)
-            wait_until(lambda: len(recorder.raw) >= 200, 60, "the first sends")
+            busy(worker, log, engine, recorder)
             helpers = children(worker.pid)
             assert deliverers(worker.pid)
         finally:
@@ -238,9 +245,7 @@ def test_a_crashed_child_is_logged_and_started_again(
         settings = make_settings(database_url, server.port, send_rate=200)
         worker = start_worker(settings, log, "--processes", "2")
         try:
-            ready(worker, log)
-            expected = queue_lessons(engine, 1500)
-            wait_until(lambda: len(recorder.raw) >= 200, 60, "the first sends")
+            expected = busy(worker, log, engine, recorder)
             (child,) = deliverers(worker.pid)
             os.kill(child, signal.SIGKILL)
             ready(worker, log, times=2)  # started again, and delivering
