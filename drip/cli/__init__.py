@@ -16,7 +16,7 @@ from rich.progress import Progress
 from typer.core import TyperOption
 
 from drip import __version__
-from drip.cli.content import pack_app, preview
+from drip.cli.content import HtmlOut, TextPart, pack_app, preview
 from drip.cli.operator import logs, subscribers_app
 from drip.cli.output import PROBLEMS, Commands, console, err, fail, problem
 from drip.cli.stats import stats
@@ -460,10 +460,8 @@ def newsletter_preview(
     file: Annotated[
         Path, typer.Argument(help="Markdown with a front matter: ---, subject: ..., ---")
     ],
-    text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Write the HTML part to this file.")
-    ] = None,
+    text: TextPart = False,
+    out: HtmlOut = None,
 ) -> None:
     """Show a newsletter file as a reader gets it (the sample reader's data); queues nothing."""
     from drip import newsletter

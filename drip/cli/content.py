@@ -21,12 +21,15 @@ from drip.templating import Rendered
 pack_app = typer.Typer(help="Build the information pack PDF.", no_args_is_help=True)
 
 
+#: `drip preview` and `drip newsletter preview`: which part to show, and where.
+TextPart = Annotated[bool, typer.Option("--text", help="Print the plain-text part.")]
+HtmlOut = Annotated[Path | None, typer.Option("--out", help="Write the HTML part to this file.")]
+
+
 def preview(
     name: Annotated[str, typer.Argument(help="Email to render, e.g. welcome or confirm.")],
-    text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Write the HTML part to this file.")
-    ] = None,
+    text: TextPart = False,
+    out: HtmlOut = None,
 ) -> None:
     """Render an email template with sample data."""
     settings = load_settings()
