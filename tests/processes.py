@@ -53,6 +53,20 @@ def queue_lessons(engine: Engine, count: int) -> set[str]:
         return set(session.execute(select(OutboxMessage.message_id)).scalars())
 
 
+def command_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The DRIP_* variables that point a drip command at these settings (database, SMTP
+    server, secret, course, pack and send rate), `extra` on top."""
+    return {
+        "DRIP_DATABASE_URL": settings.database_url,
+        "DRIP_SMTP_PORT": str(settings.smtp_port),
+        "DRIP_SECRET_KEY": settings.require_secret(),
+        "DRIP_EMAILS_DIR": str(settings.emails_dir),
+        "DRIP_INFO_PACK": str(settings.info_pack),
+        "DRIP_SEND_RATE": str(settings.send_rate),
+        **extra,
+    }
+
+
 def start_worker(settings: Settings, log: Path, *options: str) -> subprocess.Popen[bytes]:
     """A real `drip worker` (with `options`) on these settings, its output to `log`."""
     env = {

@@ -12,9 +12,10 @@ from sqlalchemy import Engine
 
 from drip import __version__
 from drip.settings import Settings
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT
 from tests.factories import outbox, subscriber
 from tests.mailserver import Recorder
+from tests.processes import command_env
 
 pytestmark = pytest.mark.process
 
@@ -34,14 +35,7 @@ def drip(
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-        "DRIP_INFO_PACK": str(settings.info_pack),
-        "DRIP_SEND_RATE": "0",
-    }
+    return command_env(settings, DRIP_SEND_RATE="0")
 
 
 def test_a_broken_setting_stops_any_command_with_one_plain_line(tmp_path: Path) -> None:

@@ -26,21 +26,14 @@ from drip.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import subscriber, tick
 from tests.mailserver import Recorder
+from tests.processes import command_env
 
 runner = CliRunner()
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    assert settings.secret_key is not None
-    return {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": settings.secret_key.get_secret_value(),
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-        "DRIP_INFO_PACK": str(settings.info_pack),
-        "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SEND_RATE": "0",
-        "COLUMNS": "200",  # rich tables wide enough to read whole addresses
-    }
+    # COLUMNS: rich tables wide enough to read whole addresses.
+    return command_env(settings, DRIP_SEND_RATE="0", COLUMNS="200")
 
 
 @pytest.fixture

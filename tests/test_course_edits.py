@@ -33,6 +33,7 @@ from drip.versions import template_version
 from tests.conftest import EMAILS, SECRET, SettingsFactory
 from tests.factories import tick
 from tests.mailserver import MAILBOX_BUSY, MailServer, Recorder
+from tests.processes import command_env
 
 #: The templates the test course's lessons use, by slug.
 TEMPLATES = {
@@ -154,14 +155,7 @@ def assert_no_repeat_no_burst(engine: Engine, recorder: Recorder, emails: list[s
 
 def check_says(settings: Settings) -> str:
     """`drip check`'s words on the course as it is now; it must exit 0 for them."""
-    env = {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-        "DRIP_INFO_PACK": str(settings.info_pack),
-        "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "COLUMNS": "300",
-    }
+    env = command_env(settings, COLUMNS="300")
     result = CliRunner().invoke(app, ["check"], env=env)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return " ".join(result.stdout.split())

@@ -16,9 +16,9 @@ from drip.clock import utcnow
 from drip.db import session_scope
 from drip.models import MessageKind, Newsletter, OutboxMessage, Subscriber, SubscriberStatus
 from drip.settings import Settings
-from tests.conftest import SECRET
 from tests.factories import many_active, tick
 from tests.mailserver import Recorder
+from tests.processes import command_env
 
 LETTER = """---
 subject: Spring update: hips & knees
@@ -156,11 +156,7 @@ def test_cli_dry_run_counts_and_queues_nothing(
     from drip.cli import app
 
     many_active(engine, 12)
-    env = {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-    }
+    env = _cli_env(settings)
     result = CliRunner().invoke(app, ["newsletter", "send", str(letter_file), "--dry-run"], env=env)
     assert result.exit_code == 0, result.output
     assert "12 active subscribers who agreed to newsletters" in result.output
@@ -251,13 +247,7 @@ first, then try them in order, one each day, for a whole week.
 
 
 def _cli_env(settings: Settings) -> dict[str, str]:
-    return {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-        "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SEND_RATE": "0",
-    }
+    return command_env(settings, DRIP_SEND_RATE="0")
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

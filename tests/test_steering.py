@@ -25,9 +25,9 @@ from drip.operator_actions import subscriber_data
 from drip.sending.tick import queue_due
 from drip.settings import Settings
 from drip.subscriber_view import timeline, with_actions
-from tests.conftest import SECRET
 from tests.factories import subscriber, tick
 from tests.mailserver import Recorder
+from tests.processes import command_env
 
 
 def _progress(engine: Engine, sub_id: int | None) -> CourseProgress:
@@ -260,11 +260,7 @@ def test_the_cli_steers_a_reader_and_names_what_it_cannot_do(
     from drip.cli import app
 
     sub, _ = _first_lesson(settings, engine, "cli@example.com")
-    env = {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-    }
+    env = command_env(settings)
     runner = CliRunner()
 
     def drip(*args: str) -> tuple[int, str]:

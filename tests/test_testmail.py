@@ -16,9 +16,9 @@ from drip.dashboard import dashboard
 from drip.db import read_scope, session_scope
 from drip.models import CourseProgress, MessageKind, OutboxMessage
 from drip.settings import Settings
-from tests.conftest import SECRET
 from tests.factories import subscriber, tick
 from tests.mailserver import Recorder
+from tests.processes import command_env
 
 LESSON = "lesson-03-pressure-release"
 
@@ -26,14 +26,7 @@ LESSON = "lesson-03-pressure-release"
 def _send_test(settings: Settings, *args: str) -> tuple[int, str, str]:
     from drip.cli import app
 
-    env = {
-        "DRIP_DATABASE_URL": settings.database_url,
-        "DRIP_SECRET_KEY": SECRET,
-        "DRIP_EMAILS_DIR": str(settings.emails_dir),
-        "DRIP_INFO_PACK": str(settings.info_pack),
-        "DRIP_SMTP_PORT": str(settings.smtp_port),
-        "DRIP_SEND_RATE": "0",
-    }
+    env = command_env(settings, DRIP_SEND_RATE="0")
     result = CliRunner().invoke(app, ["send-test", *args], env=env)
     return result.exit_code, result.stdout, result.stderr
 
