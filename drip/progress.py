@@ -23,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Select,
     and_,
     bindparam,
     case,
@@ -120,10 +121,14 @@ _QUEUED_SLUGS = (
     .where(table_of(OutboxMessage).c.subscriber_id.in_(bindparam("s_ids", expanding=True)))
     .where(table_of(OutboxMessage).c.kind == MessageKind.lesson)
 )
-#: Each subscriber's progress with the slugs of the lessons queued in its current round,
-#: one row per lesson (one with no slug when none is): a sent batch's reads in one query.
-_PROGRESS_AND_HISTORY = Sized(
-    lambda n: (
+
+
+def _progress_and_history(n: int) -> Select[Any]:
+    """Each of n subscribers' progress with the slugs of the lessons queued in its current
+    round, one row per lesson (one with no slug when none is): a sent batch's reads in one
+    query."""
+    ids = [bindparam(f"id_{i}", type_=Integer) for i in range(n)]
+    return (
         select(
             _PROGRESS.c.subscriber_id,
             _PROGRESS.c.started_at,
@@ -137,17 +142,19 @@ _PROGRESS_AND_HISTORY = Sized(
             _LESSONS,
             and_(
                 _LESSONS.c.subscriber_id == _PROGRESS.c.subscriber_id,
+                # Said again of the outbox, so its (subscriber_id, kind) index leads even
+                # where the planner's statistics lag behind a freshly filled outbox.
+                _LESSONS.c.subscriber_id.in_(ids),
                 _LESSONS.c.kind == MessageKind.lesson,
                 func.coalesce(_LESSONS.c.context["round"].as_integer(), 1)
                 == _PROGRESS.c.course_round,
             ),
         )
-        .where(
-            _PROGRESS.c.subscriber_id.in_([bindparam(f"id_{i}", type_=Integer) for i in range(n)])
-        )
-    ),
-    pad=True,
-)
+        .where(_PROGRESS.c.subscriber_id.in_(ids))
+    )
+
+
+_PROGRESS_AND_HISTORY = Sized(_progress_and_history, pad=True)
 _PROGRESS_DUE = (
     update(_PROGRESS)
     .where(_PROGRESS.c.subscriber_id == bindparam("p_id"))

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from drip.clock import utcnow
 from drip.course import load_course
-from drip.db import session_scope
+from drip.db import get_engine, session_scope
 from drip.models import CourseProgress, MessageKind, OutboxMessage, Subscriber, SubscriberStatus
-from drip.progress import queue_due_lessons
+from drip.progress import _PROGRESS_AND_HISTORY, queue_due_lessons
 from drip.sending.outbox import NewMessage, dedupe_key, enqueue_many
 from drip.settings import Settings
-from tests.conftest import EMAILS
+from tests.conftest import EMAILS, truncate_pg
 from tests.factories import many_active, outbox
 
 
@@ -123,3 +124,30 @@ def test_inactive_and_finished_subscribers_in_a_batch(settings: Settings, engine
         course.lessons[1].slug,
         course.lessons[0].slug,
     ]
+
+
+def _outbox_rows_read(plan: dict[str, Any]) -> int:
+    """Rows a plan's nodes read from the outbox table, each loop counted."""
+    own = plan["Actual Rows"] * plan["Actual Loops"] if plan.get("Relation Name") == "outbox" else 0
+    return own + sum(_outbox_rows_read(child) for child in plan.get("Plans", []))
+
+
+def test_a_sent_batchs_history_reads_only_its_readers_lessons(pg_url: str) -> None:
+    """The group commit reads its readers' lesson history through the outbox's
+    (subscriber_id, kind) index, even when PostgreSQL's statistics were taken before the
+    outbox filled with lessons (a newly loaded course, before autovacuum analyses it):
+    the planner then believes lessons rare and, unless told whose, reads every one."""
+    engine = get_engine(pg_url)
+    truncate_pg(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE outbox"))  # empty: no lesson in the statistics
+    ids = _on_course(engine, 600, [5] * 600)
+    batch = _PROGRESS_AND_HISTORY._sized(4).statement.params(
+        {f"id_{n}": subscriber_id for n, subscriber_id in enumerate(ids[:4])}
+    )
+    sql = str(batch.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        explained = conn.exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql.replace("%%", "%")
+        ).scalar_one()
+    assert _outbox_rows_read(explained[0]["Plan"]) == 4 * 5  # their lessons, not all 3,000
