@@ -84,6 +84,12 @@ def is_postgresql(bind: Bind) -> bool:
     return not _is_sqlite(bind)
 
 
+def in_process(bind: Bind) -> bool:
+    """The database runs in this process (SQLite): a short write is CPU and a local sync,
+    no network round trip, so it can run on an event loop's own thread."""
+    return _is_sqlite(bind)
+
+
 #: A SELECT of any columns.
 AnySelect = Select[*tuple[Any, ...]]
 SelectT = TypeVar("SelectT", bound=AnySelect)

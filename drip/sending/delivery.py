@@ -32,7 +32,7 @@ from sqlmodel import col
 from drip import health
 from drip.clock import Clock
 from drip.course import Course, CourseError, load_course
-from drip.db import read_scope
+from drip.db import in_process, read_scope
 from drip.followup import follow_up
 from drip.models import (
     EMAIL_KINDS,
@@ -125,6 +125,8 @@ class Delivery:
         #: The connection group commits run on, held for the run (one commit at a time):
         #: no pool checkout, and on PostgreSQL no ping, per commit (`_finish`).
         self._recorder: DatabaseConnection | None = None
+        #: Group commits run on the loop's thread, not handed to one (`_finish`).
+        self._inline = in_process(engine)
         #: Set once every slot's result is pending: the commit need not wait longer.
         self._all_in: asyncio.Future[None] | None = None
         self._judged_at: datetime | None = None
@@ -274,8 +276,12 @@ class Delivery:
                 while self._pending:
                     await self._gather(loop)
                     batch, self._pending = self._pending, []
+                    results = [(r, res) for r, res, _ in batch]
                     try:
-                        await asyncio.to_thread(self._finish, [(r, res) for r, res, _ in batch])
+                        if self._inline:
+                            self._finish(results)
+                        else:
+                            await asyncio.to_thread(self._finish, results)
                     except SQLAlchemyError as exc:
                         for *_, future in batch:
                             future.set_exception(exc)
@@ -355,7 +361,7 @@ class Delivery:
             return Result(OutboxStatus.failed, outcome.code, outcome.message)
         return retry_or_give_up(self.settings, row, outcome.code, outcome.message, self.clock())
 
-    # -- database work, run in a thread -------------------------------------------
+    # -- database work ------------------------------------------------------------
 
     def _claim(self, limit: int) -> list[Claimed]:
         """Lease due rows, read their subscribers (and newsletters) in one go, and render them.
@@ -391,6 +397,10 @@ class Delivery:
         """Record attempts and everything that follows from them, in one transaction.
 
         A sent course email schedules the next lesson; a bounce suppresses the address.
+        On SQLite it runs on the event loop's own thread (`_inline`): the slots whose
+        results it commits wait for it anyway, and handing a few local statements to a
+        thread, and the GIL back and forth, cost more CPU than the statements did
+        (BENCHMARKS.md). A server's round trips would hold up the loop: a thread.
         On the connection held for the run's commits: one found dead before the commit
         (the server restarted since the last one) wrote nothing, and the transaction
         runs once more on a fresh one, as the pool's ping at checkout would have had it.
