@@ -57,6 +57,7 @@ from sqlmodel import Session, SQLModel
 
 from drip.errors import DripError
 from drip.models import UTCDateTime
+from drip.turns import TAKE_TURNS, Turns
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
@@ -400,6 +401,11 @@ class Sized:
 
 
 def _tune_sqlite(engine: Engine) -> None:
+    database = engine.url.database
+    turns = Turns(database) if database and database != ":memory:" else None
+    if turns is not None:
+        _give_back_turns(engine, turns)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" event issue BEGIN
@@ -412,8 +418,46 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if turns is not None and options.get(TAKE_TURNS, False):
+            # Given back by the commit or rollback, even that of a BEGIN that failed.
+            turns.take(_driver_connection(conn.connection))
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _give_back_turns(engine: Engine, turns: Turns) -> None:
+    """A turn ends once the driver has committed or rolled back, so the dialect's own
+    commit and rollback are wrapped (SQLAlchemy's events come before them); and, however
+    its transaction ended, when the connection goes back to the pool."""
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(connection: Any) -> None:
+        try:
+            commit(connection)
+        finally:
+            turns.give_back(_driver_connection(connection))
+
+    def do_rollback(connection: Any) -> None:
+        try:
+            rollback(connection)
+        finally:
+            turns.give_back(_driver_connection(connection))
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, _record: Any) -> None:
+        turns.give_back(dbapi_connection)
+
+
+def _driver_connection(connection: Any) -> Any:
+    """The driver's own connection, from the pool's proxy for it or itself."""
+    return getattr(connection, "dbapi_connection", connection)
 
 
 def _private_files(database: Path) -> None:

@@ -49,6 +49,7 @@ from drip.sending.prepare import Preparer
 from drip.sending.ratelimit import Limiter
 from drip.sending.sender import Connection, Outcome, Verdict
 from drip.settings import Settings
+from drip.turns import TAKE_TURNS
 
 #: A claimed row with its message ready to send, or the reason it must not be sent.
 Claimed = tuple[OutboxMessage, Envelope | Post | Result]
@@ -110,6 +111,9 @@ class Delivery:
         #: Deliver none but these rows (`drip send-test` sends its own message at once).
         self.only = only
         self.engine = engine
+        #: The run's writes (claims, commits, leases): on SQLite they take turns with the
+        #: other delivery processes' instead of polling for the lock (drip.turns).
+        self._writes = engine.execution_options(**{TAKE_TURNS: True})
         self.worker = worker
         self.clock = clock
         self.stop = stop or asyncio.Event()
@@ -163,7 +167,7 @@ class Delivery:
             if self._recorder is not None:  # every commit is over: the slots waited for theirs
                 await asyncio.to_thread(self._recorder.close)
             await asyncio.to_thread(
-                release, self.engine, self.worker, list(self._lease_ends), self.clock()
+                release, self._writes, self.worker, list(self._lease_ends), self.clock()
             )
         return self.report
 
@@ -329,7 +333,7 @@ class Delivery:
         ends = time.monotonic() + self.settings.lease_seconds
         try:
             kept = renew(
-                self.engine, self.worker, held, timedelta(seconds=self.settings.lease_seconds)
+                self._writes, self.worker, held, timedelta(seconds=self.settings.lease_seconds)
             )
         except SQLAlchemyError as exc:
             # The old leases stand, and no send starts near their end (_lease_short).
@@ -371,7 +375,7 @@ class Delivery:
         """
         lease = timedelta(seconds=self.settings.lease_seconds)
         ends = time.monotonic() + self.settings.lease_seconds
-        rows = claim(self.engine, self.worker, self.clock(), limit, lease, self._held(), self.only)
+        rows = claim(self._writes, self.worker, self.clock(), limit, lease, self._held(), self.only)
         if not rows:
             return []
         self._lease_ends.update((r.id, ends) for r in rows if r.id is not None)
@@ -411,7 +415,7 @@ class Delivery:
             if conn is None or conn.invalidated or fresh:
                 if conn is not None:
                     conn.close()
-                conn = self._recorder = self.engine.connect()
+                conn = self._recorder = self._writes.connect()
             transaction = conn.begin()
             try:
                 # A bare connection, not a session: the hot path is a few prepared statements.
