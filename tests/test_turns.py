@@ -29,6 +29,15 @@ def sqlite_engine(tmp_path: Path) -> Engine:
     return engine
 
 
+@pytest.fixture
+def impatient_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """A database whose writers give up on SQLite's lock after 50 ms, not 30 s."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
+    engine = get_engine(f"sqlite:///{tmp_path / 'impatient.db'}")
+    upgrade(engine)
+    return engine
+
+
 def _turn_taken(engine: Engine) -> bool:
     """Whether some writer holds the database's turn: the lock file's flock, asked for
     on a file of its own, as another process would."""
@@ -83,12 +92,8 @@ def test_only_take_turns_writers_take_a_turn(sqlite_engine: Engine) -> None:
         assert not _turn_taken(sqlite_engine)
 
 
-def test_a_begin_that_times_out_gives_its_turn_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
-    engine = get_engine(f"sqlite:///{tmp_path / 'short.db'}")
-    upgrade(engine)
+def test_a_begin_that_times_out_gives_its_turn_back(impatient_engine: Engine) -> None:
+    engine = impatient_engine
     other = sqlite3.connect(str(engine.url.database), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # a writer outside drip, that takes no turn
     conn = engine.execution_options(**{TAKE_TURNS: True}).connect()  # kept, as delivery's is
@@ -103,12 +108,10 @@ def test_a_begin_that_times_out_gives_its_turn_back(
 
 
 def test_a_second_write_in_the_same_thread_does_not_wait_on_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    impatient_engine: Engine,
 ) -> None:
     """It meets SQLite's busy timeout, as it did before turns, instead of hanging."""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
-    engine = get_engine(f"sqlite:///{tmp_path / 'nested.db'}")
-    upgrade(engine)
+    engine = impatient_engine
     errors: list[BaseException] = []
 
     def nested() -> None:
