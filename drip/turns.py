@@ -2,9 +2,9 @@
 
 SQLite lets one writer in at a time; one that finds the lock taken sleeps 1, 2, 5...
 ms and looks again (its busy handler), far longer than a delivery's group commit or
-claim holds the lock. Two delivery processes on one database spent a quarter of their
-event loops' time in those sleeps. A writer that asks for its turn first waits in the
-kernel on an flock of `<database>-writers` and is woken the moment the other lets go.
+claim holds the lock, and on the delivery's event loop's thread. A writer that asks for
+its turn first waits in the kernel on an flock of `<database>-writers` and is woken the
+moment the other lets go.
 
 Only connections opened with the TAKE_TURNS execution option ask (the delivery's short
 transactions); every other writer still meets SQLite's own busy handling, which also

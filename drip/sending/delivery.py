@@ -129,7 +129,7 @@ class Delivery:
         #: The connection group commits run on, held for the run (one commit at a time):
         #: no pool checkout, and on PostgreSQL no ping, per commit (`_finish`).
         self._recorder: DatabaseConnection | None = None
-        #: Group commits run on the loop's thread, not handed to one (`_finish`).
+        #: On SQLite, group commits run on the loop's thread, not handed to one (`_finish`).
         self._inline = in_process(engine)
         #: Set once every slot's result is pending: the commit need not wait longer.
         self._all_in: asyncio.Future[None] | None = None
