@@ -57,7 +57,7 @@ from sqlmodel import Session, SQLModel
 
 from drip.errors import DripError
 from drip.models import UTCDateTime
-from drip.turns import TAKE_TURNS, Turns
+from drip.turns import TAKE_TURNS, Turns, turns_of
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
@@ -402,7 +402,7 @@ class Sized:
 
 def _tune_sqlite(engine: Engine) -> None:
     database = engine.url.database
-    turns = Turns(database) if database and database != ":memory:" else None
+    turns = turns_of(database) if database and database != ":memory:" else None
     if turns is not None:
         _give_back_turns(engine, turns)
 

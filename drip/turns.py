@@ -20,6 +20,17 @@ from typing import Any
 
 #: The execution option (True) of an engine or connection whose writes take turns.
 TAKE_TURNS = "drip_take_turns"
+_TURNS: dict[str, Turns] = {}
+
+
+def turns_of(database: str) -> Turns:
+    """The turns of this database file, one per process however its URL spells the
+    path: two would let one thread wait on itself."""
+    path = os.path.realpath(database)
+    found = _TURNS.get(path)
+    if found is None:
+        found = _TURNS[path] = Turns(path)
+    return found
 
 
 class Turns:

@@ -107,16 +107,22 @@ def test_a_begin_that_times_out_gives_its_turn_back(impatient_engine: Engine) ->
         other.close()
 
 
+@pytest.mark.parametrize("spelling", ["the same engine", "a path spelled otherwise"])
 def test_a_second_write_in_the_same_thread_does_not_wait_on_itself(
-    impatient_engine: Engine,
+    impatient_engine: Engine, spelling: str
 ) -> None:
-    """It meets SQLite's busy timeout, as it did before turns, instead of hanging."""
+    """It meets SQLite's busy timeout, as it did before turns, instead of hanging; also
+    through a second engine whose URL names the same file another way."""
     engine = impatient_engine
+    path = Path(str(engine.url.database))
+    second = engine
+    if spelling != "the same engine":
+        second = get_engine(f"sqlite:///{path.parent}/./{path.name}")
     errors: list[BaseException] = []
 
     def nested() -> None:
         try:
-            with _writing(engine), _writing(engine):
+            with _writing(engine), _writing(second):
                 pass
         except OperationalError as exc:
             errors.append(exc)
