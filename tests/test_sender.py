@@ -37,6 +37,12 @@ def sent_on_one_connection(settings: Settings, envelopes: list[Envelope]) -> lis
     return asyncio.run(send())
 
 
+@pytest.fixture
+def settings(tmp_path: Path, mail_server: MailServer, make_settings: SettingsFactory) -> Settings:
+    """Sending to the test server; the database is never opened (SQLite, not both kinds)."""
+    return make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
+
+
 @pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
 def pipelining(request: pytest.FixtureRequest, recorder: Recorder) -> bool:
     recorder.pipelining = bool(request.param)
@@ -44,13 +50,10 @@ def pipelining(request: pytest.FixtureRequest, recorder: Recorder) -> bool:
 
 
 def test_the_text_arrives_as_composed_leading_dots_and_all(
-    tmp_path: Path,
-    mail_server: MailServer,
+    settings: Settings,
     recorder: Recorder,
-    make_settings: SettingsFactory,
     pipelining: bool,
 ) -> None:
-    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     envelope = Envelope("from@example.com", "to@example.com", TEXT)
     [outcome] = sent_on_one_connection(settings, [envelope])
     assert outcome.verdict == Verdict.sent
@@ -59,13 +62,11 @@ def test_the_text_arrives_as_composed_leading_dots_and_all(
 
 
 def test_a_connection_closed_before_the_final_dot_delivers_nothing(
-    tmp_path: Path,
     mail_server: MailServer,
+    settings: Settings,
     recorder: Recorder,
-    make_settings: SettingsFactory,
     pipelining: bool,
 ) -> None:
-    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     envelope = Envelope("from@example.com", "to@example.com", TEXT)
 
     async def open_then_close() -> None:
@@ -84,15 +85,12 @@ def test_a_connection_closed_before_the_final_dot_delivers_nothing(
 
 
 def test_refusals_are_judged_by_the_command_refused_and_the_connection_goes_on(
-    tmp_path: Path,
-    mail_server: MailServer,
+    settings: Settings,
     recorder: Recorder,
-    make_settings: SettingsFactory,
     pipelining: bool,
 ) -> None:
     """A refused RCPT bounces (5xx) or defers (4xx) by its own reply, not by DATA's 503 that
     follows it when pipelined; a refused sender defers; the next message still goes."""
-    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     recorder.refused = {
         "gone@example.com": NO_SUCH_USER,
         "busy@example.com": MAILBOX_BUSY,
@@ -131,13 +129,11 @@ def test_refusals_are_judged_by_the_command_refused_and_the_connection_goes_on(
 
 
 def test_messages_follow_each_other_on_one_connection(
-    tmp_path: Path,
     mail_server: MailServer,
+    settings: Settings,
     recorder: Recorder,
-    make_settings: SettingsFactory,
     pipelining: bool,
 ) -> None:
-    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", mail_server.port)
     texts = [TEXT.replace(b"dots@", b"%d@" % n) for n in range(20)]
 
     envelopes = [Envelope("f@example.com", "t@example.com", t) for t in texts]
