@@ -14,6 +14,8 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,7 +29,7 @@ from drip.db import session_scope
 from drip.models import OutboxMessage, OutboxStatus
 from drip.sending import processes
 from drip.sending.processes import Deliverers
-from drip.settings import SettingsError, cores, load_settings
+from drip.settings import Settings, SettingsError, cores, load_settings
 from tests.conftest import SettingsFactory
 from tests.factories import attempts, outbox
 from tests.mailserver import Recorder, serve
@@ -123,15 +125,35 @@ def _all_sent(engine: Engine) -> bool:
     return all(row.status == OutboxStatus.sent for row in outbox(engine))
 
 
+#: A worker, its output (worker.log), the recording SMTP server's recorder, its settings.
+Running = tuple[subprocess.Popen[bytes], Path, Recorder, Settings]
+TwoProcesses = Callable[..., AbstractContextManager[Running]]
+
+
+@pytest.fixture
+def two_processes(
+    database_url: str, tmp_path: Path, make_settings: SettingsFactory
+) -> TwoProcesses:
+    """`with two_processes(**settings_changes) as (worker, log, recorder, settings)`:
+    `drip worker --processes 2` sending to a recording SMTP server, which stops when the
+    block ends. The test stops the worker itself."""
+
+    @contextmanager
+    def run(**changes: object) -> Iterator[Running]:
+        recorder = Recorder()
+        log = tmp_path / "worker.log"
+        with serve(recorder) as server:
+            settings = make_settings(database_url, server.port, **changes)
+            yield start_worker(settings, log, "--processes", "2"), log, recorder, settings
+
+    return run
+
+
 @pytest.mark.process
 def test_two_processes_deliver_each_message_once(
-    database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
+    engine: Engine, two_processes: TwoProcesses
 ) -> None:
-    recorder = Recorder()
-    log = tmp_path / "worker.log"
-    with serve(recorder) as server:
-        settings = make_settings(database_url, server.port)
-        worker = start_worker(settings, log, "--processes", "2")
+    with two_processes() as (worker, log, recorder, settings):
         try:
             ready(worker, log)  # both idle and polling: the mail is shared from the start
             (child,) = deliverers(worker.pid)
@@ -154,13 +176,9 @@ def test_two_processes_deliver_each_message_once(
 
 @pytest.mark.process
 def test_sigterm_stops_every_process_and_hands_back_the_rest(
-    database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
+    engine: Engine, two_processes: TwoProcesses
 ) -> None:
-    recorder = Recorder()
-    log = tmp_path / "worker.log"
-    with serve(recorder) as server:
-        settings = make_settings(database_url, server.port, send_rate=100)
-        worker = start_worker(settings, log, "--processes", "2")
+    with two_processes(send_rate=100) as (worker, log, recorder, settings):
         try:
             expected = busy(worker, log, engine, recorder)
             helpers = children(worker.pid)
@@ -185,19 +203,12 @@ def test_sigterm_stops_every_process_and_hands_back_the_rest(
 
 @pytest.mark.process
 def test_a_stuck_child_is_killed_so_the_worker_stops(
-    database_url: str,
-    engine: Engine,
-    tmp_path: Path,
-    make_settings: SettingsFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine, two_processes: TwoProcesses, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A child that does not stop (here: stopped by SIGSTOP, so SIGTERM waits) is killed
     after DRIP_SMTP_TIMEOUT and 5 s, and the parent still exits cleanly."""
     monkeypatch.setenv("DRIP_SMTP_TIMEOUT", "1")  # start_worker passes the environment on
-    log = tmp_path / "worker.log"
-    with serve(Recorder()) as server:
-        settings = make_settings(database_url, server.port)
-        worker = start_worker(settings, log, "--processes", "2")
+    with two_processes() as (worker, log, _, _):
         try:
             ready(worker, log)
             [child] = deliverers(worker.pid)
@@ -212,13 +223,9 @@ def test_a_stuck_child_is_killed_so_the_worker_stops(
 
 @pytest.mark.process
 def test_a_killed_parent_leaves_no_child_sending(
-    database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
+    engine: Engine, two_processes: TwoProcesses
 ) -> None:
-    recorder = Recorder()
-    log = tmp_path / "worker.log"
-    with serve(recorder) as server:
-        settings = make_settings(database_url, server.port, send_rate=100)
-        worker = start_worker(settings, log, "--processes", "2")
+    with two_processes(send_rate=100) as (worker, log, recorder, settings):
         try:
             busy(worker, log, engine, recorder)
             helpers = children(worker.pid)
@@ -237,13 +244,9 @@ def test_a_killed_parent_leaves_no_child_sending(
 
 @pytest.mark.process
 def test_a_crashed_child_is_logged_and_started_again(
-    database_url: str, engine: Engine, tmp_path: Path, make_settings: SettingsFactory
+    engine: Engine, two_processes: TwoProcesses
 ) -> None:
-    recorder = Recorder()
-    log = tmp_path / "worker.log"
-    with serve(recorder) as server:
-        settings = make_settings(database_url, server.port, send_rate=200)
-        worker = start_worker(settings, log, "--processes", "2")
+    with two_processes(send_rate=200) as (worker, log, recorder, settings):
         try:
             expected = busy(worker, log, engine, recorder)
             (child,) = deliverers(worker.pid)
