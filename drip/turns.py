@@ -1,10 +1,10 @@
 """SQLite writers that take turns through a lock file instead of polling for the lock.
 
 SQLite lets one writer in at a time; one that finds the lock taken sleeps 1, 2, 5...
-ms and looks again (its busy handler), far longer than a delivery's group commit or
-claim holds the lock, and on the delivery's event loop's thread. A writer that asks for
-its turn first waits in the kernel on an flock of `<database>-writers` and is woken the
-moment the other lets go.
+ms and looks again (its busy handler): far longer than a delivery's group commit or
+claim holds the lock, and a group commit waits on the delivery's event loop. A writer
+that asks for its turn first waits in the kernel on an flock of `<database>-writers`
+and is woken the moment the other lets go.
 
 Only connections opened with the TAKE_TURNS execution option ask (the delivery's short
 transactions); every other writer still meets SQLite's own busy handling, which also
@@ -65,7 +65,7 @@ class Turns:
 
     def give_back(self, dbapi_connection: Any) -> None:
         """End this connection's turn, if it holds one (its transaction is over)."""
-        if self._holder is None or self._holder is not dbapi_connection:
+        if self._holder is not dbapi_connection:
             return
         self._holder, self._holder_thread = None, 0
         try:
