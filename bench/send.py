@@ -351,7 +351,7 @@ def compare(box: Receiver, server: str, count: int) -> list[Figure]:
         name = f"  machine CPU per message, (c), {server} and {kind}"
         figures.append(info("send", name, default.cpu_ms, "ms"))
         # All cores busy at (c)'s cost per message: the most (c) could reach here.
-        bound = (os.cpu_count() or 1) * 1000 / default.cpu_ms / top
+        bound = cores() * 1000 / default.cpu_ms / top
         figures.append(info("send", f"  ratio c/a with every core busy, {kind}", bound, ""))
         if server == "aiosmtpd":  # CPU is drip's own, whoever receives: counted once
             total = cpu.pop("total")
